@@ -1,0 +1,484 @@
+"""The HDF5 feature cache — schema version 1, a documented contract.
+
+This is the only module that imports h5py. Layout (D = embedding width, C = classes, T = templates)::
+
+    / attrs: featbench_schema=1, featbench_version, model, pretrained, dataset, embed_dim,
+             logit_scale (float, already exponentiated: 100 for OpenAI CLIP), fingerprint (sha256 hex),
+             preprocess (json), created (ISO-8601 UTC)
+    /classnames                  [C] utf-8
+    /text/features               [T, C, D] raw text-encoder outputs per template; attr templates (json list)
+    /splits/<split>/paths        [N] utf-8, relative to the dataset root: the full split index
+    /splits/<split>/labels       [N] int64
+    /splits/<split>/features     [M, D] raw image features (test transform) of the rows in `rows`
+    /splits/<split>/rows         [M] int64 indices into the split index; absent means all rows (M = N)
+    /splits/train/views          [V, K, D] augmented-view features of the train rows in view_rows
+    /splits/train/view_rows      [K] int64 indices into the train split index
+
+Optional, additive (pre-projection features, written by `extract --pre-projection`)::
+
+    /splits/<split>/features_pre [M, P]  /splits/train/views_pre [V, K, P]
+    /model/image_projection [P, D] (+ /model/image_projection_bias [D])
+    /text/features_pre [T, C, Q]  /model/text_projection [Q, D]
+
+Features are stored raw (not normalised): every head normalises the way its paper does. Readers
+return float32 whatever the on-disk dtype. Anyone may write such a file (users bring features from
+their own encoders); `Cache` validates the contract on open and names what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from featbench import __version__
+from featbench.errors import CacheContractError, FingerprintMismatch, FeatbenchError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+REQUIRED_ATTRS = ("featbench_schema", "model", "pretrained", "dataset", "embed_dim", "logit_scale", "fingerprint")
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# identity
+# ----------------------------------------------------------------------------------------------------
+def compute_fingerprint(model: str, pretrained: str, preprocess: Mapping, checkpoint_sha256: str | None = None) -> str:
+    """sha256 over everything that changes the numbers a cache holds: model, weights, preprocessing."""
+    payload = {
+        "model": model,
+        "pretrained": pretrained,
+        "checkpoint_sha256": checkpoint_sha256 or "",
+        "preprocess": preprocess,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def safe_name(name: str) -> str:
+    """A filesystem-safe version of a model/pretrained/dataset name (keeps letters, digits, - _ .)."""
+    out = "".join(ch if (ch.isalnum() or ch in "-_.") else "_" for ch in str(name))
+    return out.strip("._") or "unnamed"
+
+
+def default_cache_path(cache_dir: str | os.PathLike, model: str, pretrained: str, dataset: str) -> Path:
+    """cache/<model>--<pretrained>/<dataset>.h5, each part made filesystem-safe."""
+    model_part = safe_name(Path(model).stem if str(model).endswith(".json") else model)
+    pre_part = safe_name(Path(pretrained).name if os.sep in str(pretrained) else pretrained)
+    return Path(cache_dir) / f"{model_part}--{pre_part}" / f"{safe_name(dataset)}.h5"
+
+
+def check_same_encoder(a: "Cache", b: "Cache") -> None:
+    """Refuse to combine caches made by different encoders or preprocessing."""
+    if a.fingerprint != b.fingerprint:
+        raise FingerprintMismatch(
+            f"caches {a.path} and {b.path} were built by different encoders/preprocessing "
+            f"({a.model}/{a.pretrained}, fingerprint {a.fingerprint[:12]} vs {b.model}/{b.pretrained}, "
+            f"fingerprint {b.fingerprint[:12]}); extract both with the same --model/--pretrained"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitIndex:
+    """The full index of one split: relative paths and integer labels of every row."""
+
+    paths: list[str]
+    labels: np.ndarray
+
+
+def _read_strings(ds) -> list[str]:
+    return [s for s in ds.asstr()[()]]
+
+
+class Cache:
+    """Lazy, validated reader of a schema-v1 cache file. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FeatbenchError(f"cache file {self.path} does not exist; run `featbench extract` first or check the path")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CacheContractError(f"{self.path} is not a readable HDF5 file ({err}); rebuild it with `featbench extract --overwrite`") from None
+        try:
+            self._validate()
+        except Exception:
+            self._f.close()
+            raise
+
+    # -- context manager ----------------------------------------------------------------------------
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:  # pragma: no cover - closing twice is harmless
+            pass
+
+    # -- validation ----------------------------------------------------------------------------------
+    def _missing(self, what: str) -> CacheContractError:
+        return CacheContractError(f"{self.path}: missing {what} (required by the featbench schema-v1 cache contract)")
+
+    def _validate(self) -> None:
+        f = self._f
+        for key in REQUIRED_ATTRS:
+            if key not in f.attrs:
+                raise self._missing(f"root attribute '{key}'")
+        schema = int(f.attrs["featbench_schema"])
+        if schema != SCHEMA_VERSION:
+            raise CacheContractError(f"{self.path}: featbench_schema={schema}, this featbench reads schema {SCHEMA_VERSION}")
+        if "classnames" not in f:
+            raise self._missing("dataset /classnames")
+        if "splits" not in f or not any(s in f["splits"] for s in SPLITS):
+            raise self._missing("group /splits/<train|val|test>")
+        d = self.embed_dim
+        n_classes = int(f["classnames"].shape[0])
+        for split in self.splits:
+            g = f["splits"][split]
+            for name in ("paths", "labels", "features"):
+                if name not in g:
+                    raise self._missing(f"/splits/{split}/{name}")
+            n = g["paths"].shape[0]
+            if g["labels"].shape != (n,):
+                raise CacheContractError(f"{self.path}: /splits/{split}/labels has shape {g['labels'].shape}, expected ({n},) like paths")
+            feats = g["features"]
+            if feats.ndim != 2 or feats.shape[1] != d:
+                raise CacheContractError(f"{self.path}: /splits/{split}/features has shape {feats.shape}, expected [M, {d}] (embed_dim)")
+            m = feats.shape[0]
+            if "rows" in g:
+                if g["rows"].shape != (m,):
+                    raise CacheContractError(f"{self.path}: /splits/{split}/rows has shape {g['rows'].shape}, expected ({m},) like features")
+            elif m != n:
+                raise CacheContractError(
+                    f"{self.path}: /splits/{split}/features has {m} rows but the split index has {n}; add /splits/{split}/rows"
+                )
+            if n:
+                labels = g["labels"][()]
+                if labels.min() < 0 or labels.max() >= n_classes:
+                    raise CacheContractError(f"{self.path}: /splits/{split}/labels outside [0, {n_classes}) (the number of classnames)")
+        if "text" in f and "features" in f["text"]:
+            t = f["text"]["features"]
+            if t.ndim != 3 or t.shape[1] != n_classes or t.shape[2] != d:
+                raise CacheContractError(f"{self.path}: /text/features has shape {t.shape}, expected [T, {n_classes}, {d}]")
+        if "train" in f["splits"] and "views" in f["splits"]["train"]:
+            g = f["splits"]["train"]
+            if "view_rows" not in g:
+                raise self._missing("/splits/train/view_rows (needed with /splits/train/views)")
+            v = g["views"]
+            if v.ndim != 3 or v.shape[1] != g["view_rows"].shape[0] or v.shape[2] != d:
+                raise CacheContractError(f"{self.path}: /splits/train/views has shape {v.shape}, expected [V, K={g['view_rows'].shape[0]}, {d}]")
+
+    # -- metadata ------------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        out = {}
+        for k, v in self._f.attrs.items():
+            if isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, np.generic):
+                v = v.item()
+            out[k] = v
+        return out
+
+    def _attr(self, key: str):
+        v = self._f.attrs[key]
+        return v.decode() if isinstance(v, bytes) else v
+
+    @property
+    def model(self) -> str:
+        return str(self._attr("model"))
+
+    @property
+    def pretrained(self) -> str:
+        return str(self._attr("pretrained"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self._attr("dataset"))
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self._attr("fingerprint"))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._attr("embed_dim"))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self._attr("logit_scale"))
+
+    @property
+    def preprocess(self) -> dict:
+        raw = self._f.attrs.get("preprocess", "{}")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+    @property
+    def classnames(self) -> list[str]:
+        return _read_strings(self._f["classnames"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._f["classnames"].shape[0])
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self._f["splits"]]
+
+    def has_split(self, split: str) -> bool:
+        return split in self._f["splits"]
+
+    def _split(self, split: str):
+        if split not in self._f["splits"]:
+            raise self._missing(f"/splits/{split}")
+        return self._f["splits"][split]
+
+    # -- text ----------------------------------------------------------------------------------------
+    @property
+    def has_text(self) -> bool:
+        return "text" in self._f and "features" in self._f["text"]
+
+    def text_features(self) -> np.ndarray:
+        """[T, C, D] raw text-encoder outputs, float32."""
+        if not self.has_text:
+            raise self._missing("/text/features (class-prompt text embeddings)")
+        return np.asarray(self._f["text"]["features"][()], dtype=np.float32)
+
+    @property
+    def templates(self) -> list[str]:
+        if not self.has_text:
+            return []
+        raw = self._f["text"]["features"].attrs.get("templates", "[]")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+    # -- image features ------------------------------------------------------------------------------
+    def index(self, split: str) -> SplitIndex:
+        g = self._split(split)
+        return SplitIndex(paths=_read_strings(g["paths"]), labels=np.asarray(g["labels"][()], dtype=np.int64))
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.asarray(self._split(split)["labels"][()], dtype=np.int64)
+
+    def paths(self, split: str) -> list[str]:
+        return _read_strings(self._split(split)["paths"])
+
+    def feature_rows(self, split: str) -> np.ndarray:
+        """Row indices (into the split index) that have features, in storage order."""
+        g = self._split(split)
+        if "rows" in g:
+            return np.asarray(g["rows"][()], dtype=np.int64)
+        return np.arange(g["paths"].shape[0], dtype=np.int64)
+
+    def features(self, split: str, rows: Sequence[int] | np.ndarray | None = None, kind: str = "features") -> np.ndarray:
+        """Float32 features of the given split rows (all covered rows, in storage order, when rows is None).
+
+        kind="features_pre" reads the pre-projection features instead.
+        """
+        g = self._split(split)
+        if kind not in g:
+            raise self._missing(f"/splits/{split}/{kind}" + (" (extract with --pre-projection)" if kind.endswith("_pre") else ""))
+        ds = g[kind]
+        if rows is None:
+            return np.asarray(ds[()], dtype=np.float32)
+        pos = self._positions(self.feature_rows(split), rows, f"/splits/{split}/{kind}")
+        return _take(ds, pos)
+
+    def _positions(self, stored_rows: np.ndarray, wanted: Iterable[int], what: str) -> np.ndarray:
+        wanted = np.asarray(list(wanted) if not isinstance(wanted, np.ndarray) else wanted, dtype=np.int64)
+        lookup = {int(r): i for i, r in enumerate(stored_rows)}
+        missing = [int(r) for r in wanted if int(r) not in lookup]
+        if missing:
+            raise CacheContractError(
+                f"{self.path}: {what} has no features for {len(missing)} requested row(s) (e.g. row {missing[0]}); "
+                "re-extract with --train-rows all or with the shots/seeds you are fitting"
+            )
+        return np.asarray([lookup[int(r)] for r in wanted], dtype=np.int64)
+
+    @property
+    def has_views(self) -> bool:
+        return self.has_split("train") and "views" in self._f["splits"]["train"]
+
+    @property
+    def num_views(self) -> int:
+        return int(self._f["splits"]["train"]["views"].shape[0]) if self.has_views else 0
+
+    def view_rows(self) -> np.ndarray:
+        if not self.has_views:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self._f["splits"]["train"]["view_rows"][()], dtype=np.int64)
+
+    def covers_views(self, rows: Iterable[int]) -> bool:
+        have = set(int(r) for r in self.view_rows())
+        return all(int(r) in have for r in rows)
+
+    def views(self, rows: Sequence[int] | np.ndarray | None = None, kind: str = "views") -> np.ndarray:
+        """[V, len(rows), D] float32 augmented-view features of the given train rows."""
+        g = self._split("train")
+        if kind not in g:
+            raise self._missing(f"/splits/train/{kind}")
+        ds = g[kind]
+        if rows is None:
+            return np.asarray(ds[()], dtype=np.float32)
+        pos = self._positions(self.view_rows(), rows, f"/splits/train/{kind}")
+        return _take(ds, pos, axis=1)
+
+    # -- optional model tensors (pre-projection support) ---------------------------------------------
+    def has_dataset(self, name: str) -> bool:
+        return name in self._f
+
+    def array(self, name: str) -> np.ndarray:
+        """Any dataset by absolute name (e.g. '/model/image_projection'), float32 for float data."""
+        if name not in self._f:
+            raise self._missing(name)
+        data = self._f[name][()]
+        return np.asarray(data, dtype=np.float32) if np.issubdtype(np.asarray(data).dtype, np.floating) else np.asarray(data)
+
+    @property
+    def skipped(self) -> list[str]:
+        if "skipped" in self._f:
+            return _read_strings(self._f["skipped"])
+        return []
+
+    def summary(self) -> dict:
+        """A JSON-able description (what `featbench info --json` prints)."""
+        out = {
+            "path": str(self.path),
+            **{k: v for k, v in self.attrs.items() if k != "preprocess"},
+            "preprocess": self.preprocess,
+            "num_classes": self.num_classes,
+            "templates": len(self.templates),
+            "has_text": self.has_text,
+            "splits": {},
+            "views": {"num_views": self.num_views, "rows": int(self.view_rows().shape[0])},
+            "skipped": len(self.skipped),
+        }
+        for s in self.splits:
+            g = self._split(s)
+            out["splits"][s] = {"rows": int(g["paths"].shape[0]), "with_features": int(g["features"].shape[0])}
+        return out
+
+
+def _take(ds, pos: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Gather positions (any order, repeats allowed) along axis of an h5py dataset, as float32."""
+    if pos.size == 0:
+        shape = list(ds.shape)
+        shape[axis] = 0
+        return np.zeros(shape, dtype=np.float32)
+    uniq, inverse = np.unique(pos, return_inverse=True)
+    if uniq.size * 4 >= ds.shape[axis]:  # dense request: one contiguous read beats h5py fancy indexing
+        block = np.asarray(ds[()], dtype=np.float32)
+        return np.take(block, pos, axis=axis)
+    block = ds[uniq.tolist()] if axis == 0 else ds[:, uniq.tolist()]
+    return np.take(np.asarray(block, dtype=np.float32), inverse.reshape(-1), axis=axis)
+
+
+def open_cache(path: str | os.PathLike) -> Cache:
+    return Cache(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing a whole cache at once (tests, fixtures, merges, users converting their own features)
+# ----------------------------------------------------------------------------------------------------
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    if not shape or 0 in shape:
+        return None
+    if len(shape) == 2:
+        return (min(shape[0], 1024), shape[1])
+    if len(shape) == 3:
+        return (1, min(shape[1], 1024), shape[2])
+    return None
+
+
+def write_array(group, name: str, data, dtype) -> None:
+    data = np.asarray(data)
+    group.create_dataset(name, data=data.astype(dtype), chunks=_chunks(data.shape))
+
+
+def write_strings(group, name: str, values: Sequence[str]) -> None:
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
+
+
+def base_attrs(*, model: str, pretrained: str, dataset: str, embed_dim: int, logit_scale: float,
+               fingerprint: str, preprocess: Mapping | None = None, **extra) -> dict:
+    """The root attributes of a schema-v1 cache."""
+    attrs = {
+        "featbench_schema": SCHEMA_VERSION,
+        "featbench_version": __version__,
+        "model": str(model),
+        "pretrained": str(pretrained),
+        "dataset": str(dataset),
+        "embed_dim": int(embed_dim),
+        "logit_scale": float(logit_scale),
+        "fingerprint": str(fingerprint),
+        "preprocess": json.dumps(dict(preprocess or {}), sort_keys=True),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for k, v in extra.items():
+        attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+    return attrs
+
+
+def write_cache(
+    path: str | os.PathLike,
+    *,
+    attrs: Mapping,
+    classnames: Sequence[str],
+    splits: Mapping[str, Mapping],
+    text_features: np.ndarray | None = None,
+    templates: Sequence[str] | None = None,
+    views: np.ndarray | None = None,
+    view_rows: Sequence[int] | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Write a complete schema-v1 cache atomically (temporary file, then rename).
+
+    splits maps split name -> {"paths", "labels", "features"[, "rows"][, "features_pre"]}.
+    extra maps absolute dataset names (e.g. "/model/image_projection") to arrays stored as float32.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    with h5py.File(tmp, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        write_strings(f, "classnames", classnames)
+        if text_features is not None:
+            g = f.create_group("text")
+            write_array(g, "features", text_features, dtype)
+            g["features"].attrs["templates"] = json.dumps(list(templates or []))
+        sg = f.create_group("splits")
+        for name, s in splits.items():
+            g = sg.create_group(name)
+            write_strings(g, "paths", s["paths"])
+            g.create_dataset("labels", data=np.asarray(s["labels"], dtype=np.int64))
+            write_array(g, "features", s["features"], dtype)
+            if s.get("rows") is not None:
+                g.create_dataset("rows", data=np.asarray(s["rows"], dtype=np.int64))
+            if s.get("features_pre") is not None:
+                write_array(g, "features_pre", s["features_pre"], dtype)
+        if views is not None:
+            g = sg["train"]
+            write_array(g, "views", views, dtype)
+            g.create_dataset("view_rows", data=np.asarray(view_rows, dtype=np.int64))
+        for name, arr in (extra or {}).items():
+            f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,91 @@
+"""Few-shot subsets per (shots, seed), reproducing the Dassl/CoOp sampling exactly.
+
+What Dassl does (``DatasetBase.generate_fewshot_dataset`` with ``repeat=False``), and therefore what we do:
+
+1. The run seed S seeds Python's global ``random`` once (``set_random_seed(S)``) before the dataset is
+   built; nothing else draws from it before the sampling. ``random.Random(S)`` yields the identical stream,
+   so we use a private generator and leave the global state alone.
+2. Items are grouped by label in a ``defaultdict(list)`` while walking the split file in order, so classes
+   are visited in order of *first appearance* in the split (not sorted by label) and each class keeps its
+   items in file order.
+3. For each class, ``random.sample(items, K)`` when the class has at least K items, otherwise all items
+   are kept (no repetition). The picks are concatenated in that order.
+4. The train split is sampled with K shots first, then the val split with min(K, 4) shots, drawing from the
+   *same* generator (CoOp datasets call the function twice in that order). ImageNet has no val split in
+   CoOp, so only train is sampled.
+
+Because the generator state after class c depends on how many draws every earlier class consumed, the
+8-shot subset is *not* a prefix of the 16-shot subset (beyond the first class). Anything that caches
+per-subset data (augmented views) must therefore take the union over every shot count it will fit.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+VAL_SHOTS_CAP = 4
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+def val_shots(shots: int) -> int:
+    """CoOp samples min(K, 4) validation images per class."""
+    return min(int(shots), VAL_SHOTS_CAP)
+
+
+def sample_per_class(labels: Sequence[int], shots: int, rng: random.Random) -> list[int]:
+    """Row indices of a K-shot subset of a split, drawn exactly as Dassl draws them (see module doc)."""
+    if shots < 1:
+        return list(range(len(labels)))
+    by_label: dict[int, list[int]] = {}
+    for row, label in enumerate(labels):
+        by_label.setdefault(int(label), []).append(row)
+    picked: list[int] = []
+    for rows in by_label.values():
+        if len(rows) >= shots:
+            picked.extend(rng.sample(rows, shots))
+        else:
+            picked.extend(rows)
+    return picked
+
+
+@dataclass(frozen=True)
+class FewShotRows:
+    """Row indices (into the cache's split index) of one (shots, seed) subset."""
+
+    shots: int
+    seed: int
+    train: list[int]
+    val: list[int] | None  # None where the dataset has no val split (ImageNet)
+
+
+def fewshot_rows(train_labels: Sequence[int], val_labels: Sequence[int] | None, shots: int, seed: int) -> FewShotRows:
+    """The K-shot train subset and min(K, 4)-shot val subset that CoOp picks for this seed."""
+    rng = random.Random(seed)
+    train = sample_per_class(list(train_labels), shots, rng)
+    val = None
+    if val_labels is not None and len(val_labels) > 0:
+        val = sample_per_class(list(val_labels), val_shots(shots), rng)
+    return FewShotRows(shots=int(shots), seed=int(seed), train=train, val=val)
+
+
+def union_rows(
+    train_labels: Sequence[int],
+    val_labels: Sequence[int] | None,
+    shots: Iterable[int],
+    seeds: Iterable[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unions of the train and val rows over every (shots, seed) pair — what extraction must cover."""
+    train: set[int] = set()
+    val: set[int] = set()
+    for k in shots:
+        for s in seeds:
+            sub = fewshot_rows(train_labels, val_labels, k, s)
+            train.update(sub.train)
+            if sub.val is not None:
+                val.update(sub.val)
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)

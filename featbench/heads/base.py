@@ -1,0 +1,107 @@
+"""The contract every head follows: a scikit-learn-style estimator on cached feature arrays.
+
+- ``__init__`` only stores hyperparameters (keyword arguments with defaults); ``get_params``/``set_params``
+  work as in scikit-learn.
+- ``fit(X, y, **context)`` learns from the few-shot train features and returns ``self``. Learned state ends
+  in ``_``. The context a head may use (all optional, heads ignore what they don't need):
+    text         [T, C, D] raw text-encoder outputs per template (not normalised)
+    views        [V, N, D] augmented-view features of the N train rows (aligned with X), or None
+    logit_scale  float, CLIP's exponentiated logit scale (100 for OpenAI CLIP)
+    X_val, y_val the selection split: few-shot val under the `val`/`paper` protocols, test under `oracle`
+    classnames   list of C class names
+    extra        dict of optional arrays (pre-projection features, projections, ...)
+- ``decision_function(X)`` returns logits [N, C]; ``predict_proba``, ``predict`` and ``score`` (top-1
+  accuracy as a fraction) derive from it.
+- ``fit_info_`` (dict) reports what fitting decided: hyperparameters selected by an internal search
+  (``selected``), whether augmented views were used (``views_used``), and notes.
+- ``class_weights()`` returns [C, D] class weights in the image-feature space where the head has them
+  (zero-shot text weights, a linear probe's coefficients): TaskRes can use them as its base classifier.
+
+Heads never touch files; the runner (featbench.protocol) turns a cache into these arrays.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+from featbench.errors import FeatbenchError
+
+
+class Head:
+    """Base class: hyperparameter bookkeeping and the predict/score family built on decision_function."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    needs_text: ClassVar[bool] = False
+    uses_views: ClassVar[bool] = False
+    #: the head performs its own paper-defined search on (X_val, y_val) (lpclip's C, Tip-Adapter's alpha/beta)
+    searches_internally: ClassVar[bool] = False
+    #: which cached features the head reads: "features" or "features_pre" (pre-projection)
+    feature_kind: ClassVar[str] = "features"
+    #: hyperparameter grid searched on the selection split under protocol `val`/`oracle` (fixed under `paper`)
+    search_space: ClassVar[dict[str, list]] = {}
+    #: parameters that are not hyperparameters of the method (not recorded as such in result rows)
+    runtime_params: ClassVar[tuple[str, ...]] = ("device", "random_state", "verbose")
+
+    # -- scikit-learn parameter protocol ---------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind in kinds]
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params) -> "Head":
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise FeatbenchError(f"head '{self.name}' has no parameter '{k}'; it has: {', '.join(sorted(valid))}")
+            setattr(self, k, v)
+        return self
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """get_params() without runtime-only settings: what a result row records."""
+        return {k: v for k, v in self.get_params().items() if k not in self.runtime_params}
+
+    @classmethod
+    def paper_defaults(cls, dataset: str | None, shots: int | None) -> dict[str, Any]:
+        """Per-dataset / per-shot defaults from the head's paper (data, not code branches)."""
+        return {}
+
+    # -- estimator API -----------------------------------------------------------------------------------
+    def fit(self, X, y, **context) -> "Head":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decision_function(self, X) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_proba(self, X) -> np.ndarray:
+        logits = np.asarray(self.decision_function(X), dtype=np.float64)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(self.decision_function(X)).argmax(axis=1)
+
+    def score(self, X, y) -> float:
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+    def class_weights(self) -> np.ndarray:
+        raise FeatbenchError(f"head '{self.name}' has no class-weight matrix to use as a TaskRes base")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def require(value, what: str, head: str):
+    """Raise a clear error when a head is fitted without a context array it needs."""
+    if value is None:
+        raise FeatbenchError(f"head '{head}' needs {what}, which this cache does not provide")
+    return value
