@@ -20,6 +20,16 @@ Optional, additive (pre-projection features, written by `extract --pre-projectio
     /model/image_projection [P, D] (+ /model/image_projection_bias [D])
     /text/features_pre [T, C, Q]  /model/text_projection [Q, D]
 
+Written by `featbench extract` as well (additive)::
+
+    / attrs: extraction (json: the content-defining arguments — splits, views, view_shots, seeds,
+             train_rows, all_views, dtype, pre_projection, hashes of the split index and class names),
+             checkpoint_sha256 (local checkpoint files), shard ("rank/world", part files only)
+    /skipped                     [S] utf-8 relative paths of unreadable images (--skip-bad-images)
+
+`CacheWriter` builds a cache incrementally in `<name>.h5.partial` (preallocated chunks, per-block done
+flags under /_progress, removed at the end) and renames it into place: resumable after `kill -9`.
+
 Features are stored raw (not normalised): every head normalises the way its paper does. Readers
 return float32 whatever the on-disk dtype. Anyone may write such a file (users bring features from
 their own encoders); `Cache` validates the contract on open and names what is missing.
@@ -229,6 +239,15 @@ class Cache:
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     @property
+    def extraction(self) -> dict:
+        """The content-defining extraction arguments (views, shots, seeds, rows...) when extract wrote it."""
+        raw = self._f.attrs.get("extraction", "{}")
+        try:
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except ValueError:
+            return {}
+
+    @property
     def classnames(self) -> list[str]:
         return _read_strings(self._f["classnames"])
 
@@ -358,8 +377,9 @@ class Cache:
         """A JSON-able description (what `featbench info --json` prints)."""
         out = {
             "path": str(self.path),
-            **{k: v for k, v in self.attrs.items() if k != "preprocess"},
+            **{k: v for k, v in self.attrs.items() if k not in ("preprocess", "extraction")},
             "preprocess": self.preprocess,
+            "extraction": self.extraction,
             "num_classes": self.num_classes,
             "templates": len(self.templates),
             "has_text": self.has_text,
@@ -482,3 +502,312 @@ def write_cache(
             f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# incremental, resumable writing (what `featbench extract` uses)
+# ----------------------------------------------------------------------------------------------------
+PROGRESS_GROUP = "_progress"
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The resumable work-in-progress file next to a cache: <name>.h5.partial."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def read_identity(path: str | os.PathLike) -> tuple[str | None, dict | None]:
+    """(fingerprint, extraction job) recorded in a final or partial cache; (None, None) if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            fp = f.attrs.get("fingerprint")
+            job = f.attrs.get("extraction")
+            fp = fp.decode() if isinstance(fp, bytes) else fp
+            job = job.decode() if isinstance(job, bytes) else job
+            return (str(fp) if fp is not None else None), (json.loads(job) if job else None)
+    except (OSError, ValueError, KeyError):
+        return None, None
+
+
+def job_differences(a: Mapping | None, b: Mapping | None) -> list[str]:
+    """Keys whose values differ between two extraction jobs (sorted)."""
+    a, b = dict(a or {}), dict(b or {})
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+@dataclass
+class BlockTask:
+    """A unit of resumable work: `n` positions along `axis` of the datasets in `targets`, done in blocks.
+
+    name: progress key (e.g. "test/features"); targets: absolute dataset names written together
+    (e.g. features and features_pre); block: positions per block (recorded, so a resume with another
+    --batch-size still cuts the same blocks and reproduces the same numbers).
+    """
+
+    name: str
+    n: int
+    block: int
+    targets: tuple[str, ...]
+    axis: int = 0
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.n + self.block - 1) // self.block if self.n else 0
+
+    def bounds(self, b: int) -> tuple[int, int]:
+        return b * self.block, min((b + 1) * self.block, self.n)
+
+
+def _preallocate(group, name: str, shape: tuple[int, ...], dtype) -> None:
+    """A chunked dataset whose chunks are all allocated now, so later writes change raw data only
+    (no HDF5 metadata) — which is what makes a `kill -9` between flushes harmless."""
+    chunks = _chunks(shape)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, fillvalue=0)
+
+
+class CacheWriter:
+    """Builds a schema-v1 cache in `<path>.partial`, block by block, then renames it into place.
+
+    Progress lives in the partial file itself: `/_progress/<task>/done` (one flag per block) and
+    `/_progress/<task>/bad` (one flag per position: unreadable image, dropped at finalisation).
+    Every block is flushed before its done flag is set, so a killed run loses at most the blocks in
+    flight. The identity of the work (fingerprint + extraction job) is checked before resuming.
+    A distributed rank uses the same writer on its own part file with its shard of rows.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fingerprint: str, job: Mapping, shard: str | None = None):
+        self.path = Path(path)
+        self.shard = shard
+        self.partial = partial_path(self.path)
+        self.fingerprint = str(fingerprint)
+        self.job = json.loads(json.dumps(dict(job), sort_keys=True, default=str))
+        self._f = None
+        self.tasks: dict[str, BlockTask] = {}
+
+    # -- opening -------------------------------------------------------------------------------------
+    def try_resume(self, overwrite: bool = False) -> bool:
+        """Open an existing partial file of the same job; False when there is none (or it was unusable)."""
+        if not self.partial.exists():
+            return False
+        if overwrite:
+            self.partial.unlink()
+            return False
+        fp, job = read_identity(self.partial)
+        if fp is None:
+            # a partial that cannot even be opened (killed while being created): start again
+            self.partial.unlink()
+            return False
+        if fp != self.fingerprint or job_differences(job, self.job):
+            what = "encoder/preprocessing (fingerprint)" if fp != self.fingerprint else "arguments " + ", ".join(job_differences(job, self.job))
+            raise FingerprintMismatch(
+                f"{self.partial} is a partial extraction with a different {what}; rerun with its original "
+                "arguments to resume it, or pass --overwrite to start over"
+            )
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError:
+            self.partial.unlink()
+            return False
+        old_shard = f.attrs.get("shard")
+        old_shard = old_shard.decode() if isinstance(old_shard, bytes) else old_shard
+        if (old_shard or None) != (self.shard or None):
+            f.close()
+            raise FingerprintMismatch(
+                f"{self.partial} is a partial extraction of shard {old_shard or 'none'}, not {self.shard or 'none'}; "
+                "rerun with the original torchrun world size to resume it, or pass --overwrite to start over"
+            )
+        if PROGRESS_GROUP not in f:
+            f.close()
+            self.partial.unlink()
+            return False
+        self._f = f
+        for name, g in _iter_progress(f[PROGRESS_GROUP]):
+            self.tasks[name] = BlockTask(
+                name=name, n=int(g.attrs["n"]), block=int(g.attrs["block"]),
+                targets=tuple(json.loads(g.attrs["targets"])), axis=int(g.attrs["axis"]),
+            )
+        return True
+
+    def create(
+        self,
+        *,
+        attrs: Mapping,
+        classnames: Sequence[str],
+        splits: Mapping[str, Mapping],
+        text_features: np.ndarray | None = None,
+        templates: Sequence[str] | None = None,
+        text_features_pre: np.ndarray | None = None,
+        arrays: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+        extra: Mapping[str, np.ndarray] | None = None,
+        tasks: Sequence[BlockTask] = (),
+        dtype: str = "float16",
+    ) -> None:
+        """Write everything known up front and preallocate the arrays to be filled block by block.
+
+        splits: split -> {"paths", "labels"[, "rows"]}; arrays: absolute name -> (shape, dtype) to
+        preallocate; extra: absolute name -> small array written now (row lists, projections).
+        The file is built under a temporary name and renamed, so a partial always opens cleanly.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        init = self.partial.with_name(self.partial.name + ".init")
+        if init.exists():
+            init.unlink()
+        with h5py.File(init, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f.attrs["fingerprint"] = self.fingerprint
+            f.attrs["extraction"] = json.dumps(self.job, sort_keys=True)
+            if self.shard:
+                f.attrs["shard"] = self.shard
+            write_strings(f, "classnames", classnames)
+            if text_features is not None:
+                g = f.require_group("text")
+                write_array(g, "features", text_features, dtype)
+                g["features"].attrs["templates"] = json.dumps(list(templates or []))
+                if text_features_pre is not None:
+                    write_array(g, "features_pre", text_features_pre, dtype)
+            sg = f.create_group("splits")
+            for name, s in splits.items():
+                g = sg.create_group(name)
+                write_strings(g, "paths", s["paths"])
+                g.create_dataset("labels", data=np.asarray(s["labels"], dtype=np.int64))
+                if s.get("rows") is not None:
+                    g.create_dataset("rows", data=np.asarray(s["rows"], dtype=np.int64))
+            for name, arr in (extra or {}).items():
+                arr = np.asarray(arr)
+                if np.issubdtype(arr.dtype, np.floating):
+                    arr = arr.astype(np.float32)
+                f.create_dataset(name, data=arr)
+            for name, (shape, dt) in (arrays or {}).items():
+                parent, _, leaf = name.strip("/").rpartition("/")
+                _preallocate(f.require_group(parent) if parent else f, leaf, tuple(int(s) for s in shape), dt)
+            pg = f.create_group(PROGRESS_GROUP)
+            for t in tasks:
+                g = pg.create_group(t.name)
+                g.attrs["n"], g.attrs["block"], g.attrs["axis"] = t.n, t.block, t.axis
+                g.attrs["targets"] = json.dumps(list(t.targets))
+                _preallocate(g, "done", (max(t.n_blocks, 0),), np.int8)
+                _preallocate(g, "bad", (t.n,), np.int8)
+        os.replace(init, self.partial)
+        self._f = h5py.File(self.partial, "r+")
+        self.tasks = {t.name: t for t in tasks}
+
+    # -- progress ------------------------------------------------------------------------------------
+    def pending_blocks(self, task: str) -> list[int]:
+        t = self.tasks[task]
+        if not t.n_blocks:
+            return []
+        done = self._f[PROGRESS_GROUP][task]["done"][()]
+        return [b for b in range(t.n_blocks) if not done[b]]
+
+    def write_block(self, task: str, block: int, data: Sequence[np.ndarray], bad: Iterable[int] = ()) -> None:
+        """Store one block (one array per target, block positions along the task axis), then mark it done.
+
+        bad: positions (within the whole task) whose images could not be read; dropped at finalisation.
+        """
+        t = self.tasks[task]
+        start, stop = t.bounds(block)
+        for name, arr in zip(t.targets, data, strict=True):
+            ds = self._f[name]
+            arr = np.asarray(arr).astype(ds.dtype, copy=False)
+            if t.axis == 0:
+                ds[start:stop] = arr
+            else:
+                ds[:, start:stop] = arr
+        g = self._f[PROGRESS_GROUP][task]
+        bad = sorted(int(b) for b in bad)
+        if bad:
+            flags = g["bad"][start:stop]
+            for b in bad:
+                flags[b - start] = 1
+            g["bad"][start:stop] = flags
+        self._f.flush()  # data first ...
+        g["done"][block] = 1
+        self._f.flush()  # ... then the flag that says it is there
+
+    def bad_positions(self, task: str) -> np.ndarray:
+        return np.flatnonzero(self._f[PROGRESS_GROUP][task]["bad"][()]).astype(np.int64)
+
+    # -- finishing -----------------------------------------------------------------------------------
+    def finalize(self, *, row_sets: Mapping[str, tuple[str, str]], created: str | None = None) -> tuple[Path, list[str]]:
+        """Drop bad rows, write /skipped, remove progress, stamp `created`, rename into place.
+
+        row_sets: task name -> (row-index dataset name, split name) telling which stored row list
+        (e.g. /splits/test/rows, /splits/train/view_rows) a task's positions refer to.
+        Returns (final path, skipped relative paths).
+        """
+        f = self._f
+        for name, t in self.tasks.items():
+            if self.pending_blocks(name):
+                raise FeatbenchError(f"{self.partial}: task {name} is not finished; cannot finalise")
+        found: dict[str, tuple[int, int]] = {}
+        for name, t in self.tasks.items():
+            bad = self.bad_positions(name)
+            if not bad.size:
+                continue
+            rows_name, split = row_sets[name]
+            g = f["splits"][split]
+            n_index = g["paths"].shape[0]
+            stored = np.asarray(f[rows_name][()], dtype=np.int64) if rows_name in f else np.arange(n_index, dtype=np.int64)
+            paths = _read_strings(g["paths"])
+            key = SPLITS.index(split) if split in SPLITS else len(SPLITS)
+            for r in stored[bad]:
+                p = paths[int(r)]
+                found[p] = min(found.get(p, (key, int(r))), (key, int(r)))
+            keep = np.setdiff1d(np.arange(t.n, dtype=np.int64), bad)
+            for target in t.targets:
+                _compact(f, target, keep, t.axis)
+            if rows_name in f:
+                del f[rows_name]
+            f.create_dataset(rows_name, data=stored[keep])
+        skipped = sorted(found, key=lambda p: found[p])  # canonical: split order, then row
+        if skipped:
+            write_strings(f, "skipped", skipped)
+        del f[PROGRESS_GROUP]
+        f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.flush()
+        f.close()
+        self._f = None
+        os.replace(self.partial, self.path)
+        return self.path, skipped
+
+    def close(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            finally:
+                self._f = None
+
+
+def _iter_progress(group):
+    """(task name, group) for every progress task; task names may contain one '/' (split/kind)."""
+    for k, g in group.items():
+        if "done" in g:
+            yield k, g
+        else:
+            for k2, g2 in g.items():
+                yield f"{k}/{k2}", g2
+
+
+def _compact(f, name: str, keep: np.ndarray, axis: int, slab: int = 4096) -> None:
+    """Rewrite dataset `name` keeping only positions `keep` along `axis` (bad images dropped)."""
+    old = f[name]
+    shape = list(old.shape)
+    shape[axis] = int(keep.size)
+    parent, _, leaf = name.strip("/").rpartition("/")
+    g = f[parent] if parent else f
+    tmp = leaf + "__compact"
+    g.create_dataset(tmp, shape=tuple(shape), dtype=old.dtype, chunks=_chunks(tuple(shape)))
+    new = g[tmp]
+    for s in range(0, keep.size, slab):
+        idx = keep[s:s + slab]
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if axis == 0:
+            new[s:s + idx.size] = old[lo:hi][idx - lo]
+        else:
+            new[:, s:s + idx.size] = old[:, lo:hi][:, idx - lo]
+    del g[leaf]
+    g.move(tmp, leaf)

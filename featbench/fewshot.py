@@ -73,19 +73,43 @@ def fewshot_rows(train_labels: Sequence[int], val_labels: Sequence[int] | None, 
     return FewShotRows(shots=int(shots), seed=int(seed), train=train, val=val)
 
 
+def holdout_rows(train_labels: Sequence[int], fewshot_train: Sequence[int], shots: int, seed: int) -> list[int]:
+    """featbench's selection split for a dataset with no val split (ImageNet in CoOp).
+
+    min(K, 4) images per class drawn, with the same per-class sampler, from the train rows that are *not*
+    in the K-shot subset, using a generator of its own (``random.Random("featbench-val-holdout:<seed>")``)
+    so the CoOp train picks are untouched. Deterministic, disjoint from the training images, never test.
+    """
+    taken = set(int(r) for r in fewshot_train)
+    candidates = [r for r in range(len(train_labels)) if r not in taken]
+    cand_labels = [int(train_labels[r]) for r in candidates]
+    rng = random.Random(f"featbench-val-holdout:{int(seed)}")
+    picked = sample_per_class(cand_labels, val_shots(shots), rng)
+    return [candidates[i] for i in picked]
+
+
 def union_rows(
     train_labels: Sequence[int],
     val_labels: Sequence[int] | None,
     shots: Iterable[int],
     seeds: Iterable[int],
+    *,
+    with_holdout: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unions of the train and val rows over every (shots, seed) pair — what extraction must cover."""
+    """Sorted unions of the train and val rows over every (shots, seed) pair — what extraction must cover.
+
+    with_holdout adds, for a dataset without a val split, the held-out train rows ``holdout_rows`` picks as
+    the selection split (they need plain features, not augmented views).
+    """
     train: set[int] = set()
     val: set[int] = set()
+    no_val = val_labels is None or len(val_labels) == 0
     for k in shots:
         for s in seeds:
             sub = fewshot_rows(train_labels, val_labels, k, s)
             train.update(sub.train)
             if sub.val is not None:
                 val.update(sub.val)
+            if with_holdout and no_val:
+                train.update(holdout_rows(train_labels, sub.train, k, s))
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)

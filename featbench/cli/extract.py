@@ -1,3 +1,171 @@
-"""CLI commands (placeholder module; filled in by its owner)."""
+"""`featbench extract`, `featbench info`, `featbench ls`: build and inspect feature caches.
 
-from featbench.cli.app import app  # noqa: F401
+Heavy modules (torch, open_clip, h5py) are imported inside the command bodies only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.errors import FeatbenchError
+
+
+def _choice(value: str, flag: str, allowed: tuple[str, ...]) -> str:
+    v = str(value).strip().lower()
+    if v not in allowed:
+        raise FeatbenchError(f"{flag} {value}: expected one of {', '.join(allowed)}")
+    return v
+
+
+def _positive(value: int, flag: str, allow_zero: bool = False) -> int:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise FeatbenchError(f"{flag} {value}: expected {'0 or more' if allow_zero else 'a positive integer'}")
+    return value
+
+
+@app.command()
+def extract(
+    dataset: str = typer.Option(..., "--dataset", help="dataset name (see `featbench datasets`), folder or csv"),
+    root: Path = typer.Option(..., "--root", help="dataset root (the CoOp DATA folder, or the dataset folder)"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV manifest (path,label[,split]) for --dataset csv"),
+    model: str = typer.Option("RN50", "--model", help="open_clip architecture name or path to a model-config JSON"),
+    pretrained: str = typer.Option("openai", "--pretrained", help="open_clip tag, local checkpoint file, or none"),
+    splits: str = typer.Option("train,val,test", "--splits", help="comma list of train,val,test"),
+    views: int = typer.Option(10, "--views", help="augmented views per few-shot train image (0: none)"),
+    view_shots: str = typer.Option("1,2,4,8,16", "--view-shots", help="shot counts whose few-shot rows get views; one K = every standard count <= K"),
+    view_scale: str = typer.Option("0.5,1", "--view-scale", help="RandomResizedCrop area scale min,max (Tip-Adapter 0.5,1; Dassl 0.08,1)"),
+    seeds: str = typer.Option("1,2,3", "--seeds", help="few-shot seeds whose rows get views"),
+    train_rows: str = typer.Option("all", "--train-rows", help="all | fewshot: which train rows get plain features"),
+    all_views: bool = typer.Option(False, "--all-views", help="views for every train row"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes for decoding"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    dtype: str = typer.Option("float16", "--dtype", help="on-disk dtype: float16 | float32"),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="cache file (default <cache-dir>/<model>--<pretrained>/<dataset>.h5)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="rebuild a cache/partial made with other arguments"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (recorded in /skipped)"),
+    classname_style: str = typer.Option("clean", "--classname-style", help="clean ('_' -> ' ') | raw"),
+    pre_projection: bool = typer.Option(False, "--pre-projection", help="also store features before the final projection"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+) -> None:
+    """Encode a dataset once into an HDF5 feature cache (resumable; rerun the same command to continue)."""
+    split_list = parse_str_list(splits)
+    for s in split_list:
+        _choice(s, "--splits", ("train", "val", "test"))
+    _positive(views, "--views", allow_zero=True)
+    _positive(batch_size, "--batch-size")
+    _positive(workers, "--workers", allow_zero=True)
+    shots = parse_int_list(view_shots, "--view-shots")
+    if any(k < 1 for k in shots):
+        raise FeatbenchError(f"--view-shots {view_shots}: shot counts must be positive")
+    seed_list = parse_int_list(seeds, "--seeds")
+    train_rows = _choice(train_rows, "--train-rows", ("all", "fewshot"))
+    device = _choice(device, "--device", ("auto", "cpu", "cuda"))
+    dtype = _choice(dtype, "--dtype", ("float16", "float32"))
+    classname_style = _choice(classname_style, "--classname-style", ("clean", "raw"))
+
+    from featbench.extract import expand_view_shots, extract as run_extract, parse_view_scale
+
+    scale = parse_view_scale(view_scale)
+    kwargs = dict(
+        model=model, pretrained=pretrained, splits=tuple(split_list), views=views,
+        view_shots=expand_view_shots(shots), seeds=tuple(seed_list), train_rows=train_rows, all_views=all_views,
+        batch_size=batch_size, workers=workers, dtype=dtype, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+        manifest=manifest, classname_style=classname_style, view_scale=scale, pre_projection=pre_projection,
+        progress=not no_progress, log=lambda m: typer.echo(m, err=True),
+    )
+    from featbench.distributed import dist_env
+
+    env = dist_env()
+    if env.distributed:  # under torchrun: every rank encodes its shard, rank 0 merges
+        from featbench.distributed import run_sharded
+        from featbench.extract import target_path
+
+        final = Path(out) if out else target_path(dataset, model, pretrained, cache_dir)
+        path = run_sharded(run_extract, final, device=device, overwrite=overwrite, dataset=dataset, root=root, **kwargs)
+        if not env.is_main:
+            return
+    else:
+        path = run_extract(dataset, root, out=out, device=device, overwrite=overwrite, **kwargs)
+    typer.echo(str(path))
+
+
+@app.command()
+def info(
+    cache: Path = typer.Argument(..., help="a cache file (.h5)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable JSON"),
+) -> None:
+    """Describe a feature cache: encoder, splits, rows with features, views, skipped images."""
+    from featbench.cache import Cache
+
+    with Cache(cache) as c:
+        summary = c.summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return
+    pp = summary.get("preprocess", {})
+    lines = [
+        f"cache       {summary['path']}",
+        f"model       {summary['model']}  pretrained {summary['pretrained']}  embed_dim {summary['embed_dim']}  "
+        f"logit_scale {float(summary['logit_scale']):.4g}",
+        f"fingerprint {summary['fingerprint'][:16]}…",
+        f"dataset     {summary['dataset']}  classes {summary['num_classes']}  templates {summary['templates']}",
+        f"preprocess  {pp.get('image_size', '?')}px {pp.get('interpolation', '')} {pp.get('resize_mode', '')}, "
+        f"views scale {pp.get('view_scale', '?')}",
+    ]
+    for s, d in summary["splits"].items():
+        lines.append(f"split {s:<5} {d['rows']} rows, {d['with_features']} with features")
+    v = summary["views"]
+    lines.append(f"views       {v['num_views']} x {v['rows']} train rows" if v["num_views"] else "views       none")
+    if summary.get("skipped"):
+        lines.append(f"skipped     {summary['skipped']} unreadable image(s)")
+    lines.append(f"created     {summary.get('created', '?')}")
+    typer.echo("\n".join(lines))
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@app.command("ls")
+def ls(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="where to look (recursively)")) -> None:
+    """List the caches under a directory: model, pretrained, dataset, splits, rows, views, size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from featbench.cache import PARTIAL_SUFFIX, Cache
+
+    if not cache_dir.exists():
+        raise FeatbenchError(f"--cache-dir {cache_dir} does not exist; run `featbench extract` first or pass --cache-dir")
+    table = Table("cache", "model", "pretrained", "dataset", "splits", "rows", "views", "size")
+    found = 0
+    for p in sorted(cache_dir.rglob("*.h5")):
+        found += 1
+        try:
+            with Cache(p) as c:
+                s = c.summary()
+        except FeatbenchError as err:
+            table.add_row(str(p), "-", "-", "-", "-", "-", "-", _human(p.stat().st_size) + f" (unreadable: {str(err)[:40]})")
+            continue
+        rows = ", ".join(f"{k}:{d['with_features']}/{d['rows']}" for k, d in s["splits"].items())
+        v = s["views"]
+        table.add_row(str(p), s["model"], s["pretrained"], s["dataset"], ",".join(s["splits"]), rows,
+                      f"{v['num_views']}x{v['rows']}" if v["num_views"] else "-", _human(p.stat().st_size))
+    for p in sorted(cache_dir.rglob("*.h5" + PARTIAL_SUFFIX)):
+        found += 1
+        table.add_row(str(p), "-", "-", "-", "-", "-", "-", _human(p.stat().st_size) + " (partial: rerun extract to resume)")
+    if not found:
+        typer.echo(f"no caches under {cache_dir}")
+        return
+    Console(width=200).print(table)

@@ -1,3 +1,119 @@
-"""CLI commands (placeholder module; filled in by its owner)."""
+"""`featbench fit` (run a grid of heads on feature caches) and `featbench fewshot` (audit a few-shot subset).
 
-from featbench.cli.app import app  # noqa: F401
+Thin: flags are parsed here, everything else lives in featbench.runner / featbench.protocol (imported inside
+the command bodies so `featbench --help` never imports torch or h5py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.errors import FeatbenchError
+
+DEFAULT_HEADS = "zeroshot,linear-probe,tip-adapter,tip-adapter-f,taskres"
+
+
+@app.command()
+def fit(
+    caches: List[Path] = typer.Argument(..., help="One or more schema-v1 feature caches (.h5).", show_default=False),
+    heads: str = typer.Option(DEFAULT_HEADS, "--heads", help="Comma-separated head names (see the registry)."),
+    shots: str = typer.Option("1,2,4,8,16", "--shots", help="Comma-separated shots per class."),
+    seeds: str = typer.Option("1,2,3", "--seeds", help="Comma-separated few-shot seeds (CoOp uses 1,2,3)."),
+    protocol: str = typer.Option("paper", "--protocol", help="paper (fixed defaults) | val (search on few-shot val) | oracle (search on test; marked)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="HEAD.PARAM=VALUE (YAML value), repeatable."),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", help="HEAD.PARAM=V1,V2,... one row per value, repeatable."),
+    out: Path = typer.Option(Path("results/results.jsonl"), "--out", help="Results file (JSON lines); existing rows are skipped."),
+    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes (joblib)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run cells as Ray tasks: 'local', 'auto' or a cluster address."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto"),
+    eval_on: Optional[str] = typer.Option(None, "--eval-on", help="Comma-separated target caches (domain generalisation)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
+    from featbench.runner import parse_grids, parse_sets, run_fit
+
+    head_list = parse_str_list(heads)
+    if not head_list:
+        raise FeatbenchError("--heads is empty; name at least one head, e.g. --heads zeroshot,taskres")
+    shot_list = parse_int_list(shots, "--shots")
+    seed_list = parse_int_list(seeds, "--seeds")
+    if protocol not in ("paper", "val", "oracle"):
+        raise FeatbenchError(f"--protocol {protocol}: choose paper, val or oracle")
+    if ray is not None and jobs != 1:
+        raise FeatbenchError("--ray and --jobs are alternatives; Ray decides parallelism from the cluster's CPUs")
+    for c in caches:
+        if not c.exists():
+            raise FeatbenchError(f"cache file {c} does not exist; run `featbench extract` first or check the path")
+    targets = parse_str_list(eval_on) if eval_on else None
+    for t in targets or []:
+        if not Path(t).exists():
+            raise FeatbenchError(f"--eval-on {t}: file does not exist")
+    rows = run_fit(
+        [str(c) for c in caches], heads=head_list, shots=shot_list, seeds=seed_list, protocol=protocol,
+        sets=parse_sets(set_), grids=parse_grids(grid), out=out, jobs=jobs, device=device, eval_on=targets,
+        progress=progress, ray_address=ray,
+    )
+    if not rows:
+        typer.echo(f"nothing to do: every cell is already in {out}", err=True)
+        from featbench.results import read_rows
+
+        rows = [r for r in read_rows(out) if r.get("head") in head_list and r.get("shots") in shot_list
+                and r.get("seed") in seed_list and r.get("protocol") == protocol]
+    else:
+        typer.echo(f"appended {len(rows)} row(s) to {out}", err=True)
+    _print_summary(rows, head_list, shot_list)
+
+
+def _print_summary(rows: list[dict], heads: list[str], shots: list[int]) -> None:
+    """Mean top-1 (over datasets and seeds) per head x shots."""
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    datasets = sorted({r["dataset"] for r in rows})
+    console = Console(width=max(80, 16 + 10 * len(shots)))
+    console.print(f"mean top-1 acc (%) over {len(datasets)} dataset(s) and their seeds: {', '.join(datasets)}")
+    table = Table()
+    table.add_column("head")
+    for k in shots:
+        table.add_column(f"{k}-shot", justify="right")
+    for h in heads:
+        cells = []
+        for k in shots:
+            accs = [float(r["acc"]) for r in rows if r["head"] == h and int(r["shots"]) == k]
+            cells.append(f"{sum(accs) / len(accs):.2f}" if accs else "-")
+        if any(c != "-" for c in cells):
+            table.add_row(h, *cells)
+    console.print(table)
+
+
+@app.command()
+def fewshot(
+    cache: Path = typer.Argument(..., help="A schema-v1 feature cache (.h5).", show_default=False),
+    shots: int = typer.Option(..., "--shots", help="Shots per class (K)."),
+    seed: int = typer.Option(..., "--seed", help="Few-shot seed."),
+) -> None:
+    """Print the train and val image paths CoOp's sampler picks for (shots, seed), as JSON."""
+    from featbench.cache import Cache
+    from featbench.fewshot import fewshot_rows
+    from featbench.protocol import has_val
+
+    if shots < 1:
+        raise FeatbenchError(f"--shots {shots}: give a positive number of shots per class")
+    if not cache.exists():
+        raise FeatbenchError(f"cache file {cache} does not exist; run `featbench extract` first or check the path")
+    with Cache(cache) as c:
+        if not c.has_split("train"):
+            raise FeatbenchError(f"{cache}: no train split to sample from")
+        val_labels = c.labels("val") if has_val(c) else None
+        sub = fewshot_rows(c.labels("train"), val_labels, shots, seed)
+        train_paths = c.paths("train")
+        val_paths = c.paths("val") if sub.val is not None else []
+        out = {"train": [train_paths[r] for r in sub.train], "val": [val_paths[r] for r in (sub.val or [])]}
+    typer.echo(json.dumps(out, indent=1))

@@ -1,3 +1,69 @@
-"""CLI commands (placeholder module; filled in by its owner)."""
+"""`featbench table` and `featbench plot`: result rows -> tables / figures.
 
-from featbench.cli.app import app  # noqa: F401
+No torch on this path: the commands import only pandas (tables) and matplotlib (plot), lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.errors import FeatbenchError
+
+
+@app.command()
+def table(
+    results: List[Path] = typer.Argument(..., help="Result files (.jsonl) or directories of them.", show_default=False),
+    format: str = typer.Option("markdown", "--format", "-f", help="csv | latex | markdown"),
+    rows: str = typer.Option("dataset", "--rows", help="dataset | head | shots"),
+    cols: str = typer.Option("shots", "--cols", help="shots | head | dataset"),
+    metric: str = typer.Option("acc", "--metric", help="acc | mean_per_class_recall"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names or labels) to keep."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to keep, e.g. 1,16."),
+    decimals: int = typer.Option(2, "--decimals", help="Digits after the decimal point."),
+    standalone: bool = typer.Option(False, "--standalone", help="LaTeX only: wrap in a compilable document."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
+) -> None:
+    """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
+
+    --rows head --cols shots prints the dataset-average per head and shot, with a rank column.
+    """
+    from featbench import tables
+
+    if format not in tables.FORMATS:
+        raise FeatbenchError(f"--format must be one of {', '.join(tables.FORMATS)}; got {format!r}")
+    df = tables.load_results(results)
+    t = tables.aggregate(
+        df, metric=metric, rows=rows, cols=cols, protocol=protocol,
+        heads=parse_str_list(heads) if heads else None,
+        shots=parse_int_list(shots, "--shots") if shots else None,
+    )
+    text = tables.render(t, format, decimals=decimals, standalone=standalone)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def plot(
+    results: List[Path] = typer.Argument(..., help="Result files (.jsonl) or directories of them.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="A directory (gets accuracy-vs-shots.png/.pdf) or a "
+                             "stem ending in .png/.pdf (both files are written)."),
+    metric: str = typer.Option("acc", "--metric", help="acc | mean_per_class_recall"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
+    title: Optional[str] = typer.Option(None, "--title", help="A title line above the panels."),
+) -> None:
+    """Accuracy-vs-shots curves: one panel per dataset plus Average, one line per head, ±std bands."""
+    from featbench import tables
+    from featbench.plots import plot_curves
+
+    df = tables.load_results(results)
+    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title):
+        typer.echo(f"wrote {path}")

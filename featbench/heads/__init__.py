@@ -18,6 +18,12 @@ _REGISTRY: dict[str, str] = {
     "tip-adapter": "featbench.heads.tip_adapter:TipAdapter",
     "tip-adapter-f": "featbench.heads.tip_adapter:TipAdapterF",
     "taskres": "featbench.heads.taskres:TaskRes",
+    "gda": "featbench.heads.gda:GDA",
+    "lp++": "featbench.heads.lpplusplus:LPPlusPlus",
+    "clap": "featbench.heads.clap:CLAP",
+    "prolip": "featbench.heads.prolip:ProLIP",
+    # tunes CLIP's text projection on the few-shot data; mainly a base for TaskRes* (taskres.base=text-projection)
+    "text-projection": "featbench.heads.text_projection:TextProjection",
 }
 
 

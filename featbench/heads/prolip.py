@@ -1,0 +1,163 @@
+"""ProLIP: fine-tune only CLIP's final image projection, pulled back towards its pretrained value.
+
+Fahes et al., "CLIP's Visual Embedding Projector is a Few-shot Cornucopia" (arXiv 2410.05270; reference code
+astra-vision/ProLIP, methods/ProLIP.py and configs/experiments/*.yaml). Following the reference:
+
+- inputs are *pre-projection* image features x (``feature_kind = "features_pre"``: the runner passes them as
+  X / X_val / views) and ``extra["image_projection"]`` W0 [P, D] (+ ``"image_projection_bias"`` [D] for
+  architectures whose last layer has one, e.g. RN50's attention-pool output; the bias stays frozen);
+- f = x W (+ b); logits = s * norm(f) T^T with T the zero-shot text weights (normalised template means of
+  normalised text outputs) and s the logit scale;
+- loss = CE + lambda * ||W - W0||_F^2 (sum of squares); lambda = 1/N with N the number of *shots* per class
+  (reference ``lambda_funct_1_N``: ``lambda_v = 1/shots``);
+- full batch; each epoch uses one augmented view of every support image, cycling through the cached views
+  (the reference caches 300); plain features when the cache has no views (noted);
+- Adam (eps 1e-4), cosine annealing over 300 epochs; lr 1e-3 (the reference's validation-free setting); the
+  last epoch's projection is the model.
+
+Under protocol ``val`` the grid of the reference's few-shot-validation search is ``search_space`` (lr in
+1e-2..1e-8, lambda in {10, 1, 0.1, 0.01, 1e-3, 1e-4, 0}). With 0 epochs the head is zero-shot CLIP exactly
+(x W0 + b = the stored image features).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from featbench.errors import FeatbenchError
+from featbench.heads.base import Head, require
+
+PRE_PROJECTION_HINT = "re-extract with `featbench extract --pre-projection`"
+
+
+def _zeroshot_weights(text, device):
+    """t_c = norm(mean over templates of norm(text)) from raw [T, C, D] text outputs -> [C, D] float32."""
+    import torch
+
+    t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=device)
+    if t.ndim == 2:
+        t = t[None]
+    t = t / t.norm(dim=-1, keepdim=True)
+    t = t.mean(dim=0)
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+def shots_per_class(y, n_classes: int) -> int:
+    """Shots per class of a few-shot support set (rounded mean over the classes present)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+    present = counts[counts > 0]
+    return max(1, int(round(float(present.mean())))) if len(present) else 1
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """torch CosineAnnealingLR(T_max=epochs, eta_min=0) stepped once per epoch."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+
+
+class ProLIP(Head):
+    """Fine-tunes the final visual projection on cached pre-projection features with ||W - W0||^2."""
+
+    name: ClassVar[str] = "prolip"
+    paper: ClassVar[str] = "Fahes et al., CLIP's Visual Embedding Projector is a Few-shot Cornucopia, 2024"
+    needs_text: ClassVar[bool] = True
+    uses_views: ClassVar[bool] = True
+    searches_internally: ClassVar[bool] = False
+    feature_kind: ClassVar[str] = "features_pre"
+    search_space: ClassVar[dict[str, list]] = {
+        "lr": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
+        "lam": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
+    }
+
+    def __init__(
+        self,
+        epochs: int = 300,
+        lr: float = 1e-3,
+        lam: float | None = None,
+        eps: float = 1e-4,
+        device: str = "cpu",
+    ):
+        self.epochs = epochs
+        self.lr = lr
+        self.lam = lam
+        self.eps = eps
+        self.device = device
+
+    def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
+            extra=None) -> "ProLIP":
+        import torch
+        import torch.nn.functional as Fn
+
+        require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
+        extra = extra or {}
+        if extra.get("image_projection") is None:
+            raise FeatbenchError(f"head '{self.name}' needs pre-projection features; {PRE_PROJECTION_HINT}")
+        dev = torch.device(self.device)
+        W0 = torch.as_tensor(np.asarray(extra["image_projection"], dtype=np.float32), device=dev)
+        bias = extra.get("image_projection_bias")
+        bias = None if bias is None else torch.as_tensor(np.asarray(bias, dtype=np.float32), device=dev)
+        T = _zeroshot_weights(text, dev)
+        n_classes, dim = T.shape
+        X = np.asarray(X, dtype=np.float32)
+        if W0.ndim != 2 or W0.shape[1] != dim:
+            raise FeatbenchError(f"head '{self.name}': image_projection {tuple(W0.shape)} does not map to the "
+                                 f"text width {dim}; {PRE_PROJECTION_HINT}")
+        if X.ndim != 2 or X.shape[1] != W0.shape[0]:
+            raise FeatbenchError(f"head '{self.name}' needs pre-projection features (width {W0.shape[0]}), got "
+                                 f"features of shape {X.shape}; {PRE_PROJECTION_HINT}")
+        notes: list[str] = []
+        if views is not None:
+            V = np.asarray(views, dtype=np.float32)
+            if V.ndim != 3 or V.shape[1:] != X.shape:
+                raise FeatbenchError(f"head '{self.name}': pre-projection views {V.shape} do not match features "
+                                     f"{X.shape}; {PRE_PROJECTION_HINT}")
+            train = torch.as_tensor(V, device=dev)
+        else:
+            train = torch.as_tensor(X, device=dev)[None]
+            notes.append("no augmented views in cache: trained on plain pre-projection features")
+        yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
+        lam = float(self.lam) if self.lam is not None else 1.0 / shots_per_class(y, n_classes)
+        scale = float(logit_scale)
+
+        W = W0.clone().requires_grad_(True)
+        epochs = int(self.epochs)
+        if epochs > 0:
+            opt = torch.optim.Adam([W], lr=float(self.lr), eps=float(self.eps))
+            for epoch in range(epochs):
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(float(self.lr), epoch, epochs)
+                x = train[epoch % train.shape[0]]
+                f = x @ W if bias is None else x @ W + bias
+                logits = scale * Fn.normalize(f, dim=-1) @ T.T
+                loss = Fn.cross_entropy(logits, yt) + lam * (W - W0).pow(2).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.projection_ = W.detach()
+        self.bias_ = bias
+        self.text_weights_ = T
+        self.scale_ = scale
+        self.lam_ = lam
+        views_used = int(train.shape[0]) if views is not None else 0
+        self.fit_info_ = {"selected": {}, "views_used": views_used, "notes": notes + [f"lambda={lam:.4g}"]}
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Project pre-projection features with the fine-tuned projection (raw, not normalised)."""
+        import torch
+
+        x = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.projection_.device)
+        if x.shape[-1] != self.projection_.shape[0]:
+            raise FeatbenchError(f"head '{self.name}' needs pre-projection features (width "
+                                 f"{self.projection_.shape[0]}), got width {x.shape[-1]}; {PRE_PROJECTION_HINT}")
+        f = x @ self.projection_
+        return (f if self.bias_ is None else f + self.bias_).cpu().numpy()
+
+    def decision_function(self, X) -> np.ndarray:
+        import torch
+        import torch.nn.functional as Fn
+
+        f = torch.as_tensor(self.transform(X), device=self.projection_.device)
+        return (self.scale_ * Fn.normalize(f, dim=-1) @ self.text_weights_.T).cpu().numpy()

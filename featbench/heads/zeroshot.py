@@ -1,0 +1,48 @@
+"""Zero-shot CLIP: the prompt-ensembled text embeddings are the classifier (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featbench.heads.base import Head, require
+
+
+class ZeroShot(Head):
+    """t_c = norm(mean_T norm(text)); logits = logit_scale * norm(f) . t_c (CLIP, Radford et al. 2021)."""
+
+    name = "zeroshot"
+    paper = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
+    needs_text = True
+    uses_views = False
+    searches_internally = False
+    search_space: dict = {}  # nothing to tune
+
+    def __init__(self, device: str = "cpu", random_state: int = 0):
+        self.device = device
+        self.random_state = random_state  # unused (deterministic); accepted so runners can pass it to any head
+
+    def fit(self, X, y=None, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None,
+            classnames=None, extra=None) -> "ZeroShot":
+        from featbench.heads import _torch as T
+
+        require(text, "text features (the cache's /text group)", self.name)
+        dev = T.resolve_device(self.device)
+        self.weights_ = T.zeroshot_weights(text, dev)  # [C, D], unit rows
+        self.logit_scale_ = float(logit_scale)
+        self.n_classes_ = int(self.weights_.shape[0])
+        self.fit_info_ = {"selected": {}, "views_used": 0, "notes": []}
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        from featbench.heads import _torch as T
+
+        X, _ = T.check_xy(X)
+        f = T.as_tensor(X, self.weights_.device)
+        w = self.weights_
+        out = T.batched_logits(lambda x: self.logit_scale_ * T.l2norm(x) @ w.T, f)
+        return T.to_numpy(out)
+
+    def class_weights(self) -> np.ndarray:
+        from featbench.heads import _torch as T
+
+        return T.to_numpy(self.weights_)

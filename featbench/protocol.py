@@ -1,0 +1,433 @@
+"""How one grid cell — (cache, head, fixed params, protocol, shots, seed) — becomes result rows.
+
+Protocols (recorded on every row):
+
+- ``paper``  — the head with its paper's defaults for this dataset and shot count (``get_head``), no
+  protocol search. Heads whose paper *defines* a search on the validation split (``searches_internally``:
+  lpclip's C sweep, Tip-Adapter's alpha/beta grid) receive the few-shot val split as ``X_val``/``y_val``
+  because that search is the paper's procedure.
+- ``val``    — additionally grid-search the head's ``search_space`` (minus parameters the user fixed with
+  ``--set``/``--grid``) on the few-shot val split (min(K, 4) images per class), keep the best val accuracy
+  (the *first* best in ``itertools.product`` order of the search space on ties), report test accuracy of
+  that choice. Test features are read only after the choice is made.
+- ``oracle`` — the same searches scored on the (source) test split. It exists only to reproduce papers that
+  selected on test (Tip-Adapter's ImageNet); rows say ``"protocol": "oracle"`` and carry a note.
+
+Selection split for datasets without a val split (ImageNet in CoOp): min(K, 4) images per class drawn from the
+train rows *not* in the K-shot subset, classes in first-appearance order, with a private generator
+``random.Random(f"featbench-val-holdout:{seed}")`` (``holdout_rows``). It is deterministic, disjoint from the
+training images, never touches test, and the row notes it. `featbench.fewshot.holdout_rows` draws them and
+extraction with `--train-rows fewshot` covers them.
+
+Under ``val``/``oracle`` the row's ``params`` show each searched hyperparameter as ``"searched"`` and
+``selected`` holds the chosen values (plus whatever the head's own search chose), so the configuration that
+identifies a row is known before it runs (resume) and is honest about what was tuned.
+
+Domain generalisation (``eval_on``): fit on the source cache, evaluate on each target cache's test split with
+the logit columns restricted to the target's classes, matched by class *name* to the source's classnames
+(ImageNet-A/-R keep 200 of the 1000). Under ``oracle`` the selection split is the *source* test split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from featbench import __version__
+from featbench.errors import FeatbenchError
+from featbench.fewshot import fewshot_rows, holdout_rows
+from featbench.results import ROW_FIELDS, jsonable, now_iso
+
+PROTOCOLS = ("paper", "val", "oracle")
+SEARCHED = "searched"
+HOLDOUT_NOTE = "selection split: held-out train rows (dataset has no val split)"
+ORACLE_NOTE = "oracle protocol: hyperparameters selected on the test split (not a valid few-shot result)"
+NO_VIEWS_NOTE = "no augmented views in cache for these rows: trained on plain features"
+EVAL_CHUNK = 8192
+
+
+@dataclass
+class Cell:
+    """One unit of work: everything a worker (this process, a joblib worker, a Ray task) needs."""
+
+    cache: str
+    head: str
+    head_target: str  # "module:Class", so workers in other processes resolve plugin/test heads too
+    overrides: dict = field(default_factory=dict)  # params fixed by --set / --grid
+    protocol: str = "paper"
+    shots: int = 1
+    seed: int = 1
+    device: str = "cpu"
+    eval_on: tuple = ()
+
+
+# ----------------------------------------------------------------------------------------------------
+# per-process reuse of open caches and big arrays (a worker runs many cells on the same cache)
+# ----------------------------------------------------------------------------------------------------
+_OPEN: "OrderedDict[tuple, Any]" = OrderedDict()
+_ARRAYS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_MAX_OPEN = 16
+_MAX_ARRAYS = 6
+
+
+def _file_id(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def open_cached(path: str):
+    """A `Cache` for path, reused across cells in this process while the file is unchanged."""
+    from featbench.cache import Cache
+
+    if not os.path.exists(path):
+        raise FeatbenchError(f"cache file {path} does not exist; run `featbench extract` first or check the path")
+    key = _file_id(path)
+    cache = _OPEN.get(key)
+    if cache is None:
+        cache = Cache(path)
+        _OPEN[key] = cache
+        while len(_OPEN) > _MAX_OPEN:
+            _, old = _OPEN.popitem(last=False)
+            old.close()
+    else:
+        _OPEN.move_to_end(key)
+    return cache
+
+
+def _memo(cache, what: tuple, load):
+    key = (_file_id(str(cache.path)),) + what
+    arr = _ARRAYS.get(key)
+    if arr is None:
+        arr = load()
+        _ARRAYS[key] = arr
+        while len(_ARRAYS) > _MAX_ARRAYS:
+            _ARRAYS.popitem(last=False)
+    else:
+        _ARRAYS.move_to_end(key)
+    return arr
+
+
+def close_cached() -> None:
+    """Close every cache this process holds open and drop memoised arrays."""
+    while _OPEN:
+        _, c = _OPEN.popitem()
+        c.close()
+    _ARRAYS.clear()
+
+
+# ----------------------------------------------------------------------------------------------------
+# splits
+# ----------------------------------------------------------------------------------------------------
+def has_val(cache) -> bool:
+    return cache.has_split("val") and len(cache.labels("val")) > 0
+
+
+def effective_search_space(head_cls, protocol: str, fixed: Mapping) -> dict[str, list]:
+    """The protocol search grid: the head's search_space minus params fixed by --set/--grid (none under paper)."""
+    if protocol == "paper":
+        return {}
+    space = dict(getattr(head_cls, "search_space", {}) or {})
+    return {k: list(v) for k, v in space.items() if k not in fixed and len(list(v)) > 0}
+
+
+def needs_selection_split(head_cls, protocol: str, fixed: Mapping) -> bool:
+    space = effective_search_space(head_cls, protocol, fixed)
+    return bool(getattr(head_cls, "searches_internally", False)) or any(len(v) > 1 for v in space.values())
+
+
+# ----------------------------------------------------------------------------------------------------
+# heads
+# ----------------------------------------------------------------------------------------------------
+def head_target(name: str) -> str:
+    from featbench.heads import get_head_class
+
+    cls = get_head_class(name)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_head_class(cell: Cell):
+    from featbench.heads import get_head_class, register_head
+
+    register_head(cell.head, cell.head_target)  # idempotent here; makes test/plugin heads known in workers
+    return get_head_class(cell.head)
+
+
+def build_head(cell: Cell, dataset: str, extra_params: Mapping | None = None):
+    """get_head with paper defaults + the cell's fixed params (+ a search point); seed and device set."""
+    from featbench.heads import get_head
+
+    cls = resolve_head_class(cell)
+    params = dict(cell.overrides)
+    params.update(extra_params or {})
+    names = set(cls._param_names())
+    if "random_state" in names:
+        params["random_state"] = int(cell.seed)
+    if "device" in names:
+        params["device"] = cell.device
+    return get_head(cell.head, dataset=dataset, shots=int(cell.shots), **params)
+
+
+def planned_params(cell: Cell, dataset: str) -> dict:
+    """The `params` a cell's rows will record (known before running: the resume key)."""
+    cls = resolve_head_class(cell)
+    head = build_head(cell, dataset)
+    params = jsonable(head.hyperparameters())
+    for k in effective_search_space(cls, cell.protocol, cell.overrides):
+        if k in params:
+            params[k] = SEARCHED
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------
+# class matching (domain generalisation)
+# ----------------------------------------------------------------------------------------------------
+def _norm_name(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
+def target_columns(source_classnames: Sequence[str], target_classnames: Sequence[str], source: str, target: str) -> np.ndarray:
+    """For each target class, the source logit column with the same class name (exact, then normalised)."""
+    exact = {n: i for i, n in enumerate(source_classnames)}
+    loose: dict[str, int] = {}
+    for i, n in enumerate(source_classnames):
+        loose.setdefault(_norm_name(n), i)
+    cols, missing = [], []
+    for n in target_classnames:
+        if n in exact:
+            cols.append(exact[n])
+        elif _norm_name(n) in loose:
+            cols.append(loose[_norm_name(n)])
+        else:
+            missing.append(n)
+    if missing:
+        raise FeatbenchError(
+            f"--eval-on {target}: {len(missing)} of its classes are not classes of the source {source} "
+            f"(e.g. {missing[0]!r}); domain-generalisation targets must use a subset of the source's class names"
+        )
+    if len(set(cols)) != len(cols):
+        raise FeatbenchError(f"--eval-on {target}: several of its class names map to the same source class of {source}")
+    return np.asarray(cols, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------------
+def predict(head, X: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """argmax of the head's logits (restricted to `columns`), in chunks so test sets of any size fit."""
+    preds = []
+    for start in range(0, X.shape[0], EVAL_CHUNK):
+        logits = np.asarray(head.decision_function(X[start:start + EVAL_CHUNK]))
+        if columns is not None:
+            logits = logits[:, columns]
+        preds.append(logits.argmax(axis=1))
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(y)).mean() * 100.0)
+
+
+def mean_per_class_recall(pred: np.ndarray, y: np.ndarray) -> float:
+    y = np.asarray(y)
+    pred = np.asarray(pred)
+    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls) * 100.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one cell
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class _Split:
+    X: np.ndarray
+    y: np.ndarray
+    name: str
+
+
+def _labelled(cache, split: str, kind: str, rows: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    labels = cache.labels(split)
+    if rows is None:
+        stored = cache.feature_rows(split)
+        X = _memo(cache, (split, kind), lambda: cache.features(split, None, kind=kind))
+        return X, labels[stored]
+    rows = np.asarray(rows, dtype=np.int64)
+    return cache.features(split, rows, kind=kind), labels[rows]
+
+
+def _views_kind(kind: str) -> str:
+    return "views" if kind == "features" else "views" + kind[len("features"):]
+
+
+def _extra_arrays(cache) -> dict:
+    """Optional model tensors for heads that work before the projection (ProLIP, text-projection)."""
+    out = {}
+    for name in ("/model/image_projection", "/model/image_projection_bias", "/model/text_projection", "/text/features_pre"):
+        if cache.has_dataset(name):
+            out[name.strip("/").split("/", 1)[1] if name.startswith("/model/") else "text_features_pre"] = \
+                _memo(cache, ("extra", name), lambda n=name: cache.array(n))
+    return out
+
+
+def run_cell(cell: Cell) -> list[dict]:
+    """Fit one cell and return its rows: one for the source test split, or one per --eval-on target."""
+    if cell.protocol not in PROTOCOLS:
+        raise FeatbenchError(f"--protocol {cell.protocol}: choose one of {', '.join(PROTOCOLS)}")
+    src = open_cached(cell.cache)
+    cls = resolve_head_class(cell)
+    kind = getattr(cls, "feature_kind", "features") or "features"
+    dataset = src.dataset
+
+    text = None
+    if src.has_text:
+        text = _memo(src, ("text",), src.text_features)
+    if getattr(cls, "needs_text", False) and text is None:
+        raise FeatbenchError(f"head '{cell.head}' needs class-prompt text features but cache {src.path} has no /text/features; re-extract with text or drop the head")
+
+    train_labels = src.labels("train")
+    val_labels = src.labels("val") if has_val(src) else None
+    sub = fewshot_rows(train_labels, val_labels, int(cell.shots), int(cell.seed))
+    X, y = _labelled(src, "train", kind, sub.train)
+    notes: list[str] = []
+
+    views = None
+    if getattr(cls, "uses_views", False):
+        vkind = _views_kind(kind)
+        if src.has_views and src.has_dataset(f"/splits/train/{vkind}") and src.covers_views(sub.train):
+            views = src.views(sub.train, kind=vkind)
+
+    # the selection split (never test, except under oracle where that is the point)
+    space = effective_search_space(cls, cell.protocol, cell.overrides)
+    selection: _Split | None = None
+    if needs_selection_split(cls, cell.protocol, cell.overrides):
+        if cell.protocol == "oracle":
+            Xs, ys = _labelled(src, "test", kind, None)
+            selection = _Split(Xs, ys, "test")
+            notes.append(ORACLE_NOTE if not cell.eval_on else ORACLE_NOTE.replace("the test split", "the source's test split"))
+        elif sub.val is not None:
+            Xs, ys = _labelled(src, "val", kind, sub.val)
+            selection = _Split(Xs, ys, "val")
+        else:
+            rows = holdout_rows(train_labels, sub.train, int(cell.shots), int(cell.seed))
+            if not rows:
+                raise FeatbenchError(f"{src.path}: no train rows outside the {cell.shots}-shot subset to hold out for selection (dataset has no val split)")
+            stored = set(int(r) for r in src.feature_rows("train"))
+            if not all(r in stored for r in rows):
+                raise FeatbenchError(
+                    f"{src.path} has no val split and lacks features for the held-out train rows used for selection "
+                    f"(shots {cell.shots}, seed {cell.seed}); re-extract with --train-rows all, or use --protocol paper "
+                    f"with heads that do not search"
+                )
+            Xs, ys = _labelled(src, "train", kind, rows)
+            selection = _Split(Xs, ys, "holdout")
+            notes.append(HOLDOUT_NOTE)
+
+    context: dict[str, Any] = {
+        "text": text,
+        "views": views,
+        "logit_scale": src.logit_scale,
+        "classnames": src.classnames,
+        "extra": _extra_arrays(src),
+    }
+    if getattr(cls, "searches_internally", False) and selection is not None:
+        context["X_val"], context["y_val"] = selection.X, selection.y
+
+    combos = [dict(zip(space, values)) for values in itertools.product(*space.values())] if space else [{}]
+    t0 = time.perf_counter()
+    best_head, best_combo, best_score = None, {}, -1.0
+    for combo in combos:
+        head = build_head(cell, dataset, combo)
+        head.fit(X, y, **context)
+        if len(combos) == 1:
+            best_head, best_combo = head, combo
+            break
+        score = accuracy(predict(head, selection.X), selection.y)
+        if score > best_score:  # strict: the first best wins ties
+            best_head, best_combo, best_score = head, combo, score
+    fit_seconds = time.perf_counter() - t0
+    if len(combos) > 1:
+        notes.append(f"{cell.protocol} search over {len(combos)} settings on the {selection.name} split: best {best_score:.2f}%")
+
+    info = dict(getattr(best_head, "fit_info_", {}) or {})
+    selected = dict(jsonable(info.get("selected") or {}))
+    selected.update(jsonable(best_combo))
+    head_notes = [str(n) for n in (info.get("notes") or [])]
+    if getattr(cls, "uses_views", False) and views is None and not any("view" in n for n in head_notes):
+        head_notes.append(NO_VIEWS_NOTE)
+    views_used = info.get("views_used")
+    if views_used is None:
+        views_used = int(views.shape[0]) if views is not None else 0
+    params = planned_params(cell, dataset)
+
+    base_row = {
+        "source_dataset": dataset,
+        "model": src.model,
+        "pretrained": src.pretrained,
+        "fingerprint": src.fingerprint,
+        "head": cell.head,
+        "params": params,
+        "selected": selected,
+        "protocol": cell.protocol,
+        "shots": int(cell.shots),
+        "seed": int(cell.seed),
+        "fit_seconds": round(fit_seconds, 4),
+        "views_used": jsonable(views_used),
+        "notes": head_notes + notes,
+        "featbench_version": __version__,
+    }
+    rows = []
+    targets = [(src, None)] if not cell.eval_on else [(open_cached(p), p) for p in cell.eval_on]
+    for tgt, tpath in targets:
+        columns = None
+        if tpath is not None:
+            from featbench.cache import check_same_encoder
+
+            check_same_encoder(src, tgt)
+            columns = target_columns(src.classnames, tgt.classnames, str(src.path), str(tgt.path))
+            if len(columns) == src.num_classes and np.array_equal(columns, np.arange(src.num_classes)):
+                columns = None
+        Xt, yt = _labelled(tgt, "test", kind, None)
+        if Xt.shape[0] == 0:
+            raise FeatbenchError(f"{tgt.path}: the test split has no features to evaluate on")
+        pred = predict(best_head, Xt, columns)
+        row = {
+            "dataset": tgt.dataset,
+            **base_row,
+            "cache": str(tgt.path),
+            "acc": accuracy(pred, yt),
+            "mean_per_class_recall": mean_per_class_recall(pred, yt),
+            "n_test": int(yt.shape[0]),
+            "notes": list(base_row["notes"]),
+            "timestamp": now_iso(),
+        }
+        rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})  # schema order first
+    return rows
+
+
+def run_cell_bounded(cell: Cell, threads: int | None) -> list[dict]:
+    """run_cell with torch and BLAS limited to `threads` (parallel workers must not oversubscribe cores)."""
+    if not threads:
+        return run_cell(cell)
+    from threadpoolctl import threadpool_limits
+
+    import sys
+
+    if "torch" in sys.modules:  # otherwise torch reads OMP_NUM_THREADS (set by loky/Ray) when a head imports it
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
+    with threadpool_limits(limits=int(threads)):
+        return run_cell(cell)
+
+
+__all__ = [
+    "PROTOCOLS", "Cell", "run_cell", "run_cell_bounded", "holdout_rows", "effective_search_space",
+    "needs_selection_split", "planned_params", "target_columns", "accuracy", "mean_per_class_recall",
+    "open_cached", "close_cached", "head_target", "HOLDOUT_NOTE", "ORACLE_NOTE",
+]

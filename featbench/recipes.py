@@ -1,0 +1,448 @@
+"""Recipes: one YAML file names a whole experiment (datasets × heads × shots × seeds × grids) and drives both
+stages — extraction and the fit grid — then writes tables and plots next to the results.
+
+Every key is checked against an explicit schema (:data:`SCHEMA`, :data:`EXTRACT_SCHEMA`): an unknown key, a
+duplicated key or a value of the wrong type is an error naming the key and the file, never a silent default.
+Relative paths in a recipe (``root``, ``roots``, ``cache_dir``, ``out``) are relative to the working directory
+the command runs in, like the paths given on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from featbench.errors import FeatbenchError
+
+PROTOCOLS = ("paper", "val", "oracle")
+DIMS = ("dataset", "head", "shots")
+DTYPES = ("float16", "float32")
+SPLITS = ("train", "val", "test")
+
+# -- value checks: each returns an error phrase ("must be ...") or None --------------------------------------
+
+
+def _type_name(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _str(v):
+    return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
+
+
+def _opt_str(v):
+    return None if v is None else _str(v)
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _int_min(lo: int):
+    def check(v):
+        return None if _is_int(v) and v >= lo else f"must be an integer >= {lo}"
+    return check
+
+
+def _int_list(lo: int = 1):
+    def check(v):
+        if not isinstance(v, list) or not v or not all(_is_int(x) and x >= lo for x in v):
+            return f"must be a non-empty list of integers >= {lo}, e.g. [1, 2, 4]"
+        if len(set(v)) != len(v):
+            return "must not repeat values"
+        return None
+    return check
+
+
+def _str_list(v):
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        return "must be a non-empty list of strings"
+    if len(set(v)) != len(v):
+        return "must not repeat values"
+    return None
+
+
+def _choice(options):
+    def check(v):
+        return None if v in options else f"must be one of {', '.join(map(str, options))}"
+    return check
+
+
+def _str_map(v):
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) and x for k, x in v.items()):
+        return "must be a mapping of dataset name -> path string"
+    return None
+
+
+def _scalarish(x) -> bool:
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return True
+    if isinstance(x, list):
+        return all(_scalarish(i) for i in x)
+    return False
+
+
+def _sets(v):
+    if not isinstance(v, dict) or not v:
+        return "must be a non-empty mapping of 'head.param' -> value, e.g. {taskres.alpha: 0.5}"
+    for k, x in v.items():
+        if not isinstance(k, str) or k.count(".") < 1:
+            return f"key {k!r} must look like 'head.param'"
+        if not _scalarish(x):
+            return f"value of {k!r} must be a number, string, boolean, null or a list of those"
+    return None
+
+
+def _grids(v):
+    if not isinstance(v, dict) or not v:
+        return "must be a non-empty mapping of 'head.param' -> list of values, e.g. {taskres.alpha: [0.25, 0.5]}"
+    for k, x in v.items():
+        if not isinstance(k, str) or k.count(".") < 1:
+            return f"key {k!r} must look like 'head.param'"
+        if not isinstance(x, list) or not x or not all(_scalarish(i) for i in x):
+            return f"value of {k!r} must be a non-empty list of values"
+    return None
+
+
+def _tables(v):
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of {rows: ..., cols: ...} mappings"
+    for t in v:
+        if not isinstance(t, dict) or set(t) - {"rows", "cols", "metric"} or not {"rows", "cols"} <= set(t):
+            return "entries must be mappings with keys rows, cols (and optionally metric)"
+        if t["rows"] not in DIMS or t["cols"] not in DIMS or t["rows"] == t["cols"]:
+            return f"rows/cols must be two different values of {', '.join(DIMS)}"
+        if t.get("metric", "acc") not in ("acc", "mean_per_class_recall"):
+            return "metric must be acc or mean_per_class_recall"
+    return None
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Callable[[Any], str | None]
+    doc: str
+    required: bool = False
+
+
+#: `extract:` — options passed to featbench.extract.extract (see `featbench extract --help`)
+EXTRACT_SCHEMA: dict[str, Field] = {
+    "views": Field(_int_min(0), "augmented views per few-shot train image (Tip-Adapter: 10)"),
+    "view_shots": Field(_int_list(1), "shot counts whose few-shot images get views (default: the recipe's shots)"),
+    "seeds": Field(_int_list(0), "few-shot seeds whose images get views (default: the recipe's seeds)"),
+    "splits": Field(lambda v: _str_list(v) or (None if set(v) <= set(SPLITS) else f"must be a subset of {SPLITS}"),
+                    "splits to encode"),
+    "train_rows": Field(_str, "which train rows get plain features: all | fewshot"),
+    "all_views": Field(_bool, "views for every train image, not only the few-shot union"),
+    "batch_size": Field(_int_min(1), "images per encoder batch"),
+    "workers": Field(_int_min(0), "DataLoader worker processes"),
+    "device": Field(_str, "auto | cpu | cuda | cuda:N"),
+    "dtype": Field(_choice(DTYPES), "on-disk feature dtype"),
+    "pre_projection": Field(_bool, "also store pre-projection features (needed by prolip, text-projection)"),
+    "skip_bad_images": Field(_bool, "skip unreadable images instead of failing"),
+}
+
+#: the top-level keys of a recipe
+SCHEMA: dict[str, Field] = {
+    "name": Field(_str, "a short name (default: the file name)"),
+    "description": Field(_str, "free text"),
+    "datasets": Field(_str_list, "datasets to extract and fit (featbench.datasets.list_datasets())", True),
+    "root": Field(_opt_str, "common data root (the CoOp DATA folder); --root overrides it"),
+    "roots": Field(_str_map, "per-dataset roots, overriding root"),
+    "model": Field(_str, "open_clip model name (e.g. RN50, ViT-B-16, tiny-vit)", True),
+    "pretrained": Field(_str, "open_clip pretrained tag or a checkpoint file (e.g. openai, none)", True),
+    "cache_dir": Field(_str, "where caches live (default: cache)"),
+    "extract": Field(lambda v: None if isinstance(v, dict) else "must be a mapping of extraction options",
+                     "extraction options: " + ", ".join(EXTRACT_SCHEMA)),
+    "heads": Field(_str_list, "heads to fit (featbench.heads.list_heads())", True),
+    "shots": Field(_int_list(1), "shot counts, e.g. [1, 2, 4, 8, 16]", True),
+    "seeds": Field(_int_list(0), "few-shot seeds, e.g. [1, 2, 3]", True),
+    "protocol": Field(_choice(PROTOCOLS), "hyperparameter selection protocol (default: paper)"),
+    "sets": Field(_sets, "fixed hyperparameter overrides, 'head.param': value"),
+    "grids": Field(_grids, "hyperparameter grids, 'head.param': [values] (one result row per value)"),
+    "eval_on": Field(_str_list, "extra test-only datasets to evaluate the trained heads on (domain generalisation)"),
+    "jobs": Field(_int_min(1), "parallel fit workers (default: 1)"),
+    "device": Field(_str, "device for fitting heads (default: cpu)"),
+    "out": Field(_str, "output directory for results, tables and plots (default: results/<name>)"),
+    "tables": Field(_tables, "tables to write (default: rows dataset × cols shots, and rows head × cols shots)"),
+}
+
+DEFAULT_TABLES = ({"rows": "dataset", "cols": "shots"}, {"rows": "head", "cols": "shots"})
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. ``path`` is the file it came from (None for one built in code, e.g. the demo)."""
+
+    datasets: list[str]
+    model: str
+    pretrained: str
+    heads: list[str]
+    shots: list[int]
+    seeds: list[int]
+    name: str = "recipe"
+    description: str = ""
+    root: str | None = None
+    roots: dict[str, str] = field(default_factory=dict)
+    cache_dir: str = "cache"
+    extract: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "paper"
+    sets: dict[str, Any] = field(default_factory=dict)
+    grids: dict[str, list] = field(default_factory=dict)
+    eval_on: list[str] = field(default_factory=list)
+    jobs: int = 1
+    device: str = "cpu"
+    out: str | None = None
+    tables: list[dict] = field(default_factory=lambda: [dict(t) for t in DEFAULT_TABLES])
+    path: Path | None = None
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("results") / self.name
+
+    def dataset_root(self, dataset: str, root_override: str | Path | None = None) -> str | None:
+        """Per-dataset root if the recipe names one, else --root, else the recipe's common root."""
+        if dataset in self.roots:
+            return self.roots[dataset]
+        if root_override is not None:
+            return str(root_override)
+        return self.root
+
+    def extract_options(self, *, test_only: bool = False) -> dict[str, Any]:
+        """Keyword arguments for featbench.extract.extract (views default to the recipe's shots/seeds)."""
+        opts = dict(self.extract)
+        if test_only:  # evaluation-only datasets (eval_on): just the test split, no views
+            opts["splits"] = ["test"]
+            opts["views"] = 0
+            opts.pop("view_shots", None)
+            opts.pop("seeds", None)
+            opts.pop("all_views", None)
+        else:
+            opts.setdefault("view_shots", list(self.shots))
+            opts.setdefault("seeds", list(self.seeds))
+        for k in ("splits", "view_shots", "seeds"):
+            if k in opts:
+                opts[k] = tuple(opts[k])
+        return opts
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
+def _yaml_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that refuses duplicated keys (PyYAML would silently keep the last)."""
+
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return StrictLoader
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if not path.is_absolute() and (Path("recipes") / path.name).is_file() and path.parent == Path("."):
+            hint = f" (did you mean recipes/{path.name}?)"
+        raise FeatbenchError(f"{path}: recipe file not found{hint}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise FeatbenchError(f"{path}: not valid YAML{where}: {problem}") from None
+    return validate(data, source=path)
+
+
+def _unknown(key: str, allowed, source, prefix: str = "") -> FeatbenchError:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+    return FeatbenchError(f"{source}: unknown key '{prefix}{key}'{hint}")
+
+
+def _check_fields(data: dict, schema: dict[str, Field], source, prefix: str = "") -> None:
+    for key in data:
+        if not isinstance(key, str) or key not in schema:
+            raise _unknown(str(key), schema, source, prefix)
+    for key, spec in schema.items():
+        if key not in data:
+            if spec.required:
+                raise FeatbenchError(f"{source}: missing required key '{prefix}{key}' ({spec.doc})")
+            continue
+        problem = spec.check(data[key])
+        if problem:
+            raise FeatbenchError(f"{source}: key '{prefix}{key}' {problem} (got {data[key]!r}, {_type_name(data[key])})")
+
+
+def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
+    """Check a parsed recipe against the schema and the registries; return a :class:`Recipe`."""
+    if not isinstance(data, dict):
+        raise FeatbenchError(f"{source}: a recipe must be a YAML mapping of keys (got {_type_name(data)})")
+    _check_fields(data, SCHEMA, source)
+    if "extract" in data:
+        _check_fields(data["extract"], EXTRACT_SCHEMA, source, prefix="extract.")
+        tr = data["extract"].get("train_rows")
+        if tr is not None and tr not in ("all", "fewshot"):
+            raise FeatbenchError(f"{source}: key 'extract.train_rows' must be all or fewshot (got {tr!r})")
+
+    from featbench.datasets import list_datasets
+    from featbench.heads import list_heads
+
+    known_ds = list_datasets()
+    for key in ("datasets", "eval_on"):
+        for name in data.get(key, []):
+            if name not in known_ds:
+                close = difflib.get_close_matches(name, known_ds, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_ds)}"
+                raise FeatbenchError(f"{source}: key '{key}' names unknown dataset '{name}'{hint}")
+    for name in data.get("roots", {}):
+        if name not in data["datasets"] and name not in data.get("eval_on", []):
+            raise FeatbenchError(f"{source}: key 'roots.{name}' names a dataset the recipe does not use")
+    known_heads = list_heads()
+    for name in data["heads"]:
+        if name not in known_heads:
+            close = difflib.get_close_matches(name, known_heads, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_heads)}"
+            raise FeatbenchError(f"{source}: key 'heads' names unknown head '{name}'{hint}")
+    for key in ("sets", "grids"):
+        for name in data.get(key, {}):
+            head = name.rsplit(".", 1)[0]
+            if head not in data["heads"]:
+                raise FeatbenchError(f"{source}: key '{key}.{name}' is for head '{head}', which the recipe's "
+                                     f"heads ({', '.join(data['heads'])}) do not include")
+    for key in ("sets", "grids"):
+        for name in data.get(key, {}):
+            head, param = name.rsplit(".", 1)
+            names = _head_param_names(head)
+            if names is not None and param not in names:
+                raise FeatbenchError(f"{source}: key '{key}.{name}': head '{head}' has no parameter '{param}'; "
+                                     f"it has: {', '.join(sorted(names))}")
+    if set(data.get("eval_on", [])) & set(data["datasets"]):
+        raise FeatbenchError(f"{source}: key 'eval_on' repeats a dataset from 'datasets'")
+
+    kwargs = {k: v for k, v in data.items()}
+    kwargs.setdefault("name", Path(str(source)).stem if source != "<recipe>" else "recipe")
+    recipe = Recipe(**kwargs)
+    recipe.path = Path(source) if source != "<recipe>" else None
+    return recipe
+
+
+def _head_param_names(head: str) -> list[str] | None:
+    """The head's parameter names, or None where its module cannot be imported here (checked again at run)."""
+    from featbench.heads import get_head_class
+
+    try:
+        return list(get_head_class(head)._param_names())
+    except Exception:
+        return None
+
+
+def describe_schema() -> str:
+    """The schema as text (for docs and `--help`)."""
+    lines = ["top-level keys:"]
+    lines += [f"  {k}{' (required)' if f.required else ''}: {f.doc}" for k, f in SCHEMA.items()]
+    lines.append("extract: keys:")
+    lines += [f"  {k}: {f.doc}" for k, f in EXTRACT_SCHEMA.items()]
+    return "\n".join(lines)
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+def cache_paths(recipe: Recipe) -> dict[str, Path]:
+    """Where extraction puts (or put) each dataset's cache."""
+    from featbench.cache import default_cache_path
+
+    return {ds: Path(default_cache_path(recipe.cache_dir, recipe.model, recipe.pretrained, ds))
+            for ds in [*recipe.datasets, *recipe.eval_on]}
+
+
+def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False,
+               out: str | Path | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+    """Extract (skipping up-to-date caches), fit the grid, write tables and plots. Returns the output paths."""
+    out_dir = Path(out) if out is not None else recipe.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.jsonl"
+
+    caches: dict[str, Path] = {}
+    if only_fit:
+        caches = cache_paths(recipe)
+        missing = [str(p) for p in caches.values() if not p.is_file()]
+        if missing:
+            raise FeatbenchError(f"--only-fit: cache(s) not found: {', '.join(missing)}; run without --only-fit "
+                                 "to extract them first")
+    else:
+        from featbench.extract import extract
+
+        for ds in [*recipe.datasets, *recipe.eval_on]:
+            ds_root = recipe.dataset_root(ds, root)
+            if ds_root is None:
+                raise FeatbenchError(f"no data root for dataset '{ds}': pass --root DATA or set 'root' in "
+                                     f"{recipe.path or 'the recipe'}")
+            opts = recipe.extract_options(test_only=ds in recipe.eval_on)
+            echo(f"extract {ds} ({recipe.model}/{recipe.pretrained}) from {ds_root}")
+            caches[ds] = Path(extract(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
+                                      cache_dir=recipe.cache_dir, progress=progress, **opts))
+
+    from featbench.runner import run_fit
+
+    echo(f"fit {len(recipe.heads)} head(s) × {len(recipe.datasets)} dataset(s) × shots "
+         f"{','.join(map(str, recipe.shots))} × seeds {','.join(map(str, recipe.seeds))} ({recipe.protocol} protocol)")
+    fit_args = dict(heads=list(recipe.heads), shots=list(recipe.shots), seeds=list(recipe.seeds),
+                    protocol=recipe.protocol, sets=dict(recipe.sets) or None, grids=dict(recipe.grids) or None,
+                    out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress)
+    sources = [caches[ds] for ds in recipe.datasets]
+    run_fit(sources, **fit_args)  # in-domain rows (for DG recipes: the source's own test accuracy)
+    if recipe.eval_on:  # domain generalisation: the same heads, evaluated on the target datasets' test sets
+        echo(f"evaluate on {', '.join(recipe.eval_on)} (trained on {', '.join(recipe.datasets)})")
+        run_fit(sources, eval_on=[caches[ds] for ds in recipe.eval_on], **fit_args)
+    written = write_reports(results_path, out_dir, tables_spec=recipe.tables, protocol=recipe.protocol)
+    written["results"] = results_path
+    return written
+
+
+def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=DEFAULT_TABLES,
+                  protocol: str | None = None) -> dict:
+    """Write each table as CSV, LaTeX and Markdown plus the accuracy-vs-shots plot next to the results.
+
+    Returns {"tables": [paths...], "plots": [paths...], "markdown": {name: text}}.
+    """
+    from featbench import tables
+    from featbench.plots import plot_curves
+
+    out_dir = Path(out_dir)
+    df = tables.load_results([results_path])
+    written: dict[str, Any] = {"tables": [], "plots": [], "markdown": {}}
+    suffix = {"csv": ".csv", "latex": ".tex", "markdown": ".md"}
+    for spec in tables_spec:
+        metric = spec.get("metric", "acc")
+        t = tables.aggregate(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol)
+        stem = f"table-{spec['rows']}-by-{spec['cols']}" + ("" if metric == "acc" else f"-{metric}")
+        for fmt, ext in suffix.items():
+            path = out_dir / (stem + ext)
+            path.write_text(tables.render(t, fmt), encoding="utf-8")
+            written["tables"].append(path)
+        written["markdown"][stem] = tables.render(t, "markdown")
+    written["plots"] = plot_curves(df, out_dir, protocol=protocol)
+    return written
+
+
+__all__ = ["Recipe", "SCHEMA", "EXTRACT_SCHEMA", "load_recipe", "validate", "run_recipe", "write_reports",
+           "cache_paths", "describe_schema"]

@@ -1,0 +1,601 @@
+"""Result tables: pure functions of result rows (JSON lines) -> mean ± std tables as CSV, LaTeX, Markdown.
+
+The three table dimensions are ``dataset``, ``head`` and ``shots``. Two of them become the rows and columns;
+the third is either averaged (``dataset``: the table shows the "Average" over datasets) or, when it has more
+than one value, splits the table into blocks (``head`` / ``shots``: one block per value).
+
+Rules (so a table can go into a paper without a notebook in between):
+- A cell is the mean and the *population* std (ddof=0, as CoOp's parser prints) over seeds, with the seed count.
+- "Average" over datasets exists only where every dataset of the table has the cell; otherwise it is shown as
+  missing ("—"), never as an average of a partial set. Its std is the std over seeds of the per-seed average,
+  shown only when every dataset has the same seeds.
+- A head run with several hyperparameter settings (a grid, ``--set`` variants, several models or protocols in the
+  same files) is never averaged together: the keys that differ between rows of the same (dataset, shots, seed)
+  are added to its label, e.g. ``taskres (alpha=0.25)``. Keys a protocol search selected are not identity.
+- Domain-generalisation rows (trained on ``source_dataset``, evaluated on ``dataset``) are labelled by the
+  dataset evaluated on (``imagenetv2 (from imagenet)`` only if that name would collide with in-domain rows).
+- Cells from the ``oracle`` protocol (hyperparameters picked on the test set) carry a dagger and a footnote.
+- If the same run (same identity and seed) appears twice, the later row wins.
+- With heads as rows, a ``rank`` column ranks heads (1 = best, ties share the better rank) by the mean of the
+  row over the table's columns (excluding "Average"), i.e. for ``--rows head --cols shots`` the mean over shots
+  of the dataset-average accuracy. Heads with a missing cell are not ranked.
+- Bold marks the best head: per column when heads are the rows, per row when heads are the columns, per cell
+  across blocks when heads are the blocks (ties all bold; compared at the printed precision).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from featbench.errors import FeatbenchError
+
+DIMS = ("dataset", "head", "shots")
+METRICS = ("acc", "mean_per_class_recall")
+PROTOCOLS = ("paper", "val", "oracle")
+FORMATS = ("csv", "latex", "markdown")
+AVERAGE = "Average"
+MISSING = "—"
+ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol)"
+REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
+
+#: CoOp's dataset order (then the ImageNet shift sets); unknown datasets follow alphabetically.
+DATASET_ORDER = (
+    "imagenet", "caltech101", "oxford_pets", "oxfordpets", "stanford_cars", "stanfordcars", "oxford_flowers",
+    "flowers102", "food101", "fgvc_aircraft", "fgvcaircraft", "sun397", "dtd", "eurosat", "ucf101",
+    "imagenetv2", "imagenet_sketch", "imagenet-sketch", "imagenet_a", "imagenet-a", "imagenet_r", "imagenet-r",
+)
+_METRIC_NAMES = {"acc": "Top-1 accuracy (%)", "mean_per_class_recall": "Mean per-class recall (%)"}
+
+
+# -- loading ----------------------------------------------------------------------------------------------
+def load_results(paths: Iterable[str | Path] | str | Path):
+    """Read result JSON-lines files (or directories of ``*.jsonl``) into one DataFrame, validating every line."""
+    import pandas as pd
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(p.glob("*.jsonl"))
+            if not found:
+                raise FeatbenchError(f"{p}: directory holds no *.jsonl result files; pass a results file")
+            files.extend(found)
+        elif not p.exists():
+            raise FeatbenchError(f"{p}: results file not found; pass the .jsonl written by `featbench fit`")
+        else:
+            files.append(p)
+    if not files:
+        raise FeatbenchError("no results files given; pass one or more .jsonl files written by `featbench fit`")
+    records: list[dict] = []
+    for f in files:
+        n_before = len(records)
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise FeatbenchError(f"{f}: cannot read results file ({err})") from None
+        lines = text.splitlines()
+        last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                if lineno - 1 == last and not text.endswith("\n"):
+                    continue  # a run interrupted mid-write leaves one partial last line; the runner redoes it
+                raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
+            if not isinstance(row, dict):
+                raise FeatbenchError(f"{f}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            missing = [k for k in REQUIRED_KEYS if k not in row]
+            if missing:
+                raise FeatbenchError(f"{f}:{lineno}: result row lacks {', '.join(missing)}; is this a featbench results file?")
+            for k in ("shots", "seed"):
+                if not isinstance(row[k], int) or isinstance(row[k], bool):
+                    raise FeatbenchError(f"{f}:{lineno}: '{k}' must be an integer, got {row[k]!r}")
+            row["_order"] = len(records)
+            records.append(row)
+        if len(records) == n_before:
+            raise FeatbenchError(f"{f}: results file is empty (no result rows); run `featbench fit` first")
+    return pd.DataFrame.from_records(records)
+
+
+# -- the Table object ---------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """An aggregated table: parallel DataFrames of means, stds, seed counts and oracle flags.
+
+    ``mean``/``std``/``n``/``oracle`` share one index (row labels, or (block, row) pairs when ``block_dim`` is
+    set) and one set of columns. ``rank`` (a Series or None) exists when heads are the rows.
+    """
+
+    mean: object
+    std: object
+    n: object
+    oracle: object
+    rows: str
+    cols: str
+    block_dim: str | None
+    metric: str
+    protocol: str | None
+    rank: object = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def any_oracle(self) -> bool:
+        return bool(self.oracle.to_numpy().any())
+
+    def uniform_seeds(self) -> int | None:
+        """The seed count when every present cell has the same one (then shown once, in a note)."""
+        vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
+        return vals.pop() if len(vals) == 1 else None
+
+
+# -- preparing rows -----------------------------------------------------------------------------------------
+def _canon(value) -> str:
+    """A hashable, deterministic text form of a parameter value (for identity and labels)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _fmt_param(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _head_labels(df) -> list[str]:
+    """Label each row by its head plus the identity keys that distinguish variants of that head."""
+    idents: list[dict[str, str]] = []
+    shown: list[dict[str, str]] = []
+    for params, selected, model, pretrained, protocol in zip(
+        df["params"], df["selected"], df["model"], df["pretrained"], df["protocol"]
+    ):
+        params = params if isinstance(params, dict) else {}
+        selected = selected if isinstance(selected, dict) else {}
+        ident = {f"{k}": _canon(v) for k, v in params.items() if k not in selected}
+        show = {f"{k}": _fmt_param(v) for k, v in params.items() if k not in selected}
+        ident["model"] = show["model"] = f"{model}/{pretrained}"
+        ident["protocol"] = show["protocol"] = str(protocol)
+        idents.append(ident)
+        shown.append(show)
+    varying: dict[str, set[str]] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(df["head"], df["dataset"], df["source_dataset"], df["shots"], df["seed"])):
+        groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        keys = set().union(*(idents[i].keys() for i in members))
+        for k in keys:
+            if len({idents[i].get(k, "None") for i in members}) > 1:
+                varying.setdefault(key[0], set()).add(k)
+    labels = []
+    for i, head in enumerate(df["head"]):
+        keys = sorted(varying.get(head, ()), key=lambda k: (k in ("model", "protocol"), k))
+        if not keys:
+            labels.append(str(head))
+        else:
+            inner = ", ".join(f"{k}={shown[i].get(k, 'None')}" for k in keys)
+            labels.append(f"{head} ({inner})")
+    return labels
+
+
+def _dataset_labels(df) -> list[str]:
+    in_domain = set(df.loc[df["source_dataset"] == df["dataset"], "dataset"])
+    out = []
+    for ds, src in zip(df["dataset"], df["source_dataset"]):
+        out.append(ds if ds == src or ds not in in_domain else f"{ds} (from {src})")
+    return out
+
+
+def prepare(df, metric: str = "acc", protocol: str | None = None):
+    """Filter by protocol, label heads/datasets, keep one row per (head, dataset, shots, seed): the latest."""
+    if metric not in METRICS:
+        raise FeatbenchError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise FeatbenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    df = df.copy()
+    if "_order" not in df.columns:
+        df["_order"] = range(len(df))
+    for col, default in (("params", None), ("selected", None), ("model", ""), ("pretrained", "")):
+        if col not in df.columns:
+            df[col] = default
+    if "source_dataset" not in df.columns:
+        df["source_dataset"] = df["dataset"]
+    df["source_dataset"] = df["source_dataset"].where(df["source_dataset"].notna(), df["dataset"])
+    if protocol is not None:
+        df = df[df["protocol"] == protocol]
+        if df.empty:
+            raise FeatbenchError(f"no result rows with --protocol {protocol}")
+    if metric not in df.columns or df[metric].isna().all():
+        raise FeatbenchError(f"the result rows have no '{metric}' values; choose another --metric")
+    df = df[df[metric].notna()].reset_index(drop=True)
+    df["head_label"] = _head_labels(df)
+    df["dataset_label"] = _dataset_labels(df)
+    df["value"] = df[metric].astype(float)
+    df["is_oracle"] = df["protocol"] == "oracle"
+    df = df.sort_values("_order").drop_duplicates(["head_label", "dataset_label", "shots", "seed"], keep="last")
+    return df.reset_index(drop=True)
+
+
+def _order_datasets(names: Iterable[str]) -> list[str]:
+    rank = {n: i for i, n in enumerate(DATASET_ORDER)}
+    return sorted(set(names), key=lambda n: (rank.get(n.split(" (from ")[0].lower(), len(rank)), n))
+
+
+def _order_heads(df) -> list[str]:
+    try:
+        from featbench.heads import list_heads
+
+        registry = {h: i for i, h in enumerate(list_heads())}
+    except Exception:  # pragma: no cover - the registry is light, but tables must not depend on it
+        registry = {}
+    pairs = df[["head", "head_label"]].drop_duplicates()
+    keyed = sorted(
+        ((registry.get(h, len(registry)), h, lab) for h, lab in zip(pairs["head"], pairs["head_label"])),
+        key=lambda t: (t[0], t[1], t[2] != t[1], t[2]),
+    )
+    return [lab for _, _, lab in keyed]
+
+
+# -- aggregation ----------------------------------------------------------------------------------------------
+def cell_stats(df):
+    """Long table of per-(head, dataset, shots) stats over seeds, plus the dataset "Average" rows.
+
+    Columns: head, dataset, shots, mean, std, n, oracle. ``df`` is the output of :func:`prepare`.
+    """
+    import numpy as np
+    import pandas as pd
+
+    g = df.groupby(["head_label", "dataset_label", "shots"], sort=False)
+    cells = g.agg(mean=("value", "mean"), std=("value", lambda v: float(np.std(v.to_numpy(), ddof=0))),
+                  n=("seed", "nunique"), oracle=("is_oracle", "any")).reset_index()
+    cells = cells.rename(columns={"head_label": "head", "dataset_label": "dataset"})
+    datasets = sorted(set(df["dataset_label"]))
+    avg_rows = []
+    for (head, shots), sub in df.groupby(["head_label", "shots"], sort=False):
+        have = set(sub["dataset_label"])
+        oracle = bool(sub["is_oracle"].any())
+        if have != set(datasets):
+            avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=math.nan, std=math.nan, n=0,
+                                 oracle=oracle))
+            continue
+        per = sub.pivot_table(index="seed", columns="dataset_label", values="value", aggfunc="last")
+        means = per.mean(axis=0)  # per-dataset mean over that dataset's seeds
+        mean = float(means.mean())
+        complete = per.dropna(axis=0, how="any")
+        if len(complete) == len(per):  # every dataset has the same seeds: std over seeds of the average
+            std = float(np.std(complete.mean(axis=1).to_numpy(), ddof=0))
+            n = len(complete)
+        else:
+            std, n = math.nan, int(per.notna().sum(axis=0).min())
+        avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=mean, std=std, n=n, oracle=oracle))
+    if avg_rows:
+        cells = pd.concat([cells, pd.DataFrame(avg_rows)], ignore_index=True)
+    return cells
+
+
+def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
+              *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None) -> Table:
+    """Aggregate result rows (the DataFrame from :func:`load_results`) into a :class:`Table`.
+
+    ``heads``/``shots`` optionally restrict the table (heads match the registry name or the full label).
+    """
+    import pandas as pd
+
+    if rows not in DIMS:
+        raise FeatbenchError(f"--rows must be one of {', '.join(DIMS)}; got {rows!r}")
+    if cols not in DIMS:
+        raise FeatbenchError(f"--cols must be one of {', '.join(DIMS)}; got {cols!r}")
+    if rows == cols:
+        raise FeatbenchError(f"--rows and --cols must differ (both are {rows!r})")
+    prepared = prepare(df, metric=metric, protocol=protocol)
+    if heads is not None:
+        wanted = set(heads)
+        prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
+    if shots is not None:
+        prepared = prepared[prepared["shots"].isin(set(shots))]
+    if prepared.empty:
+        raise FeatbenchError("no result rows left after filtering by --heads/--shots")
+    prepared = prepared.reset_index(drop=True)
+    cells = cell_stats(prepared)
+    orders = {
+        "head": _order_heads(prepared),
+        "dataset": _order_datasets(prepared["dataset_label"]) + [AVERAGE],
+        "shots": sorted(set(int(s) for s in prepared["shots"])),
+    }
+    block = next(d for d in DIMS if d not in (rows, cols))
+    if block == "dataset":
+        cells = cells[cells["dataset"] == AVERAGE]
+        block_dim = None
+    else:
+        block_dim = block if len(orders[block]) > 1 else None
+    row_order, col_order = orders[rows], orders[cols]
+    index_keys = [block, rows] if block_dim else [rows]
+    if block_dim:
+        index = pd.MultiIndex.from_tuples([(b, r) for b in orders[block] for r in row_order], names=index_keys)
+    else:
+        index = pd.Index(row_order, name=rows)
+
+    def _pivot(value, fill):
+        piv = cells.pivot_table(index=index_keys, columns=cols, values=value, aggfunc="first", dropna=False)
+        piv = piv.reindex(index=index, columns=col_order)
+        return piv.where(piv.notna(), fill) if fill is not None else piv
+
+    mean = _pivot("mean", None).astype(float)
+    std = _pivot("std", None).astype(float)
+    n = _pivot("n", 0).astype(float)
+    cells_o = cells.assign(oracle=cells["oracle"].astype(int))
+    piv_o = cells_o.pivot_table(index=index_keys, columns=cols, values="oracle", aggfunc="max", dropna=False)
+    piv_o = piv_o.reindex(index=index, columns=col_order).fillna(0).astype(bool)
+    # drop rows that have no cell at all (e.g. a (shots, head) block where a head was not run)
+    keep = mean.notna().any(axis=1) | (mean.index.get_level_values(-1) == AVERAGE)
+    if block_dim:
+        # an Average row belongs in a block only if that block has real rows
+        real = mean.notna().any(axis=1) & (mean.index.get_level_values(-1) != AVERAGE)
+        blocks_with_rows = set(mean.index[real].get_level_values(0))
+        keep = keep & mean.index.get_level_values(0).isin(blocks_with_rows)
+    mean, std, n, piv_o = mean[keep], std[keep], n[keep], piv_o[keep]
+    table = Table(mean=mean, std=std, n=n, oracle=piv_o, rows=rows, cols=cols, block_dim=block_dim,
+                  metric=metric, protocol=protocol)
+    if rows == "head":
+        table.rank = _rank(mean)
+    n_ds = len(set(prepared["dataset_label"]))
+    if block == "dataset":
+        table.notes.append(f"Each cell: mean over the {n_ds} datasets, shown only where every dataset has it.")
+    else:
+        table.notes.append(f"{AVERAGE}: mean over the {n_ds} datasets, shown only where every dataset has the cell.")
+    return table
+
+
+def _rank(mean):
+    """Rank heads by their mean over the table's columns (without "Average"); rows with a gap get no rank."""
+    import pandas as pd
+
+    use = mean[[c for c in mean.columns if c != AVERAGE]]
+    score = use.mean(axis=1).where(use.notna().all(axis=1))
+    if isinstance(mean.index, pd.MultiIndex):
+        ranks = score.groupby(level=0, sort=False).rank(ascending=False, method="min")
+    else:
+        ranks = score.rank(ascending=False, method="min")
+    return ranks
+
+
+# -- rendering ----------------------------------------------------------------------------------------------
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", r"\|").replace("*", r"\*")
+
+
+def _dim_label(dim: str, value) -> str:
+    if dim == "shots":
+        return f"{int(value)}-shot"
+    return str(value)
+
+
+def _best_mask(table: Table, decimals: int):
+    """Boolean frame: cells holding the best head's value (see the module docstring)."""
+    import pandas as pd
+
+    rounded = table.mean.round(decimals)
+    best = pd.DataFrame(False, index=rounded.index, columns=rounded.columns)
+    if table.rows == "head":
+        groups = [rounded] if table.block_dim is None else [g for _, g in rounded.groupby(level=0, sort=False)]
+        for g in groups:
+            if len(g) < 2:
+                continue
+            top = g.max(axis=0)
+            best.loc[g.index] = g.eq(top, axis=1) & g.notna()
+    elif table.cols == "head":
+        if rounded.shape[1] >= 2:
+            top = rounded.max(axis=1)
+            best = rounded.eq(top, axis=0) & rounded.notna()
+    elif table.block_dim == "head":
+        inner = rounded.index.get_level_values(1)
+        for key in dict.fromkeys(inner):
+            sel = inner == key
+            g = rounded[sel]
+            if len(g) < 2:
+                continue
+            top = g.max(axis=0)
+            best.loc[sel] = (g.eq(top, axis=1) & g.notna()).to_numpy()
+    return best.fillna(False).astype(bool)
+
+
+def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
+    mean = table.mean.iat[r, c]
+    if mean != mean:  # NaN
+        return None
+    std = table.std.iat[r, c]
+    n = int(table.n.iat[r, c])
+    return dict(mean=f"{mean:.{decimals}f}", std=None if std != std else f"{std:.{decimals}f}",
+                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]))
+
+
+def _caption(table: Table, seeds: int | None) -> str:
+    metric = _METRIC_NAMES.get(table.metric, table.metric)
+    proto = f", {table.protocol} protocol" if table.protocol else ""
+    over = f" over {seeds} seed{'s' if seeds != 1 else ''}" if seeds else " over seeds (seed count in parentheses)"
+    return f"{metric}: mean ± population std{over}{proto}."
+
+
+def _block_title(table: Table, value) -> str:
+    return f"{table.block_dim}: {_dim_label(table.block_dim, value)}" if table.block_dim == "shots" else f"{value}"
+
+
+def render(table: Table, fmt: str = "csv", *, decimals: int = 2, standalone: bool = False) -> str:
+    """Deterministic text of a table: ``csv`` (numbers, one column each for mean/std/n), ``latex`` (booktabs,
+    a complete ``table`` environment; ``standalone=True`` wraps it in a compilable document) or ``markdown``."""
+    if fmt == "csv":
+        return _render_csv(table, decimals)
+    if fmt == "latex":
+        return _render_latex(table, decimals, standalone)
+    if fmt == "markdown":
+        return _render_markdown(table, decimals)
+    raise FeatbenchError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def _row_keys(table: Table):
+    for i, key in enumerate(table.mean.index):
+        if table.block_dim:
+            yield i, key[0], key[1]
+        else:
+            yield i, None, key
+
+
+def _render_csv(table: Table, decimals: int) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ([table.block_dim] if table.block_dim else []) + [table.rows]
+    if table.rank is not None:
+        header.append("rank")
+    for c in table.mean.columns:
+        lab = _dim_label(table.cols, c)
+        header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle"]
+    w.writerow(header)
+    for i, block, row in _row_keys(table):
+        out = ([block] if table.block_dim else []) + [row]
+        if table.rank is not None:
+            rk = table.rank.iat[i]
+            out.append("" if rk != rk else int(rk))
+        for j in range(table.mean.shape[1]):
+            m, s, n = table.mean.iat[i, j], table.std.iat[i, j], int(table.n.iat[i, j])
+            out += ["" if m != m else f"{m:.{decimals + 2}f}", "" if s != s else f"{s:.{decimals + 2}f}",
+                    n if m == m else "", int(bool(table.oracle.iat[i, j])) if m == m else ""]
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def _format_cell(parts, bold: bool, style: str) -> str:
+    if parts is None:
+        return MISSING if style == "markdown" else "---"
+    if style == "latex":
+        text = parts["mean"]
+        text = rf"\textbf{{{text}}}" if bold else text
+        if parts["oracle"]:
+            text += r"$^\dagger$"
+        if parts["std"] is not None:
+            text += rf" $\pm$ {parts['std']}"
+        if parts["n"] is not None:
+            text += f" ({parts['n']})"
+        return text
+    text = parts["mean"]
+    text = f"**{text}**" if bold else text
+    if parts["oracle"]:
+        text += "†"
+    if parts["std"] is not None:
+        text += f" ± {parts['std']}"
+    if parts["n"] is not None:
+        text += f" ({parts['n']})"
+    return text
+
+
+def _footnotes(table: Table, seeds: int | None) -> list[str]:
+    notes = [_caption(table, seeds)]
+    if table.any_oracle:
+        notes.append(f"† {ORACLE_NOTE}")
+    if table.rank is not None:
+        notes.append("rank: by the head's mean over the columns" + (" (without Average)" if AVERAGE in
+                     list(table.mean.columns) else "") + "; 1 = best; heads with a missing cell are unranked.")
+    notes += table.notes
+    return notes
+
+
+def _render_markdown(table: Table, decimals: int) -> str:
+    seeds = table.uniform_seeds()
+    best = _best_mask(table, decimals)
+    first = ([table.block_dim] if table.block_dim else []) + [table.rows]
+    header = first + (["rank"] if table.rank is not None else []) + [_dim_label(table.cols, c) for c in table.mean.columns]
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
+             "|" + "|".join([":---"] * len(first) + ["---:"] * (len(header) - len(first))) + "|"]
+    for i, block, row in _row_keys(table):
+        cells = ([_md_escape(_dim_label(table.block_dim, block))] if table.block_dim else [])
+        cells.append(_md_escape(_dim_label(table.rows, row)))
+        if table.rank is not None:
+            rk = table.rank.iat[i]
+            cells.append(MISSING if rk != rk else str(int(rk)))
+        for j in range(table.mean.shape[1]):
+            parts = _cell_parts(table, i, j, decimals, seeds is None)
+            cells.append(_format_cell(parts, bool(best.iat[i, j]), "markdown"))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"{note}  " if k < len(_footnotes(table, seeds)) - 1 else note
+              for k, note in enumerate(_footnotes(table, seeds))]
+    return "\n".join(lines) + "\n"
+
+
+def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
+    seeds = table.uniform_seeds()
+    best = _best_mask(table, decimals)
+    has_rank = table.rank is not None
+    n_lead = 1 + (1 if has_rank else 0)
+    ncols = table.mean.shape[1]
+    spec = "l" + ("r" if has_rank else "") + "r" * ncols
+    header = [latex_escape(table.rows.capitalize())] + (["Rank"] if has_rank else []) + [
+        latex_escape(_dim_label(table.cols, c)) for c in table.mean.columns]
+    out = []
+    if standalone:
+        out += [r"\documentclass{article}", r"\usepackage{booktabs}", r"\usepackage[T1]{fontenc}",
+                r"\usepackage[utf8]{inputenc}", r"\begin{document}"]
+    else:
+        out.append(r"% requires \usepackage{booktabs}")
+    out += [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+            " & ".join(header) + r" \\", r"\midrule"]
+    prev_block = object()
+    for i, block, row in _row_keys(table):
+        if table.block_dim and block != prev_block:
+            if i > 0:
+                out.append(r"\midrule")
+            title = latex_escape(_block_title(table, block))
+            out.append(rf"\multicolumn{{{n_lead + ncols}}}{{l}}{{\emph{{{title}}}}} \\")
+            prev_block = block
+        elif not table.block_dim and row == AVERAGE and i > 0:
+            out.append(r"\midrule")
+        elif table.block_dim and row == AVERAGE:
+            out.append(r"\cmidrule(lr){1-%d}" % (n_lead + ncols))
+        cells = [latex_escape(_dim_label(table.rows, row))]
+        if has_rank:
+            rk = table.rank.iat[i]
+            cells.append("---" if rk != rk else str(int(rk)))
+        for j in range(ncols):
+            cells.append(_format_cell(_cell_parts(table, i, j, decimals, seeds is None), bool(best.iat[i, j]), "latex"))
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    notes = _footnotes(table, seeds)
+    caption = latex_escape(notes[0]).replace("±", r"$\pm$")
+    rest = []
+    for note in notes[1:]:
+        text = latex_escape(note.replace("† ", "", 1)) if note.startswith("† ") else latex_escape(note)
+        rest.append((r"$^\dagger$ " if note.startswith("† ") else "") + text)
+    if rest:
+        out.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(rest) + "}")
+    out += [rf"\caption{{{caption}}}", r"\end{table}"]
+    if standalone:
+        out.append(r"\end{document}")
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "render", "latex_escape", "Table"]

@@ -1,0 +1,95 @@
+"""Recipe schema: shipped recipes validate; unknown keys and wrong types are errors naming key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from featbench.errors import FeatbenchError
+from featbench.recipes import Recipe, load_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+BASE = """\
+datasets: [caltech101]
+model: tiny-vit
+pretrained: none
+heads: [zeroshot, taskres]
+shots: [1, 2]
+seeds: [1]
+"""
+
+
+def _write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_validate():
+    names = {p.name for p in RECIPES}
+    for required in ("coop-rn50.yaml", "coop-vitb16.yaml", "dg-imagenet.yaml", "ablate-taskres-alpha.yaml",
+                     "leaderboard-rn50.yaml", "leaderboard-vitb16.yaml"):
+        assert required in names
+    for p in RECIPES:
+        r = load_recipe(p)
+        assert isinstance(r, Recipe) and r.heads and r.datasets
+    coop = load_recipe(RECIPES[[p.name for p in RECIPES].index("coop-rn50.yaml")])
+    assert len(coop.datasets) == 11 and coop.shots == [1, 2, 4, 8, 16] and coop.seeds == [1, 2, 3]
+    assert coop.heads == ["zeroshot", "linear-probe", "tip-adapter", "tip-adapter-f", "taskres"]
+    assert coop.protocol == "paper"
+    lb = load_recipe(RECIPES[[p.name for p in RECIPES].index("leaderboard-rn50.yaml")])
+    assert lb.protocol == "val" and lb.extract["pre_projection"] is True
+    assert {"gda", "lp++", "clap", "prolip"} <= set(lb.heads)
+    assert "text-projection" in lb.grids["taskres.base"]
+
+
+def test_defaults_and_extract_options(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE))
+    assert r.name == "r" and r.protocol == "paper" and r.out_dir == Path("results/r")
+    opts = r.extract_options()
+    assert opts["view_shots"] == (1, 2) and opts["seeds"] == (1,)
+    assert r.extract_options(test_only=True)["splits"] == ("test",)
+    assert r.dataset_root("caltech101", "/data") == "/data"
+    r = load_recipe(_write(tmp_path, BASE + "root: /common\nroots: {caltech101: /own}\n"))
+    assert r.dataset_root("caltech101", "/cli") == "/own"
+    with pytest.raises(FeatbenchError, match="roots.dtd"):
+        load_recipe(_write(tmp_path, BASE + "roots: {dtd: /x}\n"))
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("shot: [1]\n", "shot"),
+    ("extract:\n  viewz: 3\n", "extract.viewz"),
+    ("shots: [1, 2]\n", "shots"),  # duplicated key
+    ("protocol: test\n", "protocol"),
+    ("extract:\n  views: ten\n", "extract.views"),
+    ("jobs: 1.5\n", "jobs"),
+    ("eval_on: imagenetv2\n", "eval_on"),
+    ("extract:\n  pre_projection: 'yes'\n", "extract.pre_projection"),
+    ("grids:\n  taskres.alpha: 0.5\n", "taskres.alpha"),
+    ("sets:\n  taskres.alphaa: 0.5\n", "taskres.alphaa"),
+    ("sets:\n  clap.lr: 0.5\n", "clap.lr"),  # a head the recipe does not run
+])
+def test_errors_name_key_and_file(tmp_path, extra, key):
+    p = _write(tmp_path, BASE + extra, "bad-recipe.yaml")
+    with pytest.raises(FeatbenchError) as err:
+        load_recipe(p)
+    msg = str(err.value)
+    assert "bad-recipe.yaml" in msg and key in msg, msg
+    assert "\n" not in msg
+
+
+def test_wrong_types_in_required_keys(tmp_path):
+    text = BASE.replace("shots: [1, 2]", "shots: 16")
+    with pytest.raises(FeatbenchError, match=r"r.yaml: key 'shots' must be a non-empty list"):
+        load_recipe(_write(tmp_path, text))
+    with pytest.raises(FeatbenchError, match=r"missing required key 'model'"):
+        load_recipe(_write(tmp_path, BASE.replace("model: tiny-vit\n", "")))
+    with pytest.raises(FeatbenchError, match=r"unknown dataset 'caltech'"):
+        load_recipe(_write(tmp_path, BASE.replace("[caltech101]", "[caltech]")))
+    with pytest.raises(FeatbenchError, match=r"unknown head 'tip'"):
+        load_recipe(_write(tmp_path, BASE.replace("[zeroshot, taskres]", "[tip]")))
+    with pytest.raises(FeatbenchError, match=r"not valid YAML"):
+        load_recipe(_write(tmp_path, "datasets: [a\n"))
+    with pytest.raises(FeatbenchError, match=r"not found"):
+        load_recipe(tmp_path / "nope.yaml")

@@ -1,0 +1,225 @@
+"""Tables on hand-made result rows: means, ddof=0 std, the partial-average rule, variants, LaTeX, bold, oracle."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from featbench.cli import app
+from featbench.errors import FeatbenchError
+from featbench.tables import AVERAGE, aggregate, latex_escape, load_results, render
+
+
+def row(dataset, head, shots, seed, acc, *, protocol="paper", params=None, selected=None, source=None, **kw):
+    return dict(dataset=dataset, source_dataset=source or dataset, model="RN50", pretrained="openai",
+                fingerprint="f", cache=f"cache/{dataset}.h5", head=head, params=params or {},
+                selected=selected or {}, protocol=protocol, shots=shots, seed=seed, acc=acc,
+                mean_per_class_recall=acc - 1, n_test=100, fit_seconds=0.1, views_used=0, notes=[],
+                featbench_version="0.1.0", timestamp="2026-01-01T00:00:00Z", **kw)
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rows():
+    out = []
+    accs = {("dtd", 1): [50, 52, 57], ("dtd", 2): [60, 61, 62], ("eurosat", 1): [70, 70, 70], ("eurosat", 2): [80, 82, 84]}
+    for (ds, shots), vals in accs.items():
+        for seed, a in zip((1, 2, 3), vals):
+            out.append(row(ds, "zeroshot", shots, seed, float(a)))
+            out.append(row(ds, "taskres", shots, seed, float(a) + 1))
+    return out
+
+
+def test_mean_and_population_std(rows):
+    t = aggregate(pd.DataFrame(rows), rows="dataset", cols="shots", heads=["zeroshot"])
+    assert t.mean.loc["dtd", 1] == pytest.approx(53.0)
+    assert t.std.loc["dtd", 1] == pytest.approx(np.std([50, 52, 57], ddof=0))  # not ddof=1
+    assert t.std.loc["dtd", 1] != pytest.approx(np.std([50, 52, 57], ddof=1))
+    assert t.n.loc["dtd", 1] == 3
+    # Average over datasets: mean of dataset means; std over seeds of the per-seed average
+    assert t.mean.loc[AVERAGE, 2] == pytest.approx((61 + 82) / 2)
+    per_seed = [(60 + 80) / 2, (61 + 82) / 2, (62 + 84) / 2]
+    assert t.std.loc[AVERAGE, 2] == pytest.approx(np.std(per_seed))
+
+
+def test_partial_average_is_missing_not_partial(rows):
+    rows = [r for r in rows if not (r["dataset"] == "eurosat" and r["shots"] == 2 and r["head"] == "taskres")]
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots")
+    assert math.isnan(t.mean.loc["taskres", 2])
+    assert t.mean.loc["zeroshot", 2] == pytest.approx((61 + 82) / 2)
+    md = render(t, "markdown")
+    assert "—" in md.splitlines()[3]  # the taskres row shows the gap
+    assert math.isnan(t.rank.loc["taskres"])  # unranked: it has a missing cell
+
+
+def test_rank_column_by_head(rows):
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots")
+    assert list(t.rank) == [2.0, 1.0]  # zeroshot, taskres (taskres is +1 everywhere)
+    md = render(t, "markdown")
+    assert md.splitlines()[0].startswith("| head | rank |")
+
+
+def test_bold_best_and_determinism(rows):
+    df = pd.DataFrame(rows)
+    t = aggregate(df, rows="head", cols="shots")
+    md = render(t, "markdown")
+    taskres_line = next(l for l in md.splitlines() if l.startswith("| taskres"))
+    assert "**" in taskres_line and "**" not in next(l for l in md.splitlines() if l.startswith("| zeroshot"))
+    tex = render(t, "latex")
+    assert r"\textbf{" in tex
+    # shuffled input, same output
+    shuffled = df.sample(frac=1.0, random_state=0)
+    for fmt in ("csv", "latex", "markdown"):
+        assert render(aggregate(shuffled, rows="head", cols="shots"), fmt) == render(t, fmt)
+
+
+def test_latex_booktabs_and_escaping(rows):
+    rows = [dict(r, dataset="my_data&co%#") if r["dataset"] == "dtd" else r for r in rows]
+    for r in rows:
+        r["source_dataset"] = r["dataset"]
+    tex = render(aggregate(pd.DataFrame(rows), rows="dataset", cols="head", shots=[1]), "latex")
+    for cmd in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
+        assert cmd in tex
+    assert r"my\_data\&co\%\#" in tex
+    assert "my_data" not in tex
+    assert "±" not in tex and r"$\pm$" in tex
+    body = tex.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
+    n_cols = len(tex.split(r"\begin{tabular}{")[1].split("}")[0])
+    for line in body.splitlines():
+        if line.endswith(r"\\") and not line.startswith(r"\multicolumn"):
+            assert line.count(" & ") == n_cols - 1, line
+    standalone = render(aggregate(pd.DataFrame(rows)), "latex", standalone=True)
+    assert standalone.startswith(r"\documentclass") and r"\usepackage{booktabs}" in standalone
+    assert standalone.rstrip().endswith(r"\end{document}")
+    assert latex_escape("a_b~c^d\\") == r"a\_b\textasciitilde{}c\textasciicircum{}d\textbackslash{}"
+
+
+def test_oracle_cells_marked(rows):
+    rows = rows + [row("dtd", "tip-adapter-f", 1, s, 60.0, protocol="oracle") for s in (1, 2, 3)]
+    rows += [row("eurosat", "tip-adapter-f", 1, s, 60.0, protocol="oracle") for s in (1, 2, 3)]
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots")
+    md = render(t, "markdown")
+    line = next(l for l in md.splitlines() if l.startswith("| tip-adapter-f"))
+    assert "†" in line
+    assert "† hyperparameters selected on the test set (oracle protocol)" in md
+    assert "†" not in next(l for l in md.splitlines() if l.startswith("| zeroshot"))
+    tex = render(t, "latex")
+    assert r"$^\dagger$" in tex and "oracle protocol" in tex
+    csv_line = next(l for l in render(t, "csv").splitlines() if l.startswith("tip-adapter-f"))
+    assert csv_line.split(",")[5] == "1"  # the 1-shot oracle flag column
+    # --protocol filters
+    assert "tip-adapter-f" not in render(aggregate(pd.DataFrame(rows), rows="head", protocol="paper"), "csv")
+
+
+def test_seed_count_note_or_per_cell(rows):
+    md = render(aggregate(pd.DataFrame(rows), rows="head", cols="shots"), "markdown")
+    assert "over 3 seeds" in md and "(3)" not in md
+    rows = [r for r in rows if not (r["head"] == "zeroshot" and r["dataset"] == "dtd" and r["seed"] == 3)]
+    md = render(aggregate(pd.DataFrame(rows), rows="dataset", cols="shots"), "markdown")
+    assert "(2)" in md and "(3)" in md
+
+
+def test_param_variants_not_averaged_together(rows):
+    extra = []
+    for r in rows:
+        if r["head"] == "taskres":
+            extra.append(dict(r, params={"alpha": 0.5, "epochs": 100}))
+            extra.append(dict(r, params={"alpha": 1.0, "epochs": 100}, acc=r["acc"] + 10))
+    # per-dataset defaults (lr differs by dataset) are not variants
+    for r in extra:
+        r["params"] = dict(r["params"], lr=2e-4 if r["dataset"] == "dtd" else 2e-3)
+    t = aggregate(pd.DataFrame(extra), rows="head", cols="shots")
+    assert list(t.mean.index) == ["taskres (alpha=0.5)", "taskres (alpha=1)"]
+    assert t.mean.loc["taskres (alpha=1)", 1] - t.mean.loc["taskres (alpha=0.5)", 1] == pytest.approx(10)
+
+
+def test_selected_params_are_not_identity():
+    rows = [row("dtd", "linear-probe", 1, s, 50.0 + s, params={"C": c}, selected={"C": c})
+            for s, c in ((1, 0.1), (2, 10.0))]
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots")
+    assert list(t.mean.index) == ["linear-probe"]
+    assert t.n.iloc[0, 0] == 2
+
+
+def test_domain_generalisation_rows_labelled_by_target():
+    rows = [row("imagenet", "zeroshot", 16, 1, 60.0)]
+    rows += [row(t, "zeroshot", 16, 1, 50.0, source="imagenet") for t in ("imagenetv2", "imagenet_a")]
+    t = aggregate(pd.DataFrame(rows), rows="dataset", cols="head")
+    assert list(t.mean.index) == ["imagenet", "imagenetv2", "imagenet_a", AVERAGE]
+
+
+def test_load_results_errors(tmp_path, rows):
+    with pytest.raises(FeatbenchError, match="not found"):
+        load_results([tmp_path / "nope.jsonl"])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(FeatbenchError, match="empty"):
+        load_results([tmp_path / "empty.jsonl"])
+    (tmp_path / "bad.jsonl").write_text("{not json}\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(FeatbenchError, match=r"bad.jsonl:1: not valid JSON"):
+        load_results([tmp_path / "bad.jsonl"])
+    (tmp_path / "keys.jsonl").write_text('{"acc": 1}\n')
+    with pytest.raises(FeatbenchError, match="lacks dataset"):
+        load_results([tmp_path / "keys.jsonl"])
+    # a run killed mid-write leaves a partial last line: skipped, like the runner does
+    good = write(tmp_path / "partial.jsonl", rows[:2])
+    good.write_text(good.read_text() + '{"dataset": "dt')
+    assert len(load_results([good])) == 2
+
+
+def test_cli_table(tmp_path, rows):
+    path = write(tmp_path / "r.jsonl", rows)
+    runner = CliRunner()
+    res = runner.invoke(app, ["table", str(path), "--rows", "head", "--cols", "shots", "--format", "latex"])
+    assert res.exit_code == 0, res.output
+    assert r"\toprule" in res.output
+    res = runner.invoke(app, ["table", str(path), "--format", "csv", "--out", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0
+    assert (tmp_path / "t.csv").read_text().startswith("head,dataset,")
+    res = runner.invoke(app, ["table", str(tmp_path / "missing.jsonl")])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["table", str(path), "--format", "html"])
+    assert res.exit_code == 2 and "--format" in res.output
+
+
+def test_table_command_does_not_import_torch(tmp_path, rows):
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "r.jsonl", rows)
+    code = ("import sys; from featbench.cli import app\n"
+            "try:\n    app(['table', %r])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')") % str(path)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_head_blocks_bold_best_head_per_cell(rows):
+    t = aggregate(pd.DataFrame(rows), rows="dataset", cols="shots")
+    assert t.block_dim == "head"
+    md = render(t, "markdown").splitlines()
+    # taskres beats zeroshot in every (dataset, shots) cell: bold only in taskres lines
+    assert all("**" not in l for l in md if l.startswith("| zeroshot"))
+    assert all(l.count("**") == 4 for l in md if l.startswith("| taskres"))
+
+
+def test_bad_dimensions_and_format(rows):
+    df = pd.DataFrame(rows)
+    with pytest.raises(FeatbenchError, match="must differ"):
+        aggregate(df, rows="head", cols="head")
+    with pytest.raises(FeatbenchError, match="--rows"):
+        aggregate(df, rows="model")
+    with pytest.raises(FeatbenchError, match="--format"):
+        render(aggregate(df), "html")
+    with pytest.raises(FeatbenchError, match="--metric"):
+        aggregate(df, metric="top5")
+    with pytest.raises(FeatbenchError, match="no result rows with --protocol oracle"):
+        aggregate(df, protocol="oracle")
