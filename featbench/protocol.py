@@ -137,9 +137,17 @@ def effective_search_space(head_cls, protocol: str, fixed: Mapping) -> dict[str,
     return {k: list(v) for k, v in space.items() if k not in fixed and len(list(v)) > 0}
 
 
+def searches_internally(head_cls, fixed: Mapping) -> bool:
+    """Whether the head's own (paper-defined) search wants the selection split, given the fixed params."""
+    probe = getattr(head_cls, "uses_selection_split", None)
+    if probe is not None:
+        return bool(probe(dict(fixed)))
+    return bool(getattr(head_cls, "searches_internally", False))
+
+
 def needs_selection_split(head_cls, protocol: str, fixed: Mapping) -> bool:
     space = effective_search_space(head_cls, protocol, fixed)
-    return bool(getattr(head_cls, "searches_internally", False)) or any(len(v) > 1 for v in space.values())
+    return searches_internally(head_cls, fixed) or any(len(v) > 1 for v in space.values())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -335,7 +343,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "classnames": src.classnames,
         "extra": _extra_arrays(src),
     }
-    if getattr(cls, "searches_internally", False) and selection is not None:
+    if searches_internally(cls, cell.overrides) and selection is not None:
         context["X_val"], context["y_val"] = selection.X, selection.y
 
     combos = [dict(zip(space, values)) for values in itertools.product(*space.values())] if space else [{}]

@@ -367,3 +367,14 @@ def test_malformed_cache_is_a_contract_error(tmp_path, test_heads):
         f.attrs["featbench_schema"] = 1
     with pytest.raises(CacheContractError, match="missing root attribute"):
         run_cell(cell(bad, shots=1, seed=1))
+
+
+def test_taskres_on_a_searching_base_gets_the_selection_split(tmp_path):
+    """TaskRes* with base=linear-probe: the base's lpclip C search runs on val and is recorded."""
+    from featbench.runner import run_fit
+
+    cache, _ = make_cache(tmp_path / "c.h5")
+    rows = run_fit([cache], heads=["taskres"], shots=[2], seeds=[1], protocol="paper",
+                   sets={"taskres.base": "linear-probe", "taskres.epochs": 2}, out=tmp_path / "r.jsonl", progress=False)
+    assert len(rows) == 1
+    assert "base.C" in rows[0]["selected"]

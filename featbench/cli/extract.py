@@ -169,3 +169,23 @@ def ls(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="where 
         typer.echo(f"no caches under {cache_dir}")
         return
     Console(width=200).print(table)
+
+
+@app.command("import")
+def import_command(
+    npz: Path = typer.Argument(..., help=".npz with <split>_features/<split>_labels (+ classnames, text_raw, train_views)"),
+    out: Path = typer.Option(..., "--out", help="cache file to write"),
+    dataset: str = typer.Option(..., "--dataset", help="dataset name recorded in the cache (e.g. imagenet)"),
+    model: str = typer.Option(..., "--model", help="encoder label recorded in the cache (e.g. ViT-B-32)"),
+    pretrained: str = typer.Option(..., "--pretrained", help="weights label recorded in the cache (e.g. openai)"),
+    logit_scale: float = typer.Option(100.0, "--logit-scale", help="CLIP's exponentiated logit scale"),
+    dtype: str = typer.Option("float16", "--dtype", help="on-disk dtype: float16 | float32"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+) -> None:
+    """Import features computed elsewhere (.npz arrays) as a schema-v1 cache that `featbench fit` reads."""
+    from featbench.importer import import_npz
+
+    _choice(dtype, "--dtype", ("float16", "float32"))
+    path = import_npz(npz, out, dataset=dataset, model=model, pretrained=pretrained, logit_scale=logit_scale,
+                      dtype=dtype, overwrite=overwrite)
+    typer.echo(str(path))

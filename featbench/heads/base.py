@@ -69,6 +69,11 @@ class Head:
         return {k: v for k, v in self.get_params().items() if k not in self.runtime_params}
 
     @classmethod
+    def uses_selection_split(cls, params: dict[str, Any]) -> bool:
+        """Whether fit() wants (X_val, y_val) with these hyperparameters (a paper-defined internal search)."""
+        return bool(cls.searches_internally)
+
+    @classmethod
     def paper_defaults(cls, dataset: str | None, shots: int | None) -> dict[str, Any]:
         """Per-dataset / per-shot defaults from the head's paper (data, not code branches)."""
         return {}

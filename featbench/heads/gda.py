@@ -38,18 +38,6 @@ from featbench.heads.base import Head, require
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 
 
-def _zeroshot_weights(text, device):
-    """t_c = norm(mean over templates of norm(text)) from raw [T, C, D] text outputs -> [C, D] float32."""
-    import torch
-
-    t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=device)
-    if t.ndim == 2:
-        t = t[None]
-    t = t / t.norm(dim=-1, keepdim=True)
-    t = t.mean(dim=0)
-    return t / t.norm(dim=-1, keepdim=True)
-
-
 class GDA(Head):
     """Training-free Gaussian discriminant head on (augmented) image features plus zero-shot logits."""
 
@@ -81,9 +69,11 @@ class GDA(Head):
             extra=None) -> "GDA":
         import torch
 
+        from featbench.heads._torch import zeroshot_weights
+
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
         dev = torch.device(self.device)
-        self.text_weights_ = _zeroshot_weights(text, dev)  # [C, D]
+        self.text_weights_ = zeroshot_weights(text, dev)  # [C, D]
         n_classes, dim = self.text_weights_.shape
         y = np.asarray(y, dtype=np.int64)
         X = np.asarray(X, dtype=np.float32)

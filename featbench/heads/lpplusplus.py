@@ -39,18 +39,6 @@ from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 
 
-def _zeroshot_weights(text, device):
-    """t_c = norm(mean over templates of norm(text)) from raw [T, C, D] text outputs -> [C, D] float32."""
-    import torch
-
-    t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=device)
-    if t.ndim == 2:
-        t = t[None]
-    t = t / t.norm(dim=-1, keepdim=True)
-    t = t.mean(dim=0)
-    return t / t.norm(dim=-1, keepdim=True)
-
-
 def lipschitz_step_sizes(F, T) -> tuple[float, float]:
     """(lr_W, lr_a) of LP++ for normalised support features F [N, D] and text weights T [C, D] (numpy or torch).
 
@@ -98,11 +86,13 @@ class LPPlusPlus(Head):
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "LPPlusPlus":
         import torch
+
+        from featbench.heads._torch import zeroshot_weights
         import torch.nn.functional as Fn
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
         dev = torch.device(self.device)
-        T = _zeroshot_weights(text, dev)
+        T = zeroshot_weights(text, dev)
         n_classes, dim = T.shape
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != dim:

@@ -33,18 +33,6 @@ from featbench.heads.base import Head, require
 PRE_PROJECTION_HINT = "re-extract with `featbench extract --pre-projection`"
 
 
-def _zeroshot_weights(text, device):
-    """t_c = norm(mean over templates of norm(text)) from raw [T, C, D] text outputs -> [C, D] float32."""
-    import torch
-
-    t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=device)
-    if t.ndim == 2:
-        t = t[None]
-    t = t / t.norm(dim=-1, keepdim=True)
-    t = t.mean(dim=0)
-    return t / t.norm(dim=-1, keepdim=True)
-
-
 def shots_per_class(y, n_classes: int) -> int:
     """Shots per class of a few-shot support set (rounded mean over the classes present)."""
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
@@ -88,6 +76,8 @@ class ProLIP(Head):
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "ProLIP":
         import torch
+
+        from featbench.heads._torch import zeroshot_weights
         import torch.nn.functional as Fn
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
@@ -98,7 +88,7 @@ class ProLIP(Head):
         W0 = torch.as_tensor(np.asarray(extra["image_projection"], dtype=np.float32), device=dev)
         bias = extra.get("image_projection_bias")
         bias = None if bias is None else torch.as_tensor(np.asarray(bias, dtype=np.float32), device=dev)
-        T = _zeroshot_weights(text, dev)
+        T = zeroshot_weights(text, dev)
         n_classes, dim = T.shape
         X = np.asarray(X, dtype=np.float32)
         if W0.ndim != 2 or W0.shape[1] != dim:

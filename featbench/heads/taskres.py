@@ -84,6 +84,17 @@ class TaskRes(Head):
             hp["base"] = type(b).__name__ if isinstance(b, Head) else f"array{tuple(np.shape(b))}"
         return hp
 
+    @classmethod
+    def uses_selection_split(cls, params) -> bool:
+        """A base head that searches on val (linear-probe's C, Tip-Adapter's alpha/beta) gets the split too."""
+        base = params.get("base")
+        if isinstance(base, str) and not Path(base).suffix:
+            from featbench.heads import get_head_class, list_heads
+
+            if base in list_heads():
+                return get_head_class(base).uses_selection_split({})
+        return False
+
     # -- base classifier -------------------------------------------------------------------------------
     def _resolve_base(self, X, y, context) -> tuple[np.ndarray, str]:
         text = context.get("text")
@@ -195,7 +206,9 @@ class TaskRes(Head):
         self.weights_ = T.l2norm(self.W0_ + alpha * self.residual_)
         self.n_classes_ = n_classes
         self.lrs_ = lrs
-        self.fit_info_ = {"selected": {}, "views_used": views_used, "notes": notes, "base": base_desc,
+        base_head = getattr(self, "base_head_", None)
+        base_selected = dict(getattr(base_head, "fit_info_", {}).get("selected") or {}) if base_head is not None else {}
+        self.fit_info_ = {"selected": {f"base.{k}": v for k, v in base_selected.items()}, "views_used": views_used, "notes": notes, "base": base_desc,
                           "trainable": ["residual"], "epochs": epochs,
                           "lr_first_last": [lrs[0], lrs[-1]] if lrs else []}
         return self
