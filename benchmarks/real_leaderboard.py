@@ -63,12 +63,12 @@ def main() -> None:
         featbench("fit", *[str(caches[n]) for n in IMAGE_ONLY], "--heads", "linear-probe", "--shots", "1,2,4,8,16", *common)
 
     print(f"# ImageNet (ViT-B/32 fixtures), {args.protocol} protocol, seeds {args.seeds}")
-    print(featbench("table", str(results), "--rows", "head", "--cols", "shots", "--heads", TEXT_HEADS.replace(",", ","),
+    print(featbench("table", str(results), "--rows", "head", "--cols", "shots", "--datasets", "imagenet",
                     "--shots", "1,2", "--format", "markdown"))
     if args.image_only:
         print(f"# linear probe on the image-only fixtures, {args.protocol} protocol")
         print(featbench("table", str(results), "--rows", "dataset", "--cols", "shots", "--heads", "linear-probe",
-                        "--format", "markdown"))
+                        "--datasets", ",".join(CATALOG_NAME.get(n, n) for n in IMAGE_ONLY), "--format", "markdown"))
 
 
 if __name__ == "__main__":

@@ -287,10 +287,12 @@ def cell_stats(df):
 
 
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
-              *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None) -> Table:
+              *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None,
+              datasets: Iterable[str] | None = None) -> Table:
     """Aggregate result rows (the DataFrame from :func:`load_results`) into a :class:`Table`.
 
-    ``heads``/``shots`` optionally restrict the table (heads match the registry name or the full label).
+    ``heads``/``shots``/``datasets`` optionally restrict the table (heads match the registry name or the
+    full label; datasets the dataset evaluated on).
     """
     import pandas as pd
 
@@ -306,8 +308,10 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
     if shots is not None:
         prepared = prepared[prepared["shots"].isin(set(shots))]
+    if datasets is not None:
+        prepared = prepared[prepared["dataset"].isin(set(datasets))]
     if prepared.empty:
-        raise FeatbenchError("no result rows left after filtering by --heads/--shots")
+        raise FeatbenchError("no result rows left after filtering by --heads/--shots/--datasets")
     prepared = prepared.reset_index(drop=True)
     cells = cell_stats(prepared)
     orders = {
@@ -351,8 +355,11 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
                   metric=metric, protocol=protocol)
     if rows == "head":
         table.rank = _rank(mean)
-    n_ds = len(set(prepared["dataset_label"]))
-    if block == "dataset":
+    names = sorted(set(prepared["dataset_label"]))
+    n_ds = len(names)
+    if block == "dataset" and n_ds == 1:
+        table.notes.append(f"Dataset: {names[0]}.")
+    elif block == "dataset":
         table.notes.append(f"Each cell: mean over the {n_ds} datasets, shown only where every dataset has it.")
     else:
         table.notes.append(f"{AVERAGE}: mean over the {n_ds} datasets, shown only where every dataset has the cell.")

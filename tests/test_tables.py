@@ -223,3 +223,27 @@ def test_bad_dimensions_and_format(rows):
         aggregate(df, metric="top5")
     with pytest.raises(FeatbenchError, match="no result rows with --protocol oracle"):
         aggregate(df, protocol="oracle")
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="pdflatex not installed")
+def test_standalone_latex_compiles(rows, tmp_path):
+    """The standalone output (escaped names, oracle dagger, bold, booktabs) builds a PDF with pdflatex."""
+    import subprocess
+
+    rows = [dict(r, dataset="my_data&co%#", source_dataset="my_data&co%#") if r["dataset"] == "dtd" else r for r in rows]
+    rows += [row(ds, "tip-adapter-f", 1, s, 60.0, protocol="oracle") for ds in ("my_data&co%#", "eurosat") for s in (1, 2, 3)]
+    (tmp_path / "t.tex").write_text(render(aggregate(pd.DataFrame(rows), rows="dataset", cols="head"), "latex",
+                                           standalone=True), encoding="utf-8")
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_dataset_filter(rows):
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots", datasets=["dtd"])
+    md = render(t, "markdown")
+    zs = next(l for l in md.splitlines() if l.startswith("| zeroshot"))
+    assert "53.00" in zs  # dtd 1-shot mean of 50, 52, 57 only
+    with pytest.raises(FeatbenchError, match="--datasets"):
+        aggregate(pd.DataFrame(rows), datasets=["nope"])

@@ -24,6 +24,7 @@ def table(
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names or labels) to keep."),
     shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to keep, e.g. 1,16."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to keep."),
     decimals: int = typer.Option(2, "--decimals", help="Digits after the decimal point."),
     standalone: bool = typer.Option(False, "--standalone", help="LaTeX only: wrap in a compilable document."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
@@ -41,6 +42,7 @@ def table(
         df, metric=metric, rows=rows, cols=cols, protocol=protocol,
         heads=parse_str_list(heads) if heads else None,
         shots=parse_int_list(shots, "--shots") if shots else None,
+        datasets=parse_str_list(datasets) if datasets else None,
     )
     text = tables.render(t, format, decimals=decimals, standalone=standalone)
     if out is None:
