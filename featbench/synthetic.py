@@ -112,7 +112,8 @@ def make_dataset(
       `root/manifest.csv` (path,label,split with class-name labels).
     per_split: images per class in (train, val, test). ImageNet has no val split (train and test only);
       the variants are test-only and use the test count. ImageNet-A/-R get a `classnames.txt` with twice
-      as many wnids as class folders (every other one present, as in the real 200-of-1000) and a README.txt.
+      as many wnids as class folders (every other one present, as in the real 200-of-1000) and a README.txt;
+      their images are drawn like those classes of a synthetic ImageNet with 2 x n_classes classes.
     """
     from featbench.datasets import dataset_info
 
@@ -155,6 +156,9 @@ def make_dataset(
             (ddir / info.split_file.format(split=split)).write_text("\n".join(lines) + "\n", encoding="utf-8")
     elif reader == "wnid_folders":
         ddir = root / info.folder
+        # ImageNet-A/-R hold a subset of ImageNet's classes (200 of 1000): here the odd ones of 2 x n_classes,
+        # drawn like those classes, so a head trained on a synthetic ImageNet of 2 x n_classes classes
+        # transfers to them (domain-generalisation runs on generated data)
         sparse = info.name in ("imagenet_a", "imagenet_r")
         listed = range(2 * n_classes) if sparse else range(n_classes)
         present = [2 * y + 1 for y in range(n_classes)] if sparse else list(range(n_classes))
@@ -167,7 +171,7 @@ def make_dataset(
             split_dir = ddir / info.image_dir / sub
             for i, y in _items(n_classes, counts[split]):
                 k = present[y]
-                _save(image(y, i, split), split_dir / _wnid(k) / f"{_wnid(k)}_{i:05d}.JPEG")
+                _save(image(k, i, split), split_dir / _wnid(k) / f"{_wnid(k)}_{i:05d}.JPEG")
             if sparse:
                 (split_dir / "README.txt").write_text("synthetic stand-in\n", encoding="utf-8")
     elif reader == "int_folders":
