@@ -21,3 +21,17 @@ def real_fixtures() -> Path:
     if not (REAL_FIXTURES / "imagenet.npz").exists():
         pytest.skip(f"real-feature fixtures not found at {REAL_FIXTURES}")
     return REAL_FIXTURES
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models and arrays: one intra-op thread is far faster than two when the 2 cores are shared.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,14 +10,7 @@ from typer.testing import CliRunner
 from featbench.cli import app
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_imagenet_to_imagenet_a(tmp_path):

@@ -13,12 +13,7 @@ from featbench.encoders import ASSETS, Encoder, ViewTransform, resolve_weights, 
 from featbench.errors import FeatbenchError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])

@@ -12,15 +12,7 @@ from featbench.heads import get_head, get_head_class
 MORE_HEADS = ("gda", "lp++", "clap", "prolip", "text-projection")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These problems are tiny: intra-op threads only add contention (40x slower on a loaded 2-core box)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _unit(a):
