@@ -84,7 +84,6 @@ class OnlineTaskRes:
         return 0.5 * self.lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, self.epochs - 1)))
 
     def logits(self, feats):
-        t = self.torch
         w = self.w0 + self.alpha * self.x
         f = feats / feats.norm(dim=-1, keepdim=True)
         return self.scale * f @ (w / w.norm(dim=-1, keepdim=True)).T

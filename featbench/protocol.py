@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field

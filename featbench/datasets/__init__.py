@@ -24,6 +24,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "locate_dataset_dir",
+    "resolve_name",
 ]
 
 

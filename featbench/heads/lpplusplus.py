@@ -100,7 +100,6 @@ class LPPlusPlus(Head):
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
         f = torch.as_tensor(X, device=dev)
         f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        n = f.shape[0]
 
         lr_w, lr_a = lipschitz_step_sizes(f.cpu().numpy(), T.cpu().numpy())
         text_logits = f @ T.T  # [N, C]
