@@ -24,7 +24,7 @@ Written by `featbench extract` as well (additive)::
 
     / attrs: extraction (json: the content-defining arguments — splits, views, view_shots, seeds,
              train_rows, all_views, dtype, pre_projection, hashes of the split index and class names),
-             checkpoint_sha256 (local checkpoint files), shard ("rank/world", part files only)
+             checkpoint_sha256 (local checkpoint files), shard ("rank/world batch B", part files only)
     /skipped                     [S] utf-8 relative paths of unreadable images (--skip-bad-images)
 
 `CacheWriter` builds a cache incrementally in `<name>.h5.partial` (preallocated chunks, per-block done
@@ -401,14 +401,9 @@ def _take(ds, pos: np.ndarray, axis: int = 0) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
     uniq, inverse = np.unique(pos, return_inverse=True)
     if uniq.size * 4 >= ds.shape[axis]:  # dense request: one contiguous read beats h5py fancy indexing
-        block = np.asarray(ds[()], dtype=np.float32)
-        return np.take(block, pos, axis=axis)
+        return np.take(ds[()], pos, axis=axis).astype(np.float32)  # convert after the gather: less memory
     block = ds[uniq.tolist()] if axis == 0 else ds[:, uniq.tolist()]
     return np.take(np.asarray(block, dtype=np.float32), inverse.reshape(-1), axis=axis)
-
-
-def open_cache(path: str | os.PathLike) -> Cache:
-    return Cache(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -592,12 +587,20 @@ class CacheWriter:
         """Open an existing partial file of the same job; False when there is none (or it was unusable)."""
         if not self.partial.exists():
             return False
+        try:  # HDF5 locks a file open for writing: never delete the partial of a running extraction
+            h5py.File(self.partial, "r").close()
+        except BlockingIOError:
+            raise FeatbenchError(
+                f"{self.partial} is locked by another running extraction; wait for it to finish (or stop it), then rerun"
+            ) from None
+        except OSError:
+            pass  # unreadable: handled below
         if overwrite:
             self.partial.unlink()
             return False
         fp, job = read_identity(self.partial)
         if fp is None:
-            # a partial that cannot even be opened (killed while being created): start again
+            # a partial HDF5 cannot open (damaged by a kill mid-write): start again
             self.partial.unlink()
             return False
         if fp != self.fingerprint or job_differences(job, self.job):
@@ -617,7 +620,7 @@ class CacheWriter:
             f.close()
             raise FingerprintMismatch(
                 f"{self.partial} is a partial extraction of shard {old_shard or 'none'}, not {self.shard or 'none'}; "
-                "rerun with the original torchrun world size to resume it, or pass --overwrite to start over"
+                "rerun with the original torchrun world size and --batch-size to resume it, or pass --overwrite to start over"
             )
         if PROGRESS_GROUP not in f:
             f.close()
@@ -651,11 +654,17 @@ class CacheWriter:
         preallocate; extra: absolute name -> small array written now (row lists, projections).
         The file is built under a temporary name and renamed, so a partial always opens cleanly.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         init = self.partial.with_name(self.partial.name + ".init")
-        if init.exists():
-            init.unlink()
-        with h5py.File(init, "w") as f:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if init.exists():
+                init.unlink()
+            fh = h5py.File(init, "w")
+        except OSError as err:
+            raise FeatbenchError(
+                f"cannot write {init} ({err.strerror or err}); pass a writable --out or --cache-dir"
+            ) from None
+        with fh as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
             f.attrs["fingerprint"] = self.fingerprint

@@ -85,6 +85,22 @@ def register_assets() -> None:
         _registered_assets = True
 
 
+def model_label(model: str) -> str:
+    """The name a cache records for --model: a config file's stem, else the architecture name."""
+    text = str(model)
+    path = Path(text).expanduser()
+    return path.stem if text.endswith(".json") or path.is_file() else text.replace("/", "-")
+
+
+def weights_label(pretrained: str) -> str:
+    """What a cache records as `pretrained`: 'none' (random init), a checkpoint's file name, or the tag."""
+    text = str(pretrained).strip()
+    if text.lower() in ("none", "random", ""):
+        return "none"
+    path = Path(text).expanduser()
+    return path.name if path.is_file() else text
+
+
 def resolve_model(model: str) -> tuple[str, str | None]:
     """(open_clip model name, sha256 of the config JSON when a path was given)."""
     import open_clip
@@ -103,8 +119,8 @@ def resolve_model(model: str) -> tuple[str, str | None]:
         if missing:
             raise FeatbenchError(f"--model {text}: not an open_clip model config (missing {', '.join(missing)})")
         open_clip.add_model_config(path)
-        return path.stem, sha256_json(cfg)
-    name = text.replace("/", "-")
+        return model_label(text), sha256_json(cfg)
+    name = model_label(text)
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -198,11 +214,12 @@ def resolve_weights(name: str, pretrained: str) -> Weights:
     from open_clip.pretrained import get_pretrained_cfg
 
     text = str(pretrained).strip()
-    if text.lower() in ("none", "random", ""):
-        return Weights(kind="none", label="none")
+    label = weights_label(text)
+    if label == "none":
+        return Weights(kind="none", label=label)
     path = Path(text).expanduser()
     if path.is_file():
-        return Weights(kind="file", label=path.name, path=str(path), sha256=sha256_file(path))
+        return Weights(kind="file", label=label, path=str(path), sha256=sha256_file(path))
     if os.sep in text or text.endswith(_WEIGHT_SUFFIXES):
         raise FeatbenchError(f"--pretrained {text}: checkpoint file not found; pass an existing file, an open_clip tag, or none")
     tags = open_clip.list_pretrained_tags_by_model(name)

@@ -250,8 +250,11 @@ def extract(
         say(f"note: {n}")
     feat_block = int(batch_size)
     view_block = max(1, int(batch_size) // max(plan.views, 1))
+    shard_label = None
     if shard is not None:
         plan = apply_shard(plan, int(shard[0]), int(shard[1]), feat_block, view_block)
+        # a shard's rows depend on the batch size (shards are cut on block boundaries): part of its identity
+        shard_label = f"{int(shard[0])}/{int(shard[1])} batch {int(batch_size)}"
 
     import numpy as np
 
@@ -297,12 +300,19 @@ def extract(
             raise C.FingerprintMismatch(
                 f"{target} was extracted with different arguments ({', '.join(diff)}); pass --overwrite to rebuild it or --out another file"
             )
+        if shard_label is not None:
+            with C.Cache(target) as done:
+                old_shard = done.attrs.get("shard")
+            if old_shard != shard_label:
+                raise C.FingerprintMismatch(
+                    f"{target} is the part of shard {old_shard or 'none'}, not {shard_label}; rerun with its original "
+                    "torchrun world size and --batch-size, or pass --overwrite to rebuild it"
+                )
         say(f"up to date: {target}")
         return target
 
     # -- the partial file: resume or create ------------------------------------------------------------
-    writer = C.CacheWriter(target, fingerprint=fingerprint, job=job,
-                           shard=f"{int(shard[0])}/{int(shard[1])}" if shard is not None else None)
+    writer = C.CacheWriter(target, fingerprint=fingerprint, job=job, shard=shard_label)
     resumed = writer.try_resume(overwrite=overwrite)
     dt = np.float16 if dtype == "float16" else np.float32
     d = enc.embed_dim
@@ -345,8 +355,6 @@ def extract(
             checkpoint_sha256=enc.checkpoint_sha256 or "",
         )
         attrs.pop("created", None)
-        if shard is not None:
-            attrs["shard"] = f"{int(shard[0])}/{int(shard[1])}"
         writer.create(
             attrs=attrs, classnames=ds.classnames, splits=split_meta, text_features=text,
             templates=ds.templates, text_features_pre=text_pre if pre_projection else None,
@@ -454,13 +462,6 @@ def target_path(dataset: str, model: str, pretrained: str, cache_dir="cache") ->
     """Where `extract` puts a cache by default, computed without loading the model (for torchrun ranks)."""
     from featbench.cache import default_cache_path
     from featbench.datasets.catalog import resolve_name
+    from featbench.encoders import model_label, weights_label
 
-    name = Path(model).stem if str(model).endswith(".json") else str(model).replace("/", "-")
-    text = str(pretrained).strip()
-    if text.lower() in ("none", "random", ""):
-        label = "none"
-    elif Path(text).expanduser().is_file():
-        label = Path(text).name
-    else:
-        label = text
-    return default_cache_path(cache_dir, name, label, resolve_name(dataset))
+    return default_cache_path(cache_dir, model_label(model), weights_label(pretrained), resolve_name(dataset))

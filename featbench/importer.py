@@ -4,7 +4,7 @@ Researchers often already hold CLIP features from their own pipelines. The .npz 
 train/val/test: ``<split>_features`` [N, D] and ``<split>_labels`` [N]; optionally ``<split>_paths`` [N]
 (the image identities; ``<split>/<row>`` placeholders otherwise), ``train_views`` [V, N_train, D],
 ``classnames`` [C], ``text_raw`` [T, C, D] raw text-encoder outputs and ``templates`` [T]. The fingerprint
-is derived from the model/pretrained labels the user gives plus a description of the source file, so caches
+is derived from the model/pretrained labels the user gives (plus the `preprocess` description), so caches
 imported with the same labels combine (domain generalisation) while anything else is refused.
 """
 
@@ -49,11 +49,13 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
             raise FeatbenchError(f"{npz}: {split}_features has width {feats.shape[1]}, other splits {dim}")
         paths = arrays.get(f"{split}_paths")
         paths = [str(p) for p in paths] if paths is not None else [f"{split}/{i:07d}" for i in range(len(labels))]
+        if len(paths) != len(labels):
+            raise FeatbenchError(f"{npz}: {split}_paths has {len(paths)} entries but {split}_labels has {len(labels)}")
         splits[split] = {"paths": paths, "labels": labels, "features": feats}
     if not splits:
         raise FeatbenchError(f"{npz}: no <split>_features arrays (expected train_features, val_features, test_features)")
 
-    n_classes = int(max(int(s["labels"].max()) for s in splits.values() if len(s["labels"])) + 1)
+    n_classes = max((int(s["labels"].max()) for s in splits.values() if len(s["labels"])), default=-1) + 1
     classnames = [str(c) for c in arrays["classnames"]] if "classnames" in arrays else [f"class_{i}" for i in range(n_classes)]
     if len(classnames) < n_classes:
         raise FeatbenchError(f"{npz}: labels go up to {n_classes - 1} but classnames has {len(classnames)} entries")

@@ -178,6 +178,8 @@ def build_head(cell: Cell, dataset: str, extra_params: Mapping | None = None):
         params["random_state"] = int(cell.seed)
     if "device" in names:
         params["device"] = cell.device
+    if "paper_context" in names:  # a head that builds another head (TaskRes*) passes on its paper defaults
+        params["paper_context"] = (dataset, int(cell.shots))
     return get_head(cell.head, dataset=dataset, shots=int(cell.shots), **params)
 
 

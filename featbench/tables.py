@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from featbench.errors import FeatbenchError
+from featbench.results import canonical_json
 
 DIMS = ("dataset", "head", "shots")
 METRICS = ("acc", "mean_per_class_recall")
@@ -137,15 +138,6 @@ class Table:
 
 
 # -- preparing rows -----------------------------------------------------------------------------------------
-def _canon(value) -> str:
-    """A hashable, deterministic text form of a parameter value (for identity and labels)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return repr(value)
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
 def _fmt_param(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -163,7 +155,7 @@ def _head_labels(df) -> list[str]:
     ):
         params = params if isinstance(params, dict) else {}
         selected = selected if isinstance(selected, dict) else {}
-        ident = {f"{k}": _canon(v) for k, v in params.items() if k not in selected}
+        ident = {f"{k}": canonical_json(v) for k, v in params.items() if k not in selected}
         show = {f"{k}": _fmt_param(v) for k, v in params.items() if k not in selected}
         ident["model"] = show["model"] = f"{model}/{pretrained}"
         ident["protocol"] = show["protocol"] = str(protocol)

@@ -100,3 +100,27 @@ def test_unreadable_partial_is_restarted(tmp_path):
     w = _start(out)
     assert w.pending_blocks("train/features") == [0, 1, 2]
     w.close()
+
+
+def test_partial_locked_by_a_running_extraction_is_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from featbench.errors import FeatbenchError
+
+    out = tmp_path / "x.h5"
+    w = _start(out)
+    _fill(w, stop_after=1)
+    w.close()
+    holder = subprocess.Popen(  # another "extraction" holding the partial open for writing
+        [sys.executable, "-c", f"import h5py, sys, time\nf = h5py.File({str(C.partial_path(out))!r}, 'r+')\n"
+         "print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for overwrite in (False, True):
+            with pytest.raises(FeatbenchError, match="locked"):
+                C.CacheWriter(out, fingerprint="f" * 64, job={"views": 2}).try_resume(overwrite=overwrite)
+        assert C.partial_path(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()

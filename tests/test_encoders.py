@@ -103,3 +103,18 @@ def test_pre_projection_reproduces_features(name):
     np.testing.assert_allclose(rebuilt, feats.numpy(), atol=1e-5)
     text, text_pre = enc.encode_text(["cat", "dog"], ["a {}."], pre_projection=True)
     np.testing.assert_allclose(text_pre @ enc.text_projection(), text, atol=1e-5)
+
+
+def test_test_transform_is_clip_eval_preprocessing():
+    """REFERENCE.md: resize the shorter side (bicubic), center crop, CLIP mean/std."""
+    import open_clip
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    enc = Encoder("tiny-vit", "none", "cpu")
+    assert enc.mean == list(open_clip.OPENAI_DATASET_MEAN) and enc.std == list(open_clip.OPENAI_DATASET_STD)
+    img = Image.fromarray((np.random.default_rng(1).random((40, 70, 3)) * 255).astype(np.uint8))
+    manual = TF.center_crop(TF.resize(img, 32, interpolation=InterpolationMode.BICUBIC), [32, 32])
+    manual = TF.normalize(TF.to_tensor(manual), enc.mean, enc.std)
+    assert torch.allclose(enc.test_transform(img), manual)

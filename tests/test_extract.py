@@ -123,7 +123,6 @@ def test_resume_after_crash_equals_uninterrupted(reference, data_root, tmp_path)
     extract("caltech101", data_root, out=out, _after_block=lambda t, b: resumed.append((t, b)), **FAST)
     assert not set(calls) & set(resumed)  # nothing encoded twice
     assert _contents(out) == _contents(reference)
-    # a different batch size on resume keeps the recorded blocks (same numbers)
     assert not partial_path(out).exists()
 
 
@@ -222,3 +221,39 @@ def test_shards_cover_the_single_process_rows(reference, data_root, tmp_path):
             assert sorted(rows.tolist()) == list(range(len(ref.paths(split))))
             np.testing.assert_array_equal(np.concatenate([a.features(split), b.features(split)]), ref.features(split))
         assert np.array_equal(np.concatenate([a.view_rows(), b.view_rows()]), ref.view_rows())
+
+
+def test_part_resume_with_another_batch_size_is_refused(data_root, tmp_path):
+    """A shard's rows are cut on batch boundaries: resuming (or reusing) a part with another --batch-size would
+    fill it with other rows' features, so it is refused."""
+    out = tmp_path / "part1.h5"
+
+    def crash(task, block):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract("caltech101", data_root, out=out, shard=(1, 2), _after_block=crash, **FAST)
+    with pytest.raises(FingerprintMismatch, match="--batch-size"):
+        extract("caltech101", data_root, out=out, shard=(1, 2), **{**FAST, "batch_size": 5})
+    extract("caltech101", data_root, out=out, shard=(1, 2), **FAST)  # resumes and finishes
+    with pytest.raises(FingerprintMismatch, match="--batch-size"):
+        extract("caltech101", data_root, out=out, shard=(1, 2), **{**FAST, "batch_size": 5})
+    msgs = []
+    extract("caltech101", data_root, out=out, shard=(1, 2), log=msgs.append, **FAST)
+    assert any("up to date" in m for m in msgs)
+
+
+def test_target_path_matches_where_extract_writes(data_root, tmp_path):
+    from featbench.extract import target_path
+
+    opts = {k: v for k, v in FAST.items() if k != "view_shots"}
+    path = extract("caltech-101", data_root, cache_dir=tmp_path, splits=("test",), **opts)
+    assert path == target_path("caltech-101", FAST["model"], FAST["pretrained"], tmp_path)
+    assert path == tmp_path / "tiny-vit--none" / "caltech101.h5"
+
+
+def test_unwritable_out_is_one_line(data_root, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FeatbenchError, match="writable --out") as err:
+        extract("caltech101", data_root, out=tmp_path / "afile" / "x.h5", splits=("test",), **FAST)
+    assert "\n" not in str(err.value)

@@ -159,3 +159,18 @@ def test_paper_defaults_and_flags():
     cls = get_head_class("taskres")
     assert cls.needs_text and cls.uses_views and not cls.searches_internally
     assert "device" not in h.hyperparameters() and "random_state" not in h.hyperparameters()
+
+
+def test_named_base_gets_the_datasets_paper_defaults():
+    """taskres.base=tip-adapter under the runner: the base Tip-Adapter uses that dataset's search scale/init."""
+    from featbench.heads import get_head
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(1, 3, 8)).astype(np.float32)
+    X = np.repeat(text[0], 2, axis=0) + 0.1 * rng.normal(size=(6, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 2)
+    head = get_head("taskres", dataset="oxford_flowers", shots=2, base="tip-adapter", epochs=1,
+                    paper_context=("oxford_flowers", 2))
+    head.fit(X, y, text=text)
+    assert head.base_head_.alpha == 10 and list(head.base_head_.search_scale) == [50, 50]  # Flowers' Tip defaults
+    assert "paper_context" not in head.hyperparameters()

@@ -88,6 +88,16 @@ def test_class_weights_linearise_the_cache():
     assert np.ptp(diff, axis=1).max() < 1e-3
 
 
+def test_class_weights_unbalanced_shots():
+    """Unbalanced shots keep the one-hot value matrix; the linear base must still sum keys per class."""
+    text, X, y, views, _, _ = _data(6, unbalanced=True)
+    h = TipAdapter(alpha=2.0, beta=0.5, search=False).fit(X, y, text=text, views=views)
+    keys = _norm(views.mean(0))
+    proto = np.stack([keys[y == c].sum(0) for c in range(text.shape[1])])
+    want = 100.0 * _norm(_norm(text).mean(0)) + 2.0 * 0.5 * np.exp(-0.5) * proto
+    np.testing.assert_allclose(h.class_weights(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_paper_defaults():
     assert TipAdapter.paper_defaults("imagenet", 16) == {"alpha": 1.17, "beta": 1.0, "search_scale": [7.0, 3.0]}
     assert TipAdapter.paper_defaults("oxford_flowers", 1)["search_scale"] == [50.0, 50.0]

@@ -62,8 +62,10 @@ def fit(
         typer.echo(f"nothing to do: every cell is already in {out}", err=True)
         from featbench.results import read_rows
 
+        wanted = {str(Path(p).resolve()) for p in [*caches, *(targets or [])]}  # this command's caches only
         rows = [r for r in read_rows(out) if r.get("head") in head_list and r.get("shots") in shot_list
-                and r.get("seed") in seed_list and r.get("protocol") == protocol]
+                and r.get("seed") in seed_list and r.get("protocol") == protocol
+                and str(Path(str(r.get("cache", ""))).resolve()) in wanted]
     else:
         typer.echo(f"appended {len(rows)} row(s) to {out}", err=True)
     _print_summary(rows, head_list, shot_list)

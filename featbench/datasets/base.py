@@ -94,9 +94,8 @@ def images_under(path: Path, recursive: bool = False) -> Iterator[str]:
         entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     for entry in entries:
         if entry.is_dir():
-            if recursive:
-                for sub in images_under(Path(entry.path), recursive=True):
-                    yield f"{entry.name}/{sub}"
+            for sub in images_under(Path(entry.path), recursive=True):
+                yield f"{entry.name}/{sub}"
         elif is_image(entry.name):
             yield entry.name
 

@@ -71,25 +71,23 @@ class CLAP(Head):
         self.device = device
         self.random_state = random_state
 
-    def _lr_at(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return float(self.warmup_lr)
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * epoch / max(int(self.epochs), 1)))
-
     @staticmethod
     def _logits(f, W, scale):
-        return scale * (f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ (
-            W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)).T
+        from featbench.heads._torch import l2norm
+
+        return scale * l2norm(f) @ l2norm(W).T
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "CLAP":
         import torch
         import torch.nn.functional as Fn
 
+        from featbench.heads import _torch as T
+
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
         if self.constraint not in CONSTRAINTS:
             raise FeatbenchError(f"head '{self.name}': constraint must be one of {CONSTRAINTS}, not {self.constraint!r}")
-        dev = torch.device(self.device)
+        dev = T.resolve_device(self.device)
         t = torch.as_tensor(np.asarray(text, dtype=np.float32), device=dev)
         base = (t if t.ndim == 2 else t.mean(dim=0)).clone()  # [C, D] raw template mean
         n_classes, dim = base.shape
@@ -133,12 +131,12 @@ class CLAP(Head):
             epochs = 0
         else:
             epochs = int(self.epochs)
-        gen = torch.Generator(device="cpu").manual_seed(int(self.random_state))
+        gen = T.generator(self.random_state)
         batch = int(self.batch_size)
         n_batches = max(1, math.ceil(n_images / batch))
         buf = None
         for epoch in range(epochs):
-            lr = self._lr_at(epoch)
+            lr = T.cosine_with_warmup(epoch, float(self.lr), epochs, int(self.warmup_epochs), float(self.warmup_lr))
             perm = torch.randperm(pool.shape[0], generator=gen).to(dev)
             for i in range(n_batches):
                 rows = perm[i * batch:(i + 1) * batch]

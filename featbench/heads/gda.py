@@ -67,12 +67,10 @@ class GDA(Head):
     # ---------------------------------------------------------------------------------------------------
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "GDA":
-        import torch
-
-        from featbench.heads._torch import zeroshot_weights
+        from featbench.heads._torch import resolve_device, zeroshot_weights
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
-        dev = torch.device(self.device)
+        dev = resolve_device(self.device)
         self.text_weights_ = zeroshot_weights(text, dev)  # [C, D]
         n_classes, dim = self.text_weights_.shape
         y = np.asarray(y, dtype=np.int64)
@@ -116,8 +114,10 @@ class GDA(Head):
         """Class means, shrunk pooled precision -> (W [C, D], b [C]) float32, as in the reference."""
         import torch
 
+        from featbench.heads._torch import l2norm
+
         f = torch.as_tensor(vecs, device=dev, dtype=torch.float64)
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        f = l2norm(f)
         lab = torch.as_tensor(labels, device=dev)
         n, dim = f.shape
         counts = torch.bincount(lab, minlength=n_classes).to(f.dtype)
@@ -140,8 +140,10 @@ class GDA(Head):
     def _parts(self, X):
         import torch
 
+        from featbench.heads._torch import l2norm
+
         f = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.weights_.device)
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        f = l2norm(f)
         zs = self.scale_ * f @ self.text_weights_.T
         gda = f @ self.weights_.T + self.bias_
         return zs, gda

@@ -87,11 +87,11 @@ class LPPlusPlus(Head):
             extra=None) -> "LPPlusPlus":
         import torch
 
-        from featbench.heads._torch import zeroshot_weights
+        from featbench.heads._torch import l2norm, resolve_device, zeroshot_weights
         import torch.nn.functional as Fn
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
-        dev = torch.device(self.device)
+        dev = resolve_device(self.device)
         T = zeroshot_weights(text, dev)
         n_classes, dim = T.shape
         X = np.asarray(X, dtype=np.float32)
@@ -99,7 +99,7 @@ class LPPlusPlus(Head):
             raise FeatbenchError(f"head '{self.name}': image features {X.shape} do not match text width {dim}")
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
         f = torch.as_tensor(X, device=dev)
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        f = l2norm(f)
 
         lr_w, lr_a = lipschitz_step_sizes(f.cpu().numpy(), T.cpu().numpy())
         text_logits = f @ T.T  # [N, C]
@@ -120,7 +120,7 @@ class LPPlusPlus(Head):
         use_val = bool(self.select_iter_on_val) and X_val is not None and y_val is not None and len(y_val) > 0
         if use_val:
             fv = torch.as_tensor(np.asarray(X_val, dtype=np.float32), device=dev)
-            fv = fv / fv.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            fv = l2norm(fv)
             tv = fv @ T.T
             yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64), device=dev)
             best = (-1.0, -1, None)
@@ -160,8 +160,10 @@ class LPPlusPlus(Head):
     def decision_function(self, X) -> np.ndarray:
         import torch
 
+        from featbench.heads._torch import l2norm
+
         f = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.W_.device)
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        f = l2norm(f)
         return (f @ self.W_.T + self.b_ + (f @ self.text_weights_.T) * self.a_).cpu().numpy()
 
     def class_weights(self) -> np.ndarray:

@@ -22,7 +22,6 @@ Under protocol ``val`` the grid of the reference's few-shot-validation search is
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import numpy as np
@@ -38,11 +37,6 @@ def shots_per_class(y, n_classes: int) -> int:
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
     present = counts[counts > 0]
     return max(1, int(round(float(present.mean())))) if len(present) else 1
-
-
-def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """torch CosineAnnealingLR(T_max=epochs, eta_min=0) stepped once per epoch."""
-    return 0.5 * base * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
 
 
 class ProLIP(Head):
@@ -77,14 +71,14 @@ class ProLIP(Head):
             extra=None) -> "ProLIP":
         import torch
 
-        from featbench.heads._torch import zeroshot_weights
+        from featbench.heads._torch import cosine_per_step, resolve_device, zeroshot_weights
         import torch.nn.functional as Fn
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
         extra = extra or {}
         if extra.get("image_projection") is None:
             raise FeatbenchError(f"head '{self.name}' needs pre-projection features; {PRE_PROJECTION_HINT}")
-        dev = torch.device(self.device)
+        dev = resolve_device(self.device)
         W0 = torch.as_tensor(np.asarray(extra["image_projection"], dtype=np.float32), device=dev)
         bias = extra.get("image_projection_bias")
         bias = None if bias is None else torch.as_tensor(np.asarray(bias, dtype=np.float32), device=dev)
@@ -117,7 +111,7 @@ class ProLIP(Head):
             opt = torch.optim.Adam([W], lr=float(self.lr), eps=float(self.eps))
             for epoch in range(epochs):
                 for group in opt.param_groups:
-                    group["lr"] = cosine_lr(float(self.lr), epoch, epochs)
+                    group["lr"] = cosine_per_step(epoch, float(self.lr), epochs)
                 x = train[epoch % train.shape[0]]
                 f = x @ W if bias is None else x @ W + bias
                 logits = scale * Fn.normalize(f, dim=-1) @ T.T

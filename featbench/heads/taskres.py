@@ -51,10 +51,11 @@ class TaskRes(Head):
     # alpha is the method's one knob (the paper ablates it around its 0.5 default, 1.0 on Flowers); lr and
     # epochs stay at the paper's recipe so a val search costs 4 fits, not a product grid.
     search_space = {"alpha": [0.25, 0.5, 1.0, 2.0]}
+    runtime_params = Head.runtime_params + ("paper_context",)
 
     def __init__(self, alpha: float = 0.5, lr: float = 2e-3, epochs: int = 100, batch_size: int = 256,
                  weight_decay: float = 5e-4, warmup_epochs: int = 1, warmup_lr: float = 1e-5, base=None,
-                 base_norm: str = "text", device: str = "cpu", random_state: int = 0):
+                 base_norm: str = "text", device: str = "cpu", random_state: int = 0, paper_context=None):
         self.alpha = alpha
         self.lr = lr
         self.epochs = epochs
@@ -64,6 +65,8 @@ class TaskRes(Head):
         self.warmup_lr = warmup_lr
         self.base = base
         self.base_norm = base_norm
+        # (dataset, shots) whose paper defaults a base head named by string gets; set by the runner
+        self.paper_context = paper_context
         self.device = device
         self.random_state = random_state
 
@@ -129,7 +132,8 @@ class TaskRes(Head):
 
             cls = get_head_class(str(base))  # raises a clear error for unknown names
             kw = {k: getattr(self, k) for k in ("device", "random_state") if k in cls._param_names()}
-            head = get_head(str(base), **kw)
+            dataset, shots = tuple(self.paper_context or (None, None))
+            head = get_head(str(base), dataset=dataset, shots=shots, **kw)
             head.fit(X, y, **context)
             self.base_head_ = head
             return np.asarray(head.class_weights(), np.float32), f"head {base}"
@@ -147,6 +151,7 @@ class TaskRes(Head):
                        classnames=classnames, extra=extra)
         X, y = T.check_xy(X, y)
         dev = T.resolve_device(self.device)
+        self.base_head_ = None  # set by _resolve_base when base names a head (no stale one from an earlier fit)
         w0, base_desc = self._resolve_base(X, y, context)
         if w0.ndim != 2 or w0.shape[1] != X.shape[1]:
             raise FeatbenchError(f"taskres.base must be [C, D={X.shape[1]}] class weights (got shape {w0.shape})")

@@ -23,7 +23,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
-from featbench.heads.prolip import PRE_PROJECTION_HINT, cosine_lr, shots_per_class
+from featbench.heads.prolip import PRE_PROJECTION_HINT, shots_per_class
 
 
 class TextProjection(Head):
@@ -57,11 +57,13 @@ class TextProjection(Head):
         import torch
         import torch.nn.functional as Fn
 
+        from featbench.heads._torch import cosine_per_step, resolve_device
+
         extra = extra or {}
         if extra.get("text_features_pre") is None or extra.get("text_projection") is None:
             raise FeatbenchError(f"head '{self.name}' needs pre-projection text features and the text projection; "
                                  f"{PRE_PROJECTION_HINT}")
-        dev = torch.device(self.device)
+        dev = resolve_device(self.device)
         pre = torch.as_tensor(np.asarray(extra["text_features_pre"], dtype=np.float32), device=dev)
         if pre.ndim == 2:
             pre = pre[None]
@@ -94,7 +96,7 @@ class TextProjection(Head):
             opt = torch.optim.Adam([Wt], lr=float(self.lr), eps=float(self.eps))
             for epoch in range(epochs):
                 for group in opt.param_groups:
-                    group["lr"] = cosine_lr(float(self.lr), epoch, epochs)
+                    group["lr"] = cosine_per_step(epoch, float(self.lr), epochs)
                 weights = Fn.normalize((pre @ Wt).mean(dim=0), dim=-1)
                 logits = scale * train[epoch % train.shape[0]] @ weights.T
                 loss = Fn.cross_entropy(logits, yt) + lam * (Wt - Wt0).pow(2).sum()

@@ -214,10 +214,10 @@ class TipAdapter(Head):
 
         from featbench.heads import _torch as T
 
-        if self.values_ is None:
-            proto = torch.zeros_like(self.w_zs_).index_add_(0, self.labels_, self.keys_)
-        else:
+        if self.k_ is not None:  # balanced, class-grouped keys: a reshape-and-sum
             proto = self.keys_.reshape(self.n_classes_, self.k_, -1).sum(1)
+        else:
+            proto = torch.zeros_like(self.w_zs_).index_add_(0, self.labels_, self.keys_)
         w = self.logit_scale_ * self.w_zs_ + self.alpha_ * self.beta_ * float(np.exp(-self.beta_)) * proto
         return T.to_numpy(w)
 
