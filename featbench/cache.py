@@ -29,6 +29,8 @@ Written by `featbench extract` as well (additive)::
 
 `CacheWriter` builds a cache incrementally in `<name>.h5.partial` (preallocated chunks, per-block done
 flags under /_progress, removed at the end) and renames it into place: resumable after `kill -9`.
+When unreadable images are dropped, the compacted cache is written to a new `<name>.h5.tmp` and renamed
+into place before the (untouched) partial is deleted.
 
 Features are stored raw (not normalised): every head normalises the way its paper does. Readers
 return float32 whatever the on-disk dtype. Anyone may write such a file (users bring features from
@@ -89,9 +91,11 @@ def check_same_encoder(a: "Cache", b: "Cache") -> None:
     """Refuse to combine caches made by different encoders or preprocessing."""
     if a.fingerprint != b.fingerprint:
         raise FingerprintMismatch(
-            f"caches {a.path} and {b.path} were built by different encoders/preprocessing "
+            f"caches {a.path} and {b.path} were built by different encoders, preprocessing, prompt templates or "
+            f"class-name styles "
             f"({a.model}/{a.pretrained}, fingerprint {a.fingerprint[:12]} vs {b.model}/{b.pretrained}, "
-            f"fingerprint {b.fingerprint[:12]}); extract both with the same --model/--pretrained"
+            f"fingerprint {b.fingerprint[:12]}); extract both with the same --model/--pretrained/--classname-style "
+            f"and dataset templates"
         )
 
 
@@ -525,6 +529,24 @@ def read_identity(path: str | os.PathLike) -> tuple[str | None, dict | None]:
         return None, None
 
 
+def remove_stale_partial(path: str | os.PathLike, fingerprint: str, job: Mapping) -> bool:
+    """Delete `<path>.partial` when `path` is already a finished cache of the same work: what a kill
+    between the rename of a finalised cache and the deletion of its partial leaves behind.
+    A partial of other work, or one open in a running extraction, is left alone."""
+    partial = partial_path(path)
+    if not partial.exists():
+        return False
+    try:  # locked: a running extraction (e.g. --overwrite) owns it
+        h5py.File(partial, "r").close()
+    except OSError:
+        return False
+    fp, old_job = read_identity(partial)
+    if fp != str(fingerprint) or job_differences(old_job, json.loads(json.dumps(dict(job), sort_keys=True, default=str))):
+        return False
+    partial.unlink(missing_ok=True)
+    return True
+
+
 def job_differences(a: Mapping | None, b: Mapping | None) -> list[str]:
     """Keys whose values differ between two extraction jobs (sorted)."""
     a, b = dict(a or {}), dict(b or {})
@@ -611,6 +633,10 @@ class CacheWriter:
             )
         try:
             f = h5py.File(self.partial, "r+")
+        except BlockingIOError:
+            raise FeatbenchError(
+                f"{self.partial} is locked by another running extraction; wait for it to finish (or stop it), then rerun"
+            ) from None
         except OSError:
             self.partial.unlink()
             return False
@@ -632,6 +658,18 @@ class CacheWriter:
                 name=name, n=int(g.attrs["n"]), block=int(g.attrs["block"]),
                 targets=tuple(json.loads(g.attrs["targets"])), axis=int(g.attrs["axis"]),
             )
+        # a partial that an older featbench was compacting in place when it was killed: drop its scratch
+        # copies (`<name>__compact`); if a target was already replaced or removed, start again
+        for t in self.tasks.values():
+            for name in t.targets:
+                scratch = name + "__compact"
+                if scratch in f:
+                    del f[scratch]
+            if any(name not in f or len(f[name].shape) <= t.axis or f[name].shape[t.axis] != t.n for name in t.targets):
+                self.close()
+                self.tasks = {}
+                self.partial.unlink()
+                return False
         return True
 
     def create(
@@ -747,12 +785,19 @@ class CacheWriter:
         row_sets: task name -> (row-index dataset name, split name) telling which stored row list
         (e.g. /splits/test/rows, /splits/train/view_rows) a task's positions refer to.
         Returns (final path, skipped relative paths).
+
+        Without bad rows the partial itself becomes the cache. With bad rows the cache is written to a
+        new file (`<final>.tmp`: every group, dataset and attribute of the partial but the progress,
+        with the bad positions dropped) that is renamed into place before the partial is deleted. The
+        partial is only read until then, so a kill at any moment leaves either the complete partial
+        (a rerun finalises it again) or the final cache — and no space is wasted on dropped rows.
         """
         f = self._f
         for name, t in self.tasks.items():
             if self.pending_blocks(name):
                 raise FeatbenchError(f"{self.partial}: task {name} is not finished; cannot finalise")
         found: dict[str, tuple[int, int]] = {}
+        drops: list[tuple[BlockTask, np.ndarray, str, np.ndarray]] = []  # (task, kept positions, rows name, kept rows)
         for name, t in self.tasks.items():
             bad = self.bad_positions(name)
             if not bad.size:
@@ -767,20 +812,38 @@ class CacheWriter:
                 p = paths[int(r)]
                 found[p] = min(found.get(p, (key, int(r))), (key, int(r)))
             keep = np.setdiff1d(np.arange(t.n, dtype=np.int64), bad)
-            for target in t.targets:
-                _compact(f, target, keep, t.axis)
-            if rows_name in f:
-                del f[rows_name]
-            f.create_dataset(rows_name, data=stored[keep])
+            drops.append((t, keep, rows_name, stored[keep]))
         skipped = sorted(found, key=lambda p: found[p])  # canonical: split order, then row
-        if skipped:
-            write_strings(f, "skipped", skipped)
-        del f[PROGRESS_GROUP]
-        f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        f.flush()
-        f.close()
-        self._f = None
-        os.replace(self.partial, self.path)
+        stamp = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if not drops:  # nothing to drop: the partial is the cache
+            del f[PROGRESS_GROUP]
+            f.attrs["created"] = stamp
+            f.flush()
+            f.close()
+            self._f = None
+            os.replace(self.partial, self.path)
+            return self.path, skipped
+        # the partial stays open (and locked) but is only read from here on
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            if tmp.exists():
+                tmp.unlink()
+            dst = h5py.File(tmp, "w")
+        except OSError as err:
+            raise FeatbenchError(f"cannot write {tmp} ({err.strerror or err}); pass a writable --out or --cache-dir") from None
+        try:
+            with dst:
+                _write_compacted(f, dst, drops, skipped, stamp)
+            _fsync(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:  # a clean failure leaves no half-written file behind (after a kill the next run removes it)
+                tmp.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover
+                pass
+            raise
+        self.close()
+        self.partial.unlink(missing_ok=True)
         return self.path, skipped
 
     def close(self) -> None:
@@ -801,16 +864,69 @@ def _iter_progress(group):
                 yield f"{k}/{k2}", g2
 
 
-def _compact(f, name: str, keep: np.ndarray, axis: int, slab: int = 4096) -> None:
-    """Rewrite dataset `name` keeping only positions `keep` along `axis` (bad images dropped)."""
-    old = f[name]
+def _fsync(path: Path) -> None:
+    """Make the bytes of a finished file durable before it is renamed over the final name."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - filesystems without fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def _copy_attrs(src, dst) -> None:
+    """Copy every attribute (same order, values, dtypes and shapes) of one HDF5 object to another."""
+    for k in src.attrs:
+        aid = src.attrs.get_id(k)
+        dst.attrs.create(k, src.attrs[k], shape=aid.shape, dtype=aid.dtype)
+
+
+def _write_compacted(src, dst, drops, skipped: Sequence[str], created: str) -> None:
+    """Fill the new file `dst` from the complete partial `src` (read only): everything but the progress,
+    the datasets of `drops` compacted, their row-index datasets rewritten, /skipped, `created` stamped.
+
+    Datasets and attributes are created in the order the former in-place compaction left them in:
+    untouched objects first (copied whole by HDF5, storage layout included), then per task its
+    compacted targets and its row-index dataset, then /skipped.
+    """
+    rewritten = set()
+    for t, _, rows_name, _ in drops:
+        rewritten.update("/" + n.strip("/") for n in t.targets)
+        rewritten.add("/" + rows_name.strip("/"))
+    progress = "/" + PROGRESS_GROUP
+
+    def copy_group(sg, dg) -> None:
+        _copy_attrs(sg, dg)
+        for k in sg:
+            obj = sg[k]
+            full = obj.name
+            if full == progress or full in rewritten:
+                continue
+            if isinstance(obj, h5py.Group):
+                copy_group(obj, dg.create_group(k))
+            else:
+                src.copy(obj, dg, name=k)
+
+    copy_group(src, dst)
+    for t, keep, rows_name, rows in drops:
+        for target in t.targets:
+            _compact_into(src[target], dst, target, keep, t.axis)
+        dst.create_dataset(rows_name, data=rows)
+    if skipped:
+        write_strings(dst, "skipped", skipped)
+    dst.attrs["created"] = created
+
+
+def _compact_into(old, dst, name: str, keep: np.ndarray, axis: int, slab: int = 4096) -> None:
+    """Write dataset `name` of `dst` as `old` keeping only positions `keep` along `axis` (bad images dropped)."""
     shape = list(old.shape)
     shape[axis] = int(keep.size)
-    parent, _, leaf = name.strip("/").rpartition("/")
-    g = f[parent] if parent else f
-    tmp = leaf + "__compact"
-    g.create_dataset(tmp, shape=tuple(shape), dtype=old.dtype, chunks=_chunks(tuple(shape)))
-    new = g[tmp]
+    new = dst.create_dataset(name, shape=tuple(shape), dtype=old.dtype, chunks=_chunks(tuple(shape)))
+    _copy_attrs(old, new)
     for s in range(0, keep.size, slab):
         idx = keep[s:s + slab]
         lo, hi = int(idx.min()), int(idx.max()) + 1
@@ -818,5 +934,3 @@ def _compact(f, name: str, keep: np.ndarray, axis: int, slab: int = 4096) -> Non
             new[s:s + idx.size] = old[lo:hi][idx - lo]
         else:
             new[:, s:s + idx.size] = old[:, lo:hi][:, idx - lo]
-    del g[leaf]
-    g.move(tmp, leaf)

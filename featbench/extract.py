@@ -308,6 +308,7 @@ def extract(
                     f"{target} is the part of shard {old_shard or 'none'}, not {shard_label}; rerun with its original "
                     "torchrun world size and --batch-size, or pass --overwrite to rebuild it"
                 )
+        C.remove_stale_partial(target, fingerprint, job)  # killed after the rename, before the partial went
         say(f"up to date: {target}")
         return target
 

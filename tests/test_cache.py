@@ -124,3 +124,62 @@ def test_partial_locked_by_a_running_extraction_is_kept(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+ROW_SETS = {"train/features": ("/splits/train/rows", "train"), "train/views": ("/splits/train/view_rows", "train")}
+
+
+def test_partial_left_mid_compaction_by_an_older_version_is_recovered(tmp_path):
+    """Older featbench compacted in place: a kill could leave `<name>__compact` scratch datasets (partial
+    otherwise intact: resumed and finalised) or an already shrunk dataset (unusable: started again)."""
+    import h5py
+
+    out = tmp_path / "x.h5"
+    w = _start(out)
+    _fill(w, bad=[0, 4])
+    w.close()
+    with h5py.File(C.partial_path(out), "r+") as f:
+        f["splits/train"].create_dataset("features__compact", shape=(5, D), dtype=np.float16)
+    w = _start(out)
+    assert w.pending_blocks("train/features") == []
+    _, skipped = w.finalize(row_sets=ROW_SETS)
+    assert skipped == [PATHS[0], PATHS[4]]
+    with h5py.File(out, "r") as f:
+        assert "features__compact" not in f["splits/train"] and f["splits/train/features"].shape == (5, D)
+
+    out = tmp_path / "y.h5"
+    w = _start(out)
+    _fill(w, bad=[0, 4])
+    w.close()
+    with h5py.File(C.partial_path(out), "r+") as f:
+        del f["splits/train/features"]
+        f["splits/train"].create_dataset("features", shape=(5, D), dtype=np.float16)
+    w = _start(out)
+    assert w.pending_blocks("train/features") == [0, 1, 2]  # started over instead of a KeyError
+    w.close()
+
+
+def test_finalize_with_bad_rows_reads_the_partial_only(tmp_path, monkeypatch):
+    """The compacted cache is a new file renamed into place; until then the partial is untouched."""
+    out = tmp_path / "x.h5"
+    w = _start(out)
+    _fill(w, bad=[2])
+    w.close()
+    before = C.partial_path(out).read_bytes()
+    w = _start(out)
+
+    def fail(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C, "_fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        w.finalize(row_sets=ROW_SETS)
+    w.close()
+    monkeypatch.undo()
+    assert C.partial_path(out).read_bytes() == before and not out.exists()
+    assert not out.with_name(out.name + ".tmp").exists()
+    w = _start(out)
+    _, skipped = w.finalize(row_sets=ROW_SETS)
+    assert skipped == [PATHS[2]] and not C.partial_path(out).exists()
+    with C.Cache(out) as c:
+        assert list(c.feature_rows("train")) == [0, 1, 3, 4, 5, 6]

@@ -257,3 +257,148 @@ def test_unwritable_out_is_one_line(data_root, tmp_path):
     with pytest.raises(FeatbenchError, match="writable --out") as err:
         extract("caltech101", data_root, out=tmp_path / "afile" / "x.h5", splits=("test",), **FAST)
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dropping unreadable images at finalisation: a new file, renamed into place; the partial stays intact
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_root(data_root, tmp_path_factory) -> Path:
+    """The generated dataset with one unreadable train image and one unreadable test image."""
+    import shutil
+
+    from featbench.datasets import load_dataset
+    from featbench.synthetic import corrupt_image
+
+    root = tmp_path_factory.mktemp("bad") / "data"
+    shutil.copytree(data_root, root)
+    ds = load_dataset("caltech101", root)
+    corrupt_image(ds.abspath(ds.splits["test"][1][0]), kind="truncated")
+    corrupt_image(ds.abspath(ds.splits["train"][0][0]), kind="garbage")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_reference(bad_root, tmp_path_factory) -> Path:
+    return extract("caltech101", bad_root, out=tmp_path_factory.mktemp("badref") / "ref.h5", skip_bad_images=True, **FAST)
+
+
+def _sha(path) -> str:
+    """Hash of an HDF5 file's bytes, except the superblock's file-consistency flags (bytes 20-23 of a
+    version 0/1 superblock), which HDF5 sets while a writer has the file open and clears on close."""
+    import hashlib
+
+    data = bytearray(Path(path).read_bytes())
+    assert data[:8] == b"\x89HDF\r\n\x1a\n" and data[8] in (0, 1)
+    data[20:24] = b"\0\0\0\0"
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def _kill_in_finalize_script(bad_root, out) -> str:
+    """A subprocess that SIGKILLs itself in finalisation, after the first compacted dataset of the new file."""
+    return textwrap.dedent(f"""
+        import os, signal, torch
+        torch.set_num_threads(1)
+        from featbench import cache as C
+        from featbench.extract import extract
+        real = C._compact_into
+        def killing(*a, **kw):
+            real(*a, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)
+        C._compact_into = killing
+        extract("caltech101", {str(bad_root)!r}, out={str(out)!r}, skip_bad_images=True, **{FAST!r})
+    """)
+
+
+@pytest.mark.parametrize("crash_at", ["copy", "rename", "kill-9"])
+def test_crash_in_finalize_with_bad_rows_keeps_the_partial_and_resumes(bad_root, bad_reference, tmp_path,
+                                                                      monkeypatch, crash_at):
+    from featbench import cache as C
+
+    out = tmp_path / "b.h5"
+    tmp = out.with_name(out.name + ".tmp")
+    snapshots = []  # the partial's bytes after each finished block: the last one is the complete partial
+    if crash_at == "kill-9":
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", _kill_in_finalize_script(bad_root, out)], env=env,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == -9, proc.stderr.decode()[-500:]
+        assert tmp.exists()  # the new file was partly written when the process died
+    else:
+        class Crash(Exception):
+            pass
+
+        if crash_at == "copy":  # dies in the middle of writing the new file (after its first compacted dataset)
+            real = C._compact_into
+            calls = []
+
+            def compact(*a, **kw):
+                calls.append(1)
+                if len(calls) == 2:
+                    assert tmp.exists()
+                    raise Crash
+                return real(*a, **kw)
+
+            monkeypatch.setattr(C, "_compact_into", compact)
+        else:  # the new file is complete, the rename fails
+            real_replace = os.replace
+
+            def replace(src, dst):
+                if str(src) == str(tmp):
+                    raise Crash
+                return real_replace(src, dst)
+
+            monkeypatch.setattr(C.os, "replace", replace)
+        with pytest.raises(Crash):
+            extract("caltech101", bad_root, out=out, skip_bad_images=True,
+                    _after_block=lambda t, b: snapshots.append(_sha(partial_path(out))), **FAST)
+        monkeypatch.undo()
+        assert snapshots and _sha(partial_path(out)) == snapshots[-1]  # not one byte of the partial changed
+        tmp.write_bytes(b"half a file")  # what a kill (instead of an exception) would have left behind
+    assert partial_path(out).exists() and not out.exists()
+    with h5py.File(partial_path(out), "r") as f:  # complete, uncompacted, progress all done
+        assert "_progress" in f and "skipped" not in f
+        assert f["splits/test/features"].shape[0] == len(f["splits/test/paths"])
+        assert all(not k.endswith("__compact") for k in f["splits/train"])
+
+    msgs, encoded = [], []
+    extract("caltech101", bad_root, out=out, skip_bad_images=True, log=msgs.append,
+            _after_block=lambda t, b: encoded.append((t, b)), **FAST)
+    assert any("resuming" in m for m in msgs) and any("skipped 2" in m for m in msgs)
+    assert not encoded  # every block was done: the rerun only finalises
+    assert _contents(out) == _contents(bad_reference)
+    assert not partial_path(out).exists() and not tmp.exists()
+    with Cache(out) as c:
+        assert len(c.skipped) == 2
+
+
+def test_dropping_bad_rows_does_not_bloat_the_cache(reference, bad_reference):
+    """The compacted cache is a fresh file: no dead space left by the uncompacted datasets."""
+    assert os.path.getsize(bad_reference) < 1.3 * os.path.getsize(reference)
+    with h5py.File(bad_reference, "r") as f:
+        assert "_progress" not in f
+        assert f["splits/train/features"].chunks == (17, 32) and f["splits/train/views"].chunks[0] == 1
+        assert f["splits/test/features"].dtype == np.float16 and f["splits/test/rows"].dtype == np.int64
+
+
+def test_leftover_partial_of_a_finished_cache_is_removed(bad_root, bad_reference, tmp_path):
+    """Killed after the rename but before the partial was deleted: the rerun finds the cache up to date
+    and deletes the redundant partial."""
+    out = tmp_path / "l.h5"
+    calls = []
+
+    def crash(task, block):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract("caltech101", bad_root, out=out, skip_bad_images=True, _after_block=crash, **FAST)
+    leftover = partial_path(out).read_bytes()
+    extract("caltech101", bad_root, out=out, skip_bad_images=True, **FAST)
+    partial_path(out).write_bytes(leftover)
+    msgs = []
+    extract("caltech101", bad_root, out=out, skip_bad_images=True, log=msgs.append, **FAST)
+    assert any("up to date" in m for m in msgs)
+    assert not partial_path(out).exists()
+    assert _contents(out) == _contents(bad_reference)
