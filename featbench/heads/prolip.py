@@ -39,6 +39,41 @@ def shots_per_class(y, n_classes: int) -> int:
     return max(1, int(round(float(present.mean())))) if len(present) else 1
 
 
+def training_views(X: np.ndarray, views, dev, head: str, what: str, notes: list, fallback_note: str):
+    """[V, N, D] tensor of the cached views aligned with X, or X alone as a single 'view' (noted)."""
+    import torch
+
+    if views is None:
+        notes.append(fallback_note)
+        return torch.as_tensor(X, device=dev)[None]
+    V = np.asarray(views, dtype=np.float32)
+    if V.ndim != 3 or V.shape[1:] != X.shape:
+        raise FeatbenchError(f"head '{head}': {what} {V.shape} do not match features {X.shape}")
+    return torch.as_tensor(V, device=dev)
+
+
+def tune_projection(P0, logits_fn, y, lam: float, epochs: int, lr: float, eps: float):
+    """ProLIP's recipe for a projection matrix: full batch, one cached view per epoch, CE + lam*|P - P0|^2,
+    Adam(eps) with a per-epoch cosine learning rate. logits_fn(P, epoch) -> [N, C]. Returns the tuned P."""
+    import torch
+    import torch.nn.functional as Fn
+
+    from featbench.heads._torch import cosine_per_step
+
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=P0.device)
+    P = P0.clone().requires_grad_(True)
+    if epochs > 0:
+        opt = torch.optim.Adam([P], lr=lr, eps=eps)
+        for epoch in range(epochs):
+            for group in opt.param_groups:
+                group["lr"] = cosine_per_step(epoch, lr, epochs)
+            loss = Fn.cross_entropy(logits_fn(P, epoch), yt) + lam * (P - P0).pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return P.detach()
+
+
 class ProLIP(Head):
     """Fine-tunes the final visual projection on cached pre-projection features with ||W - W0||^2."""
 
@@ -71,8 +106,9 @@ class ProLIP(Head):
             extra=None) -> "ProLIP":
         import torch
 
-        from featbench.heads._torch import cosine_per_step, resolve_device, zeroshot_weights
         import torch.nn.functional as Fn
+
+        from featbench.heads._torch import resolve_device, zeroshot_weights
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
         extra = extra or {}
@@ -92,34 +128,17 @@ class ProLIP(Head):
             raise FeatbenchError(f"head '{self.name}' needs pre-projection features (width {W0.shape[0]}), got "
                                  f"features of shape {X.shape}; {PRE_PROJECTION_HINT}")
         notes: list[str] = []
-        if views is not None:
-            V = np.asarray(views, dtype=np.float32)
-            if V.ndim != 3 or V.shape[1:] != X.shape:
-                raise FeatbenchError(f"head '{self.name}': pre-projection views {V.shape} do not match features "
-                                     f"{X.shape}; {PRE_PROJECTION_HINT}")
-            train = torch.as_tensor(V, device=dev)
-        else:
-            train = torch.as_tensor(X, device=dev)[None]
-            notes.append("no augmented views in cache: trained on plain pre-projection features")
-        yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
+        train = training_views(X, views, dev, self.name, "pre-projection views", notes,
+                               "no augmented views in cache: trained on plain pre-projection features")
         lam = float(self.lam) if self.lam is not None else 1.0 / shots_per_class(y, n_classes)
         scale = float(logit_scale)
 
-        W = W0.clone().requires_grad_(True)
-        epochs = int(self.epochs)
-        if epochs > 0:
-            opt = torch.optim.Adam([W], lr=float(self.lr), eps=float(self.eps))
-            for epoch in range(epochs):
-                for group in opt.param_groups:
-                    group["lr"] = cosine_per_step(epoch, float(self.lr), epochs)
-                x = train[epoch % train.shape[0]]
-                f = x @ W if bias is None else x @ W + bias
-                logits = scale * Fn.normalize(f, dim=-1) @ T.T
-                loss = Fn.cross_entropy(logits, yt) + lam * (W - W0).pow(2).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        self.projection_ = W.detach()
+        def logits(W, epoch):
+            x = train[epoch % train.shape[0]]
+            f = x @ W if bias is None else x @ W + bias
+            return scale * Fn.normalize(f, dim=-1) @ T.T
+
+        self.projection_ = tune_projection(W0, logits, y, lam, int(self.epochs), float(self.lr), float(self.eps))
         self.bias_ = bias
         self.text_weights_ = T
         self.scale_ = scale

@@ -23,7 +23,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
-from featbench.heads.prolip import PRE_PROJECTION_HINT, shots_per_class
+from featbench.heads.prolip import PRE_PROJECTION_HINT, shots_per_class, training_views, tune_projection
 
 
 class TextProjection(Head):
@@ -57,7 +57,7 @@ class TextProjection(Head):
         import torch
         import torch.nn.functional as Fn
 
-        from featbench.heads._torch import cosine_per_step, resolve_device
+        from featbench.heads._torch import resolve_device
 
         extra = extra or {}
         if extra.get("text_features_pre") is None or extra.get("text_projection") is None:
@@ -77,33 +77,16 @@ class TextProjection(Head):
             raise FeatbenchError(f"head '{self.name}': image features {X.shape} do not match the text projection's "
                                  f"output width {dim}")
         notes: list[str] = []
-        if views is not None:
-            V = np.asarray(views, dtype=np.float32)
-            if V.ndim != 3 or V.shape[1:] != X.shape:
-                raise FeatbenchError(f"head '{self.name}': views shape {V.shape} does not match features {X.shape}")
-            train = torch.as_tensor(V, device=dev)
-        else:
-            train = torch.as_tensor(X, device=dev)[None]
-            notes.append("no augmented views in cache: trained on plain features")
-        train = Fn.normalize(train, dim=-1)
-        yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
+        train = Fn.normalize(training_views(X, views, dev, self.name, "views", notes,
+                                            "no augmented views in cache: trained on plain features"), dim=-1)
         lam = float(self.lam) if self.lam is not None else 1.0 / shots_per_class(y, n_classes)
         scale = float(logit_scale)
 
-        Wt = Wt0.clone().requires_grad_(True)
-        epochs = int(self.epochs)
-        if epochs > 0:
-            opt = torch.optim.Adam([Wt], lr=float(self.lr), eps=float(self.eps))
-            for epoch in range(epochs):
-                for group in opt.param_groups:
-                    group["lr"] = cosine_per_step(epoch, float(self.lr), epochs)
-                weights = Fn.normalize((pre @ Wt).mean(dim=0), dim=-1)
-                logits = scale * train[epoch % train.shape[0]] @ weights.T
-                loss = Fn.cross_entropy(logits, yt) + lam * (Wt - Wt0).pow(2).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        self.text_projection_ = Wt.detach()
+        def logits(Wt, epoch):
+            weights = Fn.normalize((pre @ Wt).mean(dim=0), dim=-1)
+            return scale * train[epoch % train.shape[0]] @ weights.T
+
+        self.text_projection_ = tune_projection(Wt0, logits, y, lam, int(self.epochs), float(self.lr), float(self.eps))
         with torch.no_grad():
             self.weights_ = (pre @ self.text_projection_).mean(dim=0)  # [C, D] raw
         self.scale_ = scale
