@@ -74,19 +74,8 @@ def tune_projection(P0, logits_fn, y, lam: float, epochs: int, lr: float, eps: f
     return P.detach()
 
 
-class ProLIP(Head):
-    """Fine-tunes the final visual projection on cached pre-projection features with ||W - W0||^2."""
-
-    name: ClassVar[str] = "prolip"
-    paper: ClassVar[str] = "Fahes et al., CLIP's Visual Embedding Projector is a Few-shot Cornucopia, 2024"
-    needs_text: ClassVar[bool] = True
-    uses_views: ClassVar[bool] = True
-    searches_internally: ClassVar[bool] = False
-    feature_kind: ClassVar[str] = "features_pre"
-    search_space: ClassVar[dict[str, list]] = {
-        "lr": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
-        "lam": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
-    }
+class ProjectionTuning(Head):
+    """Shared hyperparameters of the projection-tuning heads (ProLIP, text-projection): one recipe, two sides."""
 
     def __init__(
         self,
@@ -101,6 +90,21 @@ class ProLIP(Head):
         self.lam = lam
         self.eps = eps
         self.device = device
+
+
+class ProLIP(ProjectionTuning):
+    """Fine-tunes the final visual projection on cached pre-projection features with ||W - W0||^2."""
+
+    name: ClassVar[str] = "prolip"
+    paper: ClassVar[str] = "Fahes et al., CLIP's Visual Embedding Projector is a Few-shot Cornucopia, 2024"
+    needs_text: ClassVar[bool] = True
+    uses_views: ClassVar[bool] = True
+    searches_internally: ClassVar[bool] = False
+    feature_kind: ClassVar[str] = "features_pre"
+    search_space: ClassVar[dict[str, list]] = {
+        "lr": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
+        "lam": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
+    }
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "ProLIP":

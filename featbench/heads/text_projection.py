@@ -22,11 +22,11 @@ from typing import ClassVar
 import numpy as np
 
 from featbench.errors import FeatbenchError
-from featbench.heads.base import Head
-from featbench.heads.prolip import PRE_PROJECTION_HINT, shots_per_class, training_views, tune_projection
+from featbench.heads.prolip import (PRE_PROJECTION_HINT, ProjectionTuning, shots_per_class, training_views,
+                                    tune_projection)
 
 
-class TextProjection(Head):
+class TextProjection(ProjectionTuning):
     """Tunes CLIP's text projection on the few-shot data; its class weights serve as a TaskRes base."""
 
     name: ClassVar[str] = "text-projection"
@@ -37,20 +37,6 @@ class TextProjection(Head):
     searches_internally: ClassVar[bool] = False
     feature_kind: ClassVar[str] = "features"
     search_space: ClassVar[dict[str, list]] = {"lr": [1e-2, 1e-3, 1e-4, 1e-5]}
-
-    def __init__(
-        self,
-        epochs: int = 300,
-        lr: float = 1e-3,
-        lam: float | None = None,
-        eps: float = 1e-4,
-        device: str = "cpu",
-    ):
-        self.epochs = epochs
-        self.lr = lr
-        self.lam = lam
-        self.eps = eps
-        self.device = device
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "TextProjection":
