@@ -45,6 +45,8 @@ class Head:
     search_space: ClassVar[dict[str, list]] = {}
     #: parameters that are not hyperparameters of the method (not recorded as such in result rows)
     runtime_params: ClassVar[tuple[str, ...]] = ("device", "random_state", "verbose")
+    #: typed, bounded declarations of the hyperparameters (featbench.heads.spec.Param); set_params checks them
+    hyperparams: ClassVar[dict] = {}
 
     # -- scikit-learn parameter protocol ---------------------------------------------------------------
     @classmethod
@@ -57,10 +59,13 @@ class Head:
         return {k: getattr(self, k) for k in self._param_names()}
 
     def set_params(self, **params) -> "Head":
+        from featbench.heads.spec import check_params
+
         valid = set(self._param_names())
-        for k, v in params.items():
+        for k in params:
             if k not in valid:
                 raise FeatbenchError(f"head '{self.name}' has no parameter '{k}'; it has: {', '.join(sorted(valid))}")
+        for k, v in check_params(type(self), params).items():
             setattr(self, k, v)
         return self
 
