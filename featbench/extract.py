@@ -206,6 +206,7 @@ def extract(
     pre_projection: bool = False,
     progress: bool = True,
     view_seed: int = 0,
+    name: str | None = None,
     shard: tuple[int, int] | None = None,
     log: Callable[[str], None] | None = None,
     _after_block: Callable[[str, int], None] | None = None,
@@ -244,6 +245,7 @@ def extract(
     from featbench.datasets import load_dataset
 
     ds = load_dataset(dataset, root, manifest=manifest, classname_style=classname_style)
+    ds.name = dataset_name(dataset, name)
     plan = make_plan(ds, splits=splits, views=int(views), view_shots=view_shots, seeds=seeds,
                      train_rows=train_rows, all_views=all_views)
     for n in plan.notes:
@@ -459,10 +461,33 @@ class _Progress:
             self._p.stop()
 
 
-def target_path(dataset: str, model: str, pretrained: str, cache_dir="cache") -> Path:
+def dataset_name(dataset: str, name: str | None) -> str:
+    """The name a cache records: the catalog name, or for custom datasets (folder, csv) the required --name.
+
+    Two custom datasets encoded by one model would otherwise share a cache path and result rows.
+    """
+    import re
+
+    from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
+
+    canonical = resolve_name(dataset)
+    if dataset_info(canonical).group != "custom":
+        if name is not None and name != canonical:
+            raise FeatbenchError(f"--name only applies to custom datasets (folder, csv); {canonical} is always named {canonical}")
+        return canonical
+    if not name:
+        raise FeatbenchError(f"--dataset {canonical} needs --name NAME (e.g. --name my-birds) so its cache path and result "
+                             f"rows are distinct from other custom datasets'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise FeatbenchError(f"--name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (it names the cache file)")
+    if name in list_datasets():
+        raise FeatbenchError(f"--name {name}: that is a catalog dataset's name; pick a name of your own")
+    return name
+
+
+def target_path(dataset: str, model: str, pretrained: str, cache_dir="cache", name: str | None = None) -> Path:
     """Where `extract` puts a cache by default, computed without loading the model (for torchrun ranks)."""
     from featbench.cache import default_cache_path
-    from featbench.datasets.catalog import resolve_name
     from featbench.encoders import model_label, weights_label
 
-    return default_cache_path(cache_dir, model_label(model), weights_label(pretrained), resolve_name(dataset))
+    return default_cache_path(cache_dir, model_label(model), weights_label(pretrained), dataset_name(dataset, name))

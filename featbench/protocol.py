@@ -379,6 +379,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "model": src.model,
         "pretrained": src.pretrained,
         "fingerprint": src.fingerprint,
+        "content": src.content_id,
         "head": cell.head,
         "params": params,
         "selected": selected,

@@ -1,9 +1,12 @@
 """Result rows: the schema, their identity, and the append-only JSON-lines file that makes sweeps resumable.
 
-One JSON object per line. A sweep killed mid-write leaves at most one partial last line: ``read_rows``
-ignores it and ``append_rows`` cuts it off before writing, so rerunning the same command resumes
-cleanly. Only one process (the runner's parent) writes; every row is flushed and fsync'ed before the
-next cell's row so an interruption loses at most the cell in flight.
+One JSON object per line. The file is strictly append-only: existing bytes are never rewritten or truncated.
+A sweep killed mid-write leaves at most one partial line; ``read_rows`` skips such a line (a ``{`` that
+never closes) and the next append starts on a fresh line, so rerunning the same command resumes cleanly.
+A file that is not a featbench results file (say a ``config.json`` given as ``--out``) is refused before
+anything runs. Appends happen under an exclusive ``flock``, and the writer re-reads what other processes
+appended since it last looked, so two identical ``fit`` commands on one file never write a row twice.
+Every row is flushed and fsync'ed before the next cell's row: an interruption loses at most the cell in flight.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from featbench.errors import FeatbenchError
 
 #: every row carries these fields (docs/PLAN.md "Result rows"), in this order
 ROW_FIELDS = (
-    "dataset", "source_dataset", "model", "pretrained", "fingerprint", "cache", "head", "params", "selected",
+    "dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "cache", "head", "params", "selected",
     "protocol", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "views_used", "notes",
     "featbench_version", "timestamp",
 )
-#: the fields that identify a row: two rows with equal keys are the same experiment (resume skips it)
-KEY_FIELDS = ("fingerprint", "source_dataset", "dataset", "head", "params", "protocol", "shots", "seed")
+#: the fields that identify a row: two rows with equal keys are the same experiment (resume skips it).
+#: ``content`` is the cache's content identity (class names + split index), so two custom datasets encoded
+#: by the same model never share keys.
+KEY_FIELDS = ("fingerprint", "content", "source_dataset", "dataset", "head", "params", "protocol", "shots", "seed")
+#: a line is taken for a result row when it has these (what every featbench version wrote)
+_ROW_MARKERS = ("fingerprint", "dataset", "head", "protocol", "shots", "seed")
 
 
 def jsonable(value: Any) -> Any:
@@ -70,9 +77,10 @@ def canonical_json(value: Any) -> str:
 
 
 def row_key(row: Mapping) -> tuple:
-    """The identity of a row: (fingerprint, source dataset, dataset, head, params JSON, protocol, shots, seed)."""
+    """The identity of a row: (fingerprint, content, source dataset, dataset, head, params JSON, protocol, shots, seed)."""
     return (
         str(row["fingerprint"]),
+        str(row.get("content") or ""),
         str(row.get("source_dataset") or row["dataset"]),
         str(row["dataset"]),
         str(row["head"]),
@@ -87,91 +95,131 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All rows of a results file ([] when it does not exist); a partial last line is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
+class NotAResultsFile(FeatbenchError):
+    """A file given as a results file holds something else; nothing is written to it."""
+
+
+def _is_partial_row(raw: bytes) -> bool:
+    """A line a killed writer cut short (it failed to parse): rows start with their dataset field."""
+    text = raw.strip()
+    return text.startswith(b'{"dataset":') or (text.startswith(b"{") and not text.endswith(b"}"))
+
+
+def _parse_lines(path: Path, data: bytes, first_line: int = 1) -> list[dict]:
     rows: list[dict] = []
-    for i, raw in enumerate(lines):
+    for i, raw in enumerate(data.split(b"\n")):
         if not raw.strip():
             continue
-        last = i == len(lines) - 1  # no newline after it: possibly cut off by a killed run
+        where = f"{path}: line {first_line + i}"
         try:
             row = json.loads(raw)
-        except json.JSONDecodeError:
-            if last:
-                continue
-            raise FeatbenchError(f"{path}: line {i + 1} is not valid JSON; fix or remove that line (results files are JSON lines)") from None
-        if not isinstance(row, dict):
-            raise FeatbenchError(f"{path}: line {i + 1} is not a JSON object; results files hold one row object per line")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if _is_partial_row(raw):
+                continue  # cut off by an interrupted run; the cell it belonged to is simply run again
+            raise NotAResultsFile(f"{where} is not valid JSON; {path} is not a featbench results file (JSON lines) "
+                                  f"— pass another --out, or fix that line") from None
+        if not isinstance(row, dict) or not all(k in row for k in _ROW_MARKERS):
+            raise NotAResultsFile(f"{where} is not a featbench result row; {path} is not a featbench results file "
+                                  f"— pass another --out (featbench never overwrites it)")
         rows.append(row)
     return rows
 
 
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """All rows of a results file ([] when it does not exist); lines cut off by a killed run are skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if path.is_dir():
+        raise FeatbenchError(f"{path} is a directory, not a results file; pass a .jsonl file path")
+    return _parse_lines(path, path.read_bytes())
+
+
+def check_results_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an --out that is not (or cannot become) a featbench results file."""
+    path = Path(path)
+    if path.is_dir():
+        raise FeatbenchError(f"--out {path} is a directory; pass a results file path such as {path / 'results.jsonl'}")
+    if path.exists():
+        read_rows(path)  # raises NotAResultsFile naming the offending line
+
+
 def completed_keys(path: str | os.PathLike) -> set[tuple]:
     """Identities of the rows already in a results file (what a resumed sweep skips)."""
-    keys = set()
-    for row in read_rows(path):
-        try:
-            keys.add(row_key(row))
-        except (KeyError, TypeError, ValueError):
-            continue  # a foreign or older row without the identity fields: never matches a planned cell
-    return keys
+    return {row_key(r) for r in read_rows(path)}
 
 
-def _drop_partial_tail(fh) -> None:
-    """Cut a trailing line without newline (a row a killed writer left half-written)."""
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    if size == 0:
-        return
-    fh.seek(size - 1)
-    if fh.read(1) == b"\n":
-        return
-    # find the last newline; everything after it is the partial row
-    block = 1 << 16
-    pos = size
-    keep = 0
-    while pos > 0:
-        start = max(0, pos - block)
-        fh.seek(start)
-        chunk = fh.read(pos - start)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            keep = start + idx + 1
-            break
-        pos = start
-    fh.truncate(keep)
+class ResultsWriter:
+    """Appends rows to one results file, never twice the same key, never touching existing bytes.
+
+    It remembers how far it has read; under the lock it reads only what other writers appended since, so
+    deduplication against a concurrent identical sweep costs a read of the new bytes, not the whole file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        check_results_file(self.path)
+        self.keys: set[tuple] = set()
+        self._offset = 0  # bytes consumed: always just after a newline
+        self._lines = 0  # newline-terminated lines consumed (for error messages)
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                self._catch_up(fh)
+
+    def _catch_up(self, fh) -> None:
+        """Read what was appended since the last look; a complete row without its newline counts too."""
+        fh.seek(self._offset)
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end:
+            for row in _parse_lines(self.path, data[:end], first_line=self._lines + 1):
+                self.keys.add(row_key(row))
+            self._lines += data[:end].count(b"\n")
+            self._offset += end
+        tail = data[end:]
+        if tail.strip():  # no newline after it: a valid row (kept and counted) or a killed writer's fragment
+            for row in _parse_lines(self.path, tail, first_line=self._lines + 1):
+                self.keys.add(row_key(row))
+
+    def append(self, rows: Iterable[Mapping]) -> list[dict]:
+        """Append the rows whose keys are not in the file yet (re-checked under the lock); returns them."""
+        rows = [dict(r) for r in rows]
+        if not rows:
+            return []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        written: list[dict] = []
+        with open(self.path, "ab+") as fh:
+            try:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # a second featbench on the same file waits here
+            except (ImportError, OSError):  # pragma: no cover - non-POSIX
+                pass
+            self._catch_up(fh)
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":  # keep the last line as it is; ours start on a fresh line
+                    fh.write(b"\n")
+            for row in rows:
+                key = row_key(row)
+                if key in self.keys:
+                    continue
+                fh.write((json.dumps(jsonable(row), separators=(",", ":")) + "\n").encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+                self.keys.add(key)
+                written.append(row)
+            self._catch_up(fh)  # moves the offset past our own lines
+        return written
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping]) -> int:
-    """Append rows as JSON lines, each flushed and fsync'ed; returns how many were written."""
-    rows = list(rows)
-    if not rows:
-        return 0
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab+") as fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # guards against a second featbench writing the same file
-        except (ImportError, OSError):  # pragma: no cover - non-POSIX
-            pass
-        _drop_partial_tail(fh)
-        fh.seek(0, os.SEEK_END)
-        for row in rows:
-            line = json.dumps(jsonable(dict(row)), separators=(",", ":")) + "\n"
-            fh.write(line.encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-    return len(rows)
+    """Append rows as JSON lines (skipping keys already present); returns how many were written."""
+    return len(ResultsWriter(path).append(rows))
 
 
 __all__ = [
     "ROW_FIELDS", "KEY_FIELDS", "jsonable", "canonical_json", "row_key", "now_iso",
-    "read_rows", "append_rows", "completed_keys",
+    "read_rows", "append_rows", "completed_keys", "check_results_file", "ResultsWriter", "NotAResultsFile",
 ]

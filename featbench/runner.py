@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from featbench.errors import FeatbenchError
-from featbench.results import append_rows, completed_keys, row_key
+from featbench.results import ResultsWriter, check_results_file, row_key
 
 DEFAULT_OUT = "results/results.jsonl"
 RUNTIME_ONLY = ("random_state", "device")
@@ -188,6 +188,7 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                 raise FeatbenchError(f"{path}: no train split to sample few-shot subsets from; use a cache extracted with --splits train,...")
             if not targets and not src.has_split("test"):
                 raise FeatbenchError(f"{path}: no test split to evaluate on; extract it (--splits ...,test) or pass --eval-on")
+            content = src.content_id
             target_names = []
             for t in targets:
                 if not os.path.exists(t):
@@ -213,7 +214,7 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                                         protocol=protocol, shots=k, seed=s, device=str(device), eval_on=tuple(targets))
                             params = planned_params(cell, src.dataset)
                             datasets = target_names or [src.dataset]
-                            keys = [row_key({"fingerprint": src.fingerprint, "source_dataset": src.dataset, "dataset": d,
+                            keys = [row_key({"fingerprint": src.fingerprint, "content": content, "source_dataset": src.dataset, "dataset": d,
                                              "head": h, "params": params, "protocol": protocol, "shots": k, "seed": s})
                                     for d in datasets]
                             planned.append(PlannedCell(cell, keys))
@@ -335,10 +336,12 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
     jobs = int(jobs)
     if jobs < 1:
         raise FeatbenchError(f"--jobs {jobs}: give 1 or more worker processes")
+    out = Path(out)
+    check_results_file(out)  # a file that is not ours is refused before any planning or fitting
     planned = plan_fit(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
                        device=device, eval_on=eval_on)
-    out = Path(out)
-    done = completed_keys(out)
+    writer = ResultsWriter(out)
+    done = writer.keys
     todo = [p for p in planned if not all(k in done for k in p.keys)]
     if not todo:
         return []
@@ -355,11 +358,7 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
     bar = _progress(progress, len(cells), len(planned) - len(todo))
     try:
         for rows in stream:
-            new = [r for r in rows if row_key(r) not in done]
-            append_rows(out, new)
-            for r in new:
-                done.add(row_key(r))
-            appended.extend(new)
+            appended.extend(writer.append(rows))  # skips rows another process appended meanwhile
             bar.advance()
     finally:
         bar.close()

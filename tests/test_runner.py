@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -57,12 +58,14 @@ def test_resume_after_kill_gives_same_rows_no_duplicates(tmp_path, caches, test_
     assert killed.read_text().endswith("\n")
 
 
-def test_append_rows_cuts_partial_tail_and_read_rows_rejects_corrupt_middle(tmp_path):
+def test_append_rows_keeps_partial_tail_and_read_rows_rejects_corrupt_middle(tmp_path):
     p = tmp_path / "r.jsonl"
-    p.write_text('{"a": 1}\n{"a": 2')
-    append_rows(p, [{"a": 3}])
-    assert read_rows(p) == [{"a": 1}, {"a": 3}]
-    p.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    row = {"dataset": "d", "fingerprint": "f", "head": "h", "protocol": "paper", "shots": 1, "seed": 1, "acc": 1.0}
+    p.write_text(json.dumps(row) + '\n{"dataset": "d", "fingerp')
+    append_rows(p, [dict(row, seed=2)])
+    assert read_rows(p) == [row, dict(row, seed=2)]
+    assert '{"dataset": "d", "fingerp\n' in p.read_text()  # existing bytes are never cut
+    p.write_text(json.dumps(row) + "\nnot json\n" + json.dumps(row) + "\n")
     with pytest.raises(FeatbenchError, match="line 2"):
         read_rows(p)
     assert completed_keys(tmp_path / "missing.jsonl") == set()

@@ -33,6 +33,8 @@ def extract(
     dataset: str = typer.Option(..., "--dataset", help="dataset name (see `featbench datasets`), folder or csv"),
     root: Path = typer.Option(..., "--root", help="dataset root (the CoOp DATA folder, or the dataset folder)"),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV manifest (path,label[,split]) for --dataset csv"),
+    name: Optional[str] = typer.Option(None, "--name", help="name of a custom dataset (folder, csv; required there): "
+                                       "the cache file and result rows carry it"),
     model: str = typer.Option("RN50", "--model", help="open_clip architecture name or path to a model-config JSON"),
     pretrained: str = typer.Option("openai", "--pretrained", help="open_clip tag, local checkpoint file, or none"),
     splits: str = typer.Option("train,val,test", "--splits", help="comma list of train,val,test"),
@@ -78,7 +80,7 @@ def extract(
         view_shots=expand_view_shots(shots), seeds=tuple(seed_list), train_rows=train_rows, all_views=all_views,
         batch_size=batch_size, workers=workers, dtype=dtype, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
         manifest=manifest, classname_style=classname_style, view_scale=scale, pre_projection=pre_projection,
-        progress=not no_progress, log=lambda m: typer.echo(m, err=True),
+        progress=not no_progress, log=lambda m: typer.echo(m, err=True), name=name,
     )
     from featbench.distributed import dist_env
 
@@ -87,7 +89,7 @@ def extract(
         from featbench.distributed import run_sharded
         from featbench.extract import target_path
 
-        final = Path(out) if out else target_path(dataset, model, pretrained, cache_dir)
+        final = Path(out) if out else target_path(dataset, model, pretrained, cache_dir, name=name)
         path = run_sharded(run_extract, final, device=device, overwrite=overwrite, dataset=dataset, root=root, **kwargs)
         if not env.is_main:
             return

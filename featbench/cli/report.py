@@ -28,6 +28,7 @@ def table(
     decimals: int = typer.Option(2, "--decimals", help="Digits after the decimal point."),
     standalone: bool = typer.Option(False, "--standalone", help="LaTeX only: wrap in a compilable document."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
+    force: bool = typer.Option(False, "--force", help="Let --out replace an existing file that is not a featbench table."),
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
@@ -37,6 +38,10 @@ def table(
 
     if format not in tables.FORMATS:
         raise FeatbenchError(f"--format must be one of {', '.join(tables.FORMATS)}; got {format!r}")
+    if out is not None:
+        from featbench.outputs import guard_output, looks_like_table
+
+        guard_output(out, results, flag="--out", force=force, looks_ours=looks_like_table, what="table")
     df = tables.load_results(results)
     t = tables.aggregate(
         df, metric=metric, rows=rows, cols=cols, protocol=protocol,
