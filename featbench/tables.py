@@ -53,6 +53,12 @@ _METRIC_NAMES = {"acc": "Top-1 accuracy (%)", "mean_per_class_recall": "Mean per
 
 
 # -- loading ----------------------------------------------------------------------------------------------
+def _is_partial_row(raw: bytes) -> bool:
+    from featbench.results import _is_partial_row as partial
+
+    return partial(raw)
+
+
 def load_results(paths: Iterable[str | Path] | str | Path):
     """Read result JSON-lines files (or directories of ``*.jsonl``) into one DataFrame, validating every line."""
     import pandas as pd
@@ -88,8 +94,8 @@ def load_results(paths: Iterable[str | Path] | str | Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                if lineno - 1 == last and not text.endswith("\n"):
-                    continue  # a run interrupted mid-write leaves one partial last line; the runner redoes it
+                if (lineno - 1 == last and not text.endswith("\n")) or _is_partial_row(line.encode()):
+                    continue  # a line an interrupted run cut short (kept: files are append-only); the runner redid it
                 raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
             if not isinstance(row, dict):
                 raise FeatbenchError(f"{f}:{lineno}: expected a JSON object per line, got {type(row).__name__}")

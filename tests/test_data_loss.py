@@ -171,3 +171,13 @@ def test_two_identical_fit_processes_write_each_row_once(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 * 2 * 3
     assert len({row_key(r) for r in rows}) == len(rows)
+
+
+def test_table_reads_a_file_with_a_cut_line_in_the_middle(results, test_heads):
+    cache, out = results
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(lines[0] + lines[1][:40])
+    run_fit([cache], heads=["test-ncm"], shots=[1, 2], seeds=[1], out=out, progress=False)
+    res = invoke("table", out)
+    assert res.exit_code == 0, res.output
+    assert "test-ncm" in res.stdout or "caltech101" in res.stdout
