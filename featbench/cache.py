@@ -26,6 +26,9 @@ Written by `featbench extract` as well (additive)::
              train_rows, all_views, dtype, pre_projection, hashes of the split index and class names),
              checkpoint_sha256 (local checkpoint files), shard ("rank/world batch B", part files only)
     /skipped                     [S] utf-8 relative paths of unreadable images (--skip-bad-images)
+    / attrs: text_tower (json: how prompt learners rebuild the text tower that made the cache — model
+             config, weights source, tensor sha256; see featbench.texttower)
+    /model/text_tower_state      [P] float32, the text tower's tensors when the weights are random (--pretrained none)
 
 `CacheWriter` builds a cache incrementally in `<name>.h5.partial` (preallocated chunks, per-block done
 flags under /_progress, removed at the end) and renames it into place: resumable after `kill -9`.

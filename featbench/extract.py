@@ -352,10 +352,14 @@ def extract(
                 targets.append("/splits/train/views_pre")
                 arrays[targets[1]] = ((plan.views, k, pre_dim), dt)
             tasks.append(C.BlockTask(name="train/views", n=k, block=view_block, targets=tuple(targets), axis=1))
+        from featbench.texttower import cache_record
+
+        tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
+        extra.update(tower_arrays)
         attrs = C.base_attrs(
             model=enc.name, pretrained=enc.pretrained_label, dataset=ds.name, embed_dim=d,
             logit_scale=enc.logit_scale, fingerprint=fingerprint, preprocess=preprocess,
-            checkpoint_sha256=enc.checkpoint_sha256 or "",
+            checkpoint_sha256=enc.checkpoint_sha256 or "", **({"text_tower": tower} if tower else {}),
         )
         attrs.pop("created", None)
         writer.create(

@@ -344,6 +344,10 @@ def run_cell(cell: Cell) -> list[dict]:
         "classnames": src.classnames,
         "extra": _extra_arrays(src),
     }
+    if getattr(cls, "needs_text_tower", False):  # prompt learners: the tower that made the cache (memoised)
+        from featbench.texttower import load_for_cache
+
+        context["text_tower"] = load_for_cache(src, cell.device)
     if searches_internally(cls, cell.overrides) and selection is not None:
         context["X_val"], context["y_val"] = selection.X, selection.y
 

@@ -203,6 +203,10 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                 cls = classes[h]
                 if getattr(cls, "needs_text", False) and not src.has_text:
                     raise FeatbenchError(f"head '{h}' needs class-prompt text features but cache {path} has no /text/features; re-extract with text or drop the head")
+                if getattr(cls, "needs_text_tower", False):  # prompt learners rebuild the cache's text tower
+                    from featbench.texttower import cache_tower_record
+
+                    cache_tower_record(src)
                 kind = getattr(cls, "feature_kind", "features") or "features"
                 if kind != "features" and not src.has_dataset(f"/splits/train/{kind}"):
                     raise FeatbenchError(f"head '{h}' reads /splits/*/{kind} but cache {path} has none; re-extract with --pre-projection")

@@ -24,6 +24,9 @@ _REGISTRY: dict[str, str] = {
     "prolip": "featbench.heads.prolip:ProLIP",
     # tunes CLIP's text projection on the few-shot data; mainly a base for TaskRes* (taskres.base=text-projection)
     "text-projection": "featbench.heads.text_projection:TextProjection",
+    # prompt learners: run the cache's own text tower at fit time (featbench.texttower)
+    "coop": "featbench.heads.coop:CoOp",
+    "kgcoop": "featbench.heads.coop:KgCoOp",
 }
 
 

@@ -1,0 +1,340 @@
+"""The frozen CLIP text tower that prompt learners (CoOp, KgCoOp) run at fit time.
+
+Prompt learners train inputs to the text encoder, so unlike every other head they need the encoder itself,
+not just its cached outputs. Two properties are kept:
+
+* **The tower is the one that made the cache.** Extraction records, in the cache's root attr ``text_tower``
+  (JSON), how to rebuild it: the open_clip model config, quick-GELU, the weights source (open_clip tag,
+  local checkpoint path + sha256) and a sha256 of the text-tower tensors themselves. With ``--pretrained none``
+  the tower's state is stored in the cache (``/model/text_tower_state``, one flat float32 vector laid out by
+  the record's ``state_layout``), so a random-weight cache stays reproducible across torch/open_clip versions.
+  ``load_for_cache`` rebuilds the tower, recomputes the tensor hash and refuses a mismatch in one line.
+* **Only the text side is kept**, and only the work that matters is done: ``TextTower.encode`` runs the
+  transformer on the first ``max(eot) + 1`` positions. Under the causal mask a position only attends to
+  earlier ones, so tokens after the last end-of-text token of the batch cannot change any EOT feature (the
+  test suite proves the identity against the full 77-token pass).
+
+Heads never open files: the runner (``featbench.protocol.run_cell``) builds the tower, memoised per process,
+and passes it to heads that declare ``needs_text_tower``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any
+
+from featbench.errors import FeatbenchError
+
+ATTR = "text_tower"
+STATE_DATASET = "/model/text_tower_state"
+#: the CLIP attributes that make up the text tower (the attention mask is rebuilt, not stored)
+PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+_POOLS = ("argmax", "eos")
+_MEMO: "OrderedDict[tuple, TextTower]" = OrderedDict()
+_MAX_MEMO = 2
+
+
+def reextract_hint(cache) -> str:
+    return (f"re-extract it with `featbench extract --model {cache.model} --pretrained {cache.pretrained} ... "
+            "--overwrite` (featbench now records the text tower in the cache)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the tower
+# ----------------------------------------------------------------------------------------------------
+class TextTower:
+    """open_clip's text encoder as separate frozen pieces plus its tokenizer.
+
+    ``embed(tokens)`` gives the token embeddings a prompt learner edits; ``encode(x, eot)`` maps prompt
+    embeddings [N, L, W] and end-of-text positions [N] to text features [N, D] exactly as
+    ``CLIP.encode_text`` does (add positions, causal transformer, ln_final, pool at EOT, project).
+    """
+
+    def __init__(self, token_embedding, positional_embedding, transformer, ln_final, text_projection, attn_mask,
+                 tokenizer, pool_type: str = "argmax", eos_id: int | None = None, sha256: str = ""):
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.transformer = transformer
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.attn_mask = attn_mask
+        self.tokenizer = tokenizer
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+        self.sha256 = sha256
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, sha256: str = "") -> "TextTower":
+        """Take the text pieces of an open_clip ``CLIP`` model (the caller drops the rest)."""
+        check_supported(model)
+        return cls(model.token_embedding, model.positional_embedding, model.transformer, model.ln_final,
+                   model.text_projection, model.attn_mask, tokenizer, pool_type=model.text_pool_type,
+                   eos_id=getattr(model, "text_eos_id", None), sha256=sha256)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def parameters(self):
+        import torch
+
+        for part in (self.token_embedding, self.transformer, self.ln_final, self.text_projection,
+                     self.positional_embedding):
+            if isinstance(part, torch.nn.Module):
+                yield from part.parameters()
+            elif isinstance(part, torch.Tensor):
+                yield part
+
+    @property
+    def device(self):
+        return self.token_embedding.weight.device
+
+    @property
+    def width(self) -> int:
+        return int(self.token_embedding.weight.shape[1])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.positional_embedding.shape[0])
+
+    def on(self, device) -> "TextTower":
+        """This tower on ``device`` (itself when already there, else a moved copy)."""
+        import copy
+
+        import torch
+
+        device = torch.device(device)
+        if self.device == device or (device.type == self.device.type and device.index is None):
+            return self
+        moved = copy.copy(self)
+        for name in ("token_embedding", "transformer", "ln_final"):
+            setattr(moved, name, copy.deepcopy(getattr(self, name)).to(device))
+        for name in ("positional_embedding", "attn_mask"):
+            t = getattr(self, name)
+            setattr(moved, name, None if t is None else t.detach().to(device))
+        tp = self.text_projection
+        moved.text_projection = (None if tp is None else copy.deepcopy(tp).to(device) if isinstance(tp, torch.nn.Module)
+                                 else tp.detach().to(device))
+        return moved
+
+    # -- text -> tensors -------------------------------------------------------------------------------
+    def tokenize(self, texts):
+        """[N, context_length] token ids (open_clip's tokenizer for this model)."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def eot_positions(self, tokens):
+        """Position of the end-of-text token in each row, the way open_clip pools."""
+        if self.pool_type == "eos":
+            return (tokens == self.eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def embed(self, tokens):
+        return self.token_embedding(tokens)
+
+    # -- the forward pass ------------------------------------------------------------------------------
+    def encode(self, x, eot, cut: bool = True):
+        """Text features [N, D] of prompt embeddings x [N, L, W] pooled at positions eot [N].
+
+        ``cut=True`` runs the transformer on the first max(eot)+1 positions only (exact under the causal mask).
+        """
+        import torch
+
+        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else x.dtype
+        length = int(eot.max()) + 1 if cut else x.shape[1]
+        x = x[:, :length].to(cast) + self.positional_embedding[:length].to(cast)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        x = self.transformer(x, attn_mask=mask)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # ln_final is per token: pool first, same values
+        x = self.ln_final(x)
+        tp = self.text_projection
+        if tp is None:
+            return x
+        return tp(x) if isinstance(tp, torch.nn.Module) else x @ tp
+
+    def encode_text(self, texts, cut: bool = True):
+        """Features of plain prompts (what ``CLIP.encode_text`` gives for them)."""
+        tokens = self.tokenize(texts)
+        return self.encode(self.embed(tokens), self.eot_positions(tokens), cut=cut)
+
+
+# ----------------------------------------------------------------------------------------------------
+# what a cache records (extraction side)
+# ----------------------------------------------------------------------------------------------------
+def check_supported(model) -> None:
+    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", None) not in _POOLS:
+        raise FeatbenchError(
+            f"{type(model).__name__}: prompt learners need an open_clip CLIP model with a built-in text transformer "
+            f"pooled at the end-of-text token (this one pools with {getattr(model, 'text_pool_type', 'a custom text tower')})"
+        )
+
+
+def text_state(model) -> "OrderedDict[str, Any]":
+    """The text tower's tensors (name -> float32 CPU tensor), in state_dict order."""
+    out = OrderedDict()
+    for name, t in model.state_dict().items():
+        if name.split(".", 1)[0] in PARTS:
+            out[name] = t.detach().to("cpu").float().contiguous()
+    return out
+
+
+def state_sha256(state) -> str:
+    """sha256 over (name, shape, float32 bytes) of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        h.update(f"{name}\x00{tuple(t.shape)}\x00".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_record(enc) -> tuple[dict, dict]:
+    """(record for the cache's ``text_tower`` attr, extra datasets) for an `Encoder`; ({}, {}) if unsupported.
+
+    The record holds what rebuilding needs; the state itself is stored only for random weights.
+    """
+    import numpy as np
+    import open_clip
+
+    try:
+        check_supported(enc.model)
+    except FeatbenchError:
+        return {}, {}
+    state = text_state(enc.model)
+    record = {
+        "model": enc.name,
+        "model_cfg": open_clip.get_model_config(enc.name),
+        "quick_gelu": bool(enc.weights.tag_cfg.get("quick_gelu", False)),
+        "weights": enc.weights.kind,
+        "pretrained": enc.weights.label if enc.weights.kind != "file" else enc.weights.path,
+        "checkpoint_sha256": enc.weights.sha256,
+        "sha256": state_sha256(state),
+        "state": None,
+    }
+    extra = {}
+    if enc.weights.kind == "none":
+        record["state"] = STATE_DATASET
+        record["state_layout"] = [[k, list(v.shape)] for k, v in state.items()]
+        extra[STATE_DATASET] = np.concatenate([v.numpy().ravel() for v in state.values()]).astype(np.float32)
+    return record, extra
+
+
+# ----------------------------------------------------------------------------------------------------
+# rebuilding (fit side)
+# ----------------------------------------------------------------------------------------------------
+def cache_tower_record(cache) -> dict:
+    """The cache's text-tower record, or a one-line error saying how to get one (cheap: no torch)."""
+    raw = cache.attrs.get(ATTR)
+    if not raw:
+        raise FeatbenchError(f"cache {cache.path} does not record the text tower that made it (built before featbench "
+                             f"recorded it, or imported), which prompt learners (coop, kgcoop) need; {reextract_hint(cache)}")
+    try:
+        record = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
+        for key in ("model", "model_cfg", "weights", "sha256"):
+            record[key]
+    except (ValueError, KeyError, TypeError):
+        raise FeatbenchError(f"cache {cache.path}: its text_tower record is unreadable; {reextract_hint(cache)}") from None
+    if record.get("state") and not cache.has_dataset(record["state"]):
+        raise FeatbenchError(f"cache {cache.path}: the text-tower state {record['state']} it names is missing; {reextract_hint(cache)}")
+    if record["weights"] == "file":
+        import os
+
+        if not os.path.isfile(str(record.get("pretrained"))):
+            raise FeatbenchError(f"cache {cache.path} was made with the checkpoint {record.get('pretrained')}, which no longer "
+                                 "exists there; restore that file (prompt learners rebuild the text tower from it) or re-extract")
+    return record
+
+
+def _register_config(record: dict) -> str:
+    """Register the recorded model config under a name unique to it; returns that name."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+
+    cfg = record["model_cfg"]
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"featbench-text-{digest}"
+    if name not in open_clip.list_models():
+        folder = Path(tempfile.gettempdir()) / f"featbench-towers-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.json"
+        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, path)
+        open_clip.add_model_config(path)
+    return name
+
+
+def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
+    """Rebuild the recorded tower, check its tensor hash, keep only the text pieces."""
+    import gc
+
+    import torch
+    import open_clip
+
+    from featbench.encoders import INIT_SEED, _quiet_root_logger, resolve_weights
+
+    where = f"cache {cache.path}" if cache is not None else "text-tower record"
+    name = _register_config(record)
+    with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        net = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
+    kind = record["weights"]
+    if kind == "none":
+        if cache is None or not record.get("state"):
+            raise FeatbenchError(f"{where}: a random-weight tower needs its stored state; {reextract_hint(cache)}")
+        flat = torch.from_numpy(cache.array(record["state"]).astype("float32", copy=False))
+        state, pos = {}, 0
+        for key, shape in record["state_layout"]:
+            n = 1
+            for s in shape:
+                n *= int(s)
+            state[key] = flat[pos:pos + n].reshape(shape)
+            pos += n
+        missing, _ = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k.split(".", 1)[0] in PARTS]
+        if missing or pos != flat.numel():
+            raise FeatbenchError(f"{where}: the stored text-tower state does not fit {record['model']}; {reextract_hint(cache)}")
+    else:
+        path = record["pretrained"] if kind == "file" else resolve_weights(record["model"], record["pretrained"]).path
+        try:
+            with _quiet_root_logger():
+                open_clip.load_checkpoint(net, path)
+        except Exception as err:
+            raise FeatbenchError(f"{where}: could not load the text tower's weights from {path} "
+                                 f"({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+    sha = state_sha256(text_state(net))
+    if sha != record["sha256"]:
+        raise FeatbenchError(f"{where}: the rebuilt text tower differs from the one that made the cache (sha256 {sha[:12]} "
+                             f"vs recorded {record['sha256'][:12]}); use the same weights/open_clip, or re-extract")
+    net.eval().requires_grad_(False)
+    tower = TextTower.from_model(net, open_clip.get_tokenizer(name), sha256=sha)
+    net.visual = None  # drop the image tower: only the text pieces stay referenced
+    del net
+    gc.collect()
+    return tower.on(device)
+
+
+def load_for_cache(cache, device="cpu") -> TextTower:
+    """The text tower that made ``cache``, on ``device``; memoised per process by its tensor hash."""
+    from featbench.heads._torch import resolve_device
+
+    device = resolve_device(device)
+    record = cache_tower_record(cache)
+    key = (record["sha256"], str(device))
+    tower = _MEMO.get(key)
+    if tower is None:
+        cpu = next((t for (s, d), t in _MEMO.items() if s == record["sha256"]), None)
+        tower = cpu.on(device) if cpu is not None else build_from_record(record, cache, device)
+        _MEMO[key] = tower
+        while len(_MEMO) > _MAX_MEMO:
+            _MEMO.popitem(last=False)
+    else:
+        _MEMO.move_to_end(key)
+    return tower
+
+
+__all__ = ["TextTower", "cache_record", "cache_tower_record", "build_from_record", "load_for_cache",
+           "state_sha256", "text_state", "ATTR", "STATE_DATASET"]
