@@ -57,7 +57,7 @@ def test_coop_from_a_photo_of_a_with_zero_epochs_is_zero_shot(enc, tower):
         ref = enc.model.encode_text(enc.tokenizer([f"a photo of a {n.replace('_', ' ')}." for n in names])).numpy()
     zs = ZeroShot().fit(X, y, text=ref[None], logit_scale=100.0)
     np.testing.assert_allclose(coop.decision_function(X), zs.decision_function(X), rtol=1e-4, atol=1e-4)
-    assert coop.fit_info_["n_ctx"] == 4 and any("'_' replaced" in n for n in coop.fit_info_["notes"])
+    assert coop.fit_info_["n_ctx"] == 4 and coop.fit_info_["shared_prefix"] and any("'_' replaced" in n for n in coop.fit_info_["notes"])
 
 
 def test_eot_cut_equals_full_77_token_pass(tower):
@@ -77,6 +77,27 @@ def test_eot_cut_equals_full_77_token_pass(tower):
         model_full = tower.encode(tower.embed(tokens), eot, cut=False)
         np.testing.assert_allclose(tower.encode_text(["a photo of a cat.", "x x x x x x x x a very long name of a thing.", "dog"]).numpy(),
                                    model_full.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["tiny-vit", "tiny-rn"])
+def test_shared_prefix_forward_and_gradient_equal_the_full_pass(model):
+    e = Encoder(model, "none", "cpu")
+    tw = TextTower.from_model(e.model, e.tokenizer)
+    assert tw.supports_shared_prefix()
+    torch.manual_seed(0)
+    m = 5
+    tokens = tw.tokenize([("x " * m) + n + "." for n in ["cat", "a very long name of a thing", "dog"]])
+    eot = tw.eot_positions(tokens)
+    emb = tw.embed(tokens).detach()
+    ctx = (0.3 * torch.randn(m, tw.width)).requires_grad_(True)
+    prefix = torch.cat([emb[0, :1], ctx])
+    shared = tw.encode_shared(prefix, emb[:, 1 + m:], eot)
+    (shared * torch.linspace(-1, 1, shared.shape[1])).sum().backward()
+    g_shared, ctx.grad = ctx.grad.clone(), None
+    full = tw.encode(torch.cat([prefix.unsqueeze(0).expand(3, -1, -1), emb[:, 1 + m:]], dim=1), eot, cut=False)
+    (full * torch.linspace(-1, 1, full.shape[1])).sum().backward()
+    np.testing.assert_allclose(shared.detach().numpy(), full.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_shared.numpy(), ctx.grad.numpy(), rtol=1e-4, atol=1e-5 * float(ctx.grad.abs().max()))
 
 
 # ----------------------------------------------------------------------------------------------------

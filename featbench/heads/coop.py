@@ -108,7 +108,7 @@ class CoOp(Head):
 
     # -- the prompt ------------------------------------------------------------------------------------
     def _prompts(self, tower, classnames, gen, notes):
-        """(ctx init [M, W], prefix [C, 1, W], suffix [C, L', W], eot [C]) with L' cut after the last EOT."""
+        """(ctx init [M, W], SOS embedding [1, W], suffix [C, L', W], eot [C]); L' ends at the last EOT."""
         import torch
 
         names = [str(c).replace("_", " ") for c in classnames]
@@ -140,14 +140,18 @@ class CoOp(Head):
             ctx = emb[0, 1:1 + m].clone()
         else:
             ctx = torch.randn(m, tower.width, generator=gen).to(emb.device) * 0.02
-        return ctx, emb[:, :1], emb[:, 1 + m:], eot
+        return ctx, emb[0, :1], emb[:, 1 + m:], eot
 
     @staticmethod
-    def _assemble(ctx, prefix, suffix):
+    def _features(tower, ctx, sos, suffix, eot):
+        """Text features [C, D] of the prompts [SOS] ctx [class tokens . EOS]."""
         import torch
 
-        c = prefix.shape[0]
-        return torch.cat([prefix, ctx.unsqueeze(0).expand(c, -1, -1), suffix], dim=1)
+        prefix = torch.cat([sos, ctx], dim=0)  # the same for every class
+        if tower.supports_shared_prefix():  # exact: the shared prefix's states are computed once
+            return tower.encode_shared(prefix, suffix, eot)
+        c = suffix.shape[0]
+        return tower.encode(torch.cat([prefix.unsqueeze(0).expand(c, -1, -1), suffix], dim=1), eot)
 
     # -- estimator API ---------------------------------------------------------------------------------
     def _penalty(self, t_unit):
@@ -171,7 +175,7 @@ class CoOp(Head):
         tower = text_tower.on(dev)
         notes: list[str] = []
         gen = T.generator(self.random_state)
-        ctx0, prefix, suffix, eot = self._prompts(tower, classnames, gen, notes)
+        ctx0, sos, suffix, eot = self._prompts(tower, classnames, gen, notes)
         self._prepare_penalty(text, dev, notes)
         src = training_views(np.asarray(X, np.float32), views, dev, self.name, "views", notes,
                              "no augmented views in cache: trained on plain features")
@@ -193,7 +197,7 @@ class CoOp(Head):
             total, steps = 0.0, 0
             for idx in T.minibatches(n, bs, gen, drop_last=drop_last):
                 idx = idx.to(dev)
-                t = T.l2norm(tower.encode(self._assemble(ctx, prefix, suffix), eot))
+                t = T.l2norm(self._features(tower, ctx, sos, suffix, eot))
                 loss = F.cross_entropy(scale * feats[idx] @ t.T, yt[idx])
                 pen = self._penalty(t)
                 if pen is not None:
@@ -205,7 +209,7 @@ class CoOp(Head):
                 steps += 1
             losses.append(total / max(steps, 1))
         with torch.no_grad():
-            self.weights_ = T.l2norm(tower.encode(self._assemble(ctx.detach(), prefix, suffix), eot).float())
+            self.weights_ = T.l2norm(self._features(tower, ctx.detach(), sos, suffix, eot).float())
         self.ctx_ = ctx.detach()
         self.logit_scale_ = scale
         self.n_classes_ = len(classnames)
@@ -214,6 +218,7 @@ class CoOp(Head):
         views_used = int(src.shape[0]) if views is not None else 0
         self.fit_info_ = {"selected": {}, "views_used": views_used, "notes": notes, "trainable": ["ctx"],
                           "n_ctx": int(ctx0.shape[0]), "epochs": epochs, "tokens_run": int(eot.max()) + 1,
+                          "shared_prefix": bool(tower.supports_shared_prefix()),
                           "text_tower_sha256": getattr(tower, "sha256", "")[:16],
                           "lr_first_last": [lrs[0], lrs[-1]] if lrs else []}
         return self
