@@ -116,6 +116,9 @@ def test_training_lowers_loss_beats_chance_and_is_deterministic(tower, task):
     assert torch.equal(h.ctx_, again.ctx_)
     other = CoOp(**{**kw, "random_state": 2}).fit(X, y, text_tower=tower, classnames=NAMES, logit_scale=scale)
     assert not torch.equal(h.ctx_, other.ctx_)
+    # the learned context scores any class names; on the training names it is the fitted classifier
+    np.testing.assert_allclose(h.weights_for(NAMES), h.class_weights(), atol=1e-6)
+    assert h.weights_for(["cat", "zebra"]).shape == (2, X.shape[1])
 
 
 def test_views_are_used(tower, task):

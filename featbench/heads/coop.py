@@ -138,6 +138,8 @@ class CoOp(Head):
             if not torch.equal(tokens[:, 1:1 + m], ids0.expand(len(names), -1)):
                 raise FeatbenchError(f"{self.name}.ctx_init={self.ctx_init!r}: its tokens change when a class name follows")
             ctx = emb[0, 1:1 + m].clone()
+        elif gen is None:  # re-encoding names with a learned context: no init needed
+            ctx = None
         else:
             ctx = torch.randn(m, tower.width, generator=gen).to(emb.device) * 0.02
         return ctx, emb[0, :1], emb[:, 1 + m:], eot
@@ -211,6 +213,7 @@ class CoOp(Head):
         with torch.no_grad():
             self.weights_ = T.l2norm(self._features(tower, ctx.detach(), sos, suffix, eot).float())
         self.ctx_ = ctx.detach()
+        self.text_tower_ = tower
         self.logit_scale_ = scale
         self.n_classes_ = len(classnames)
         self.lrs_ = lrs
@@ -222,6 +225,17 @@ class CoOp(Head):
                           "text_tower_sha256": getattr(tower, "sha256", "")[:16],
                           "lr_first_last": [lrs[0], lrs[-1]] if lrs else []}
         return self
+
+    def weights_for(self, classnames) -> np.ndarray:
+        """Normalised class weights [C', D] of any class names with the learned context (unseen classes too:
+        a prompt learner's classifier is a function of the names, which base-to-new evaluation uses)."""
+        import torch
+
+        from featbench.heads import _torch as T
+
+        _, sos, suffix, eot = self._prompts(self.text_tower_, classnames, None, [])
+        with torch.no_grad():
+            return T.to_numpy(T.l2norm(self._features(self.text_tower_, self.ctx_, sos, suffix, eot).float()))
 
     def decision_function(self, X) -> np.ndarray:
         from featbench.heads import _torch as T
