@@ -250,4 +250,36 @@ def test_cache_without_or_with_a_wrong_tower_record_fails_in_one_line(extracted,
         assert res.exit_code == 2, res.output
         assert needle in res.output and "Traceback" not in res.output
         assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) == 1
+        if name == "old.h5":  # refused while planning, before any cell ran
+            assert not (tmp_path / f"{name}.jsonl").exists()
     texttower._MEMO.clear()
+
+
+def test_checkpoint_file_tower_is_rebuilt_from_the_file_and_checked(tmp_path, enc):
+    from featbench.texttower import build_from_record, cache_record, cache_tower_record
+
+    ckpt = tmp_path / "w.pt"
+    torch.save(enc.model.state_dict(), ckpt)
+    record, extra = cache_record(Encoder("tiny-vit", str(ckpt), "cpu"))
+    assert record["weights"] == "file" and record["pretrained"] == str(ckpt) and not extra and record["state"] is None
+    tw = build_from_record(record)
+    with torch.no_grad():
+        ref = enc.model.encode_text(enc.tokenizer(["a photo of a cat."]))
+        np.testing.assert_allclose(tw.encode_text(["a photo of a cat."]).numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+
+    class Fake:  # what cache_tower_record reads of a cache
+        path, model, pretrained = "c.h5", "tiny-vit", "w.pt"
+        attrs = {"text_tower": json.dumps(record)}
+
+        def has_dataset(self, name):
+            return False
+
+    assert cache_tower_record(Fake())["sha256"] == record["sha256"]
+    other = dict(enc.model.state_dict())
+    other["ln_final.weight"] = other["ln_final.weight"] + 1.0
+    torch.save(other, ckpt)  # the file changed since extraction
+    with pytest.raises(FeatbenchError, match="differs"):
+        build_from_record(record)
+    ckpt.unlink()
+    with pytest.raises(FeatbenchError, match="no longer exists"):
+        cache_tower_record(Fake())

@@ -181,7 +181,6 @@ class CoOp(Head):
         self._prepare_penalty(text, dev, notes)
         src = training_views(np.asarray(X, np.float32), views, dev, self.name, "views", notes,
                              "no augmented views in cache: trained on plain features")
-        feats_all = T.l2norm(src.float())
         yt = T.as_labels(y, dev)
         scale = float(logit_scale)
         epochs, bs, n = int(self.epochs), int(self.batch_size), X.shape[0]
@@ -195,7 +194,7 @@ class CoOp(Head):
             T.set_lr(opt, lr)
             lrs.append(lr)
             vidx = T.draw_view_indices(src.shape[0], n, gen).to(dev)
-            feats = T.gather_views(feats_all, vidx)
+            feats = T.l2norm(T.gather_views(src, vidx).float())
             total, steps = 0.0, 0
             for idx in T.minibatches(n, bs, gen, drop_last=drop_last):
                 idx = idx.to(dev)
