@@ -229,10 +229,11 @@ def _shared_block(block, xp, xs, mask_p, mask_s):
 # what a cache records (extraction side)
 # ----------------------------------------------------------------------------------------------------
 def check_supported(model) -> None:
-    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", None) not in _POOLS:
+    if (not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", None) not in _POOLS
+            or getattr(model, "attn_mask", None) is None):
         raise FeatbenchError(
-            f"{type(model).__name__}: prompt learners need an open_clip CLIP model with a built-in text transformer "
-            f"pooled at the end-of-text token (this one pools with {getattr(model, 'text_pool_type', 'a custom text tower')})"
+            f"{type(model).__name__}: prompt learners need an open_clip CLIP model with a built-in causal text "
+            "transformer pooled at the end-of-text token (the EOT cut is exact only under the causal mask)"
         )
 
 
@@ -256,7 +257,9 @@ def state_sha256(state) -> str:
 
 
 def cache_record(enc) -> tuple[dict, dict]:
-    """(record for the cache's ``text_tower`` attr, extra datasets) for an `Encoder`; ({}, {}) if unsupported.
+    """(record for the cache's ``text_tower`` attr, extra datasets) for an `Encoder`.
+
+    A model prompt learners cannot run gets ``{"unsupported": reason}``, so ``fit`` can say why.
 
     The record holds what rebuilding needs; the state itself is stored only for random weights.
     """
@@ -265,8 +268,8 @@ def cache_record(enc) -> tuple[dict, dict]:
 
     try:
         check_supported(enc.model)
-    except FeatbenchError:
-        return {}, {}
+    except FeatbenchError as err:
+        return {"unsupported": str(err)}, {}
     state = text_state(enc.model)
     record = {
         "model": enc.name,
@@ -297,6 +300,8 @@ def cache_tower_record(cache) -> dict:
                              f"recorded it, or imported), which prompt learners (coop, kgcoop) need; {reextract_hint(cache)}")
     try:
         record = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
+        if record.get("unsupported"):
+            raise FeatbenchError(f"cache {cache.path}: prompt learners (coop, kgcoop) cannot use its encoder: {record['unsupported']}")
         for key in ("model", "model_cfg", "weights", "sha256"):
             record[key]
     except (ValueError, KeyError, TypeError):

@@ -283,3 +283,24 @@ def test_checkpoint_file_tower_is_rebuilt_from_the_file_and_checked(tmp_path, en
     ckpt.unlink()
     with pytest.raises(FeatbenchError, match="no longer exists"):
         cache_tower_record(Fake())
+
+
+def test_unsupported_encoder_is_named_at_fit(enc):
+    from featbench.texttower import cache_record, cache_tower_record
+
+    class NoMask:  # a text tower without the causal mask: the EOT cut would not be exact
+        def __getattr__(self, name):
+            return None if name == "attn_mask" else getattr(enc.model, name)
+
+    class E:
+        model = NoMask()
+
+    record, extra = cache_record(E())
+    assert "causal" in record["unsupported"] and not extra
+
+    class Fake:
+        path, model, pretrained = "c.h5", "m", "none"
+        attrs = {"text_tower": json.dumps(record)}
+
+    with pytest.raises(FeatbenchError, match="cannot use its encoder"):
+        cache_tower_record(Fake())
