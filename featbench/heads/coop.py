@@ -20,8 +20,8 @@ is frozen and unprompted, so f comes from the cache unchanged. Defaults and thei
   CoOp README assigns them; ImageNet 50 for every shot count (rn50_ep50).
 - Class names: "_" replaced by " " (``name.replace("_", " ")`` in ``PromptLearner``).
 
-KgCoOp (Yao et al., CVPR 2023; htyao89/KgCoOp ``trainers/kgcoop.py``, ``configs/trainers/KgCoOp/rn50_ep100.yaml``,
-``scripts/base2new_train.sh``): CoOp initialised from "a photo of a" (CTX_INIT True hard-codes that phrase,
+KgCoOp (Yao et al., CVPR 2023; htyao89/KgCoOp@c43ccc3 ``KgCoOp/trainers/kgcoop.py``,
+``configs/trainers/KgCoOp/rn50_ep100.yaml``, ``scripts/base2new_train.sh``, ``Dassl.ProGrad.pytorch/dassl/config/defaults.py``): CoOp initialised from "a photo of a" (CTX_INIT True hard-codes that phrase,
 NCTX=4) plus ``lam * (1 - mean_c cos(t_c, t_c^clip))`` with lam = W = 8.0, toward the normalised hand-crafted
 text classifier. For unit vectors 1 - cos = ||a - b||^2 / 2, so this is the paper's
 lam' * mean_c ||norm(t_c) - norm(t_c^clip)||^2 with lam' = lam / 2: we follow the code, which produced the
