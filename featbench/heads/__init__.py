@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "tip-adapter": "featbench.heads.tip_adapter:TipAdapter",
     "tip-adapter-f": "featbench.heads.tip_adapter:TipAdapterF",
     "taskres": "featbench.heads.taskres:TaskRes",
+    "clip-adapter": "featbench.heads.clip_adapter:CLIPAdapter",
     "gda": "featbench.heads.gda:GDA",
     "lp++": "featbench.heads.lpplusplus:LPPlusPlus",
     "clap": "featbench.heads.clap:CLAP",

@@ -14,6 +14,9 @@
   accuracy as a fraction) derive from it.
 - ``fit_info_`` (dict) reports what fitting decided: hyperparameters selected by an internal search
   (``selected``), whether augmented views were used (``views_used``), and notes.
+- ``scores_unseen_classes`` (class attribute) says whether a fitted head can score classes it never trained
+  on, given their text features: then ``for_classes(text, classnames, extra)`` returns a fitted copy whose
+  logits cover exactly those classes (base-to-new evaluation). Heads with per-class parameters cannot.
 - ``class_weights()`` returns [C, D] class weights in the image-feature space where the head has them
   (zero-shot text weights, a linear probe's coefficients): TaskRes can use them as its base classifier.
 
@@ -47,6 +50,8 @@ class Head:
     runtime_params: ClassVar[tuple[str, ...]] = ("device", "random_state", "verbose")
     #: typed, bounded declarations of the hyperparameters (featbench.heads.spec.Param); set_params checks them
     hyperparams: ClassVar[dict] = {}
+    #: a fitted head can score classes it never saw from their text features (see ``for_classes``)
+    scores_unseen_classes: ClassVar[bool] = False
 
     # -- scikit-learn parameter protocol ---------------------------------------------------------------
     @classmethod
@@ -104,6 +109,10 @@ class Head:
 
     def class_weights(self) -> np.ndarray:
         raise FeatbenchError(f"head '{self.name}' has no class-weight matrix to use as a TaskRes base")
+
+    def for_classes(self, text, classnames=None, extra=None) -> "Head":
+        """A fitted copy scoring the classes of ``text`` [T, C', D] (heads with ``scores_unseen_classes``)."""
+        raise FeatbenchError(f"head '{self.name}' cannot score classes it was not trained on")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -101,6 +101,7 @@ class ProLIP(ProjectionTuning):
     uses_views: ClassVar[bool] = True
     searches_internally: ClassVar[bool] = False
     feature_kind: ClassVar[str] = "features_pre"
+    scores_unseen_classes: ClassVar[bool] = True  # the tuned projection is class-agnostic; classes are text
     search_space: ClassVar[dict[str, list]] = {
         "lr": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
         "lam": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
@@ -168,3 +169,13 @@ class ProLIP(ProjectionTuning):
 
         f = torch.as_tensor(self.transform(X), device=self.projection_.device)
         return (self.scale_ * Fn.normalize(f, dim=-1) @ self.text_weights_.T).cpu().numpy()
+
+    def for_classes(self, text, classnames=None, extra=None) -> "ProLIP":
+        """A copy with the tuned projection, scoring the classes of ``text`` [T, C', D] (base-to-new)."""
+        import copy
+
+        from featbench.heads._torch import zeroshot_weights
+
+        other = copy.copy(self)
+        other.text_weights_ = zeroshot_weights(text, self.projection_.device)
+        return other

@@ -36,6 +36,7 @@ class TextProjection(ProjectionTuning):
     uses_views: ClassVar[bool] = True
     searches_internally: ClassVar[bool] = False
     feature_kind: ClassVar[str] = "features"
+    scores_unseen_classes: ClassVar[bool] = True  # new classes: their pre-projection text through the tuned Wt
     search_space: ClassVar[dict[str, list]] = {"lr": [1e-2, 1e-3, 1e-4, 1e-5]}
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
@@ -91,3 +92,21 @@ class TextProjection(ProjectionTuning):
     def class_weights(self) -> np.ndarray:
         """Re-projected class weights: template mean of text_pre @ tuned projection, raw scale (TaskRes W0)."""
         return self.weights_.cpu().numpy()
+
+    def for_classes(self, text, classnames=None, extra=None) -> "TextProjection":
+        """A copy whose weights are the given classes' pre-projection text through the tuned projection."""
+        import copy
+
+        import torch
+
+        pre = (extra or {}).get("text_features_pre")
+        if pre is None:
+            raise FeatbenchError(f"head '{self.name}' needs the new classes' pre-projection text features; "
+                                 f"{PRE_PROJECTION_HINT}")
+        pre = torch.as_tensor(np.asarray(pre, dtype=np.float32), device=self.weights_.device)
+        if pre.ndim == 2:
+            pre = pre[None]
+        other = copy.copy(self)
+        with torch.no_grad():
+            other.weights_ = (pre @ self.text_projection_).mean(dim=0)
+        return other

@@ -16,6 +16,7 @@ class ZeroShot(Head):
     uses_views = False
     searches_internally = False
     search_space: dict = {}  # nothing to tune
+    scores_unseen_classes = True
 
     def __init__(self, device: str = "cpu", random_state: int = 0):
         self.device = device
@@ -46,3 +47,8 @@ class ZeroShot(Head):
         from featbench.heads import _torch as T
 
         return T.to_numpy(self.weights_)
+
+    def for_classes(self, text, classnames=None, extra=None) -> "ZeroShot":
+        """Zero-shot CLIP over the classes of ``text`` [T, C', D]."""
+        return ZeroShot(device=self.device, random_state=self.random_state).fit(
+            None, None, text=text, logit_scale=self.logit_scale_)
