@@ -26,6 +26,12 @@ identifies a row is known before it runs (resume) and is honest about what was t
 Domain generalisation (``eval_on``): fit on the source cache, evaluate on each target cache's test split with
 the logit columns restricted to the target's classes, matched by class *name* to the source's classnames
 (ImageNet-A/-R keep 200 of the 1000). Under ``oracle`` the selection split is the *source* test split.
+
+Base-to-new (``base_to_new``, CoCoOp; see ``featbench.base_to_new``): the few-shot subset is sampled over all
+classes, then train, selection split and text are restricted to the base half (relabelled from 0); the cell
+writes a ``"classes": "base"`` row (base test images, base classes) and a ``"classes": "new"`` row (new test
+images, new classes; zero-shot fallback, flagged, for heads that cannot score unseen classes). Other rows have
+``"classes": "all"``.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class Cell:
     seed: int = 1
     device: str = "cpu"
     eval_on: tuple = ()
+    base_to_new: bool = False  # CoCoOp's base-to-new protocol: rows "classes": "base" and "new"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,18 +305,28 @@ def run_cell(cell: Cell) -> list[dict]:
         text = _memo(src, ("text",), src.text_features)
     if getattr(cls, "needs_text", False) and text is None:
         raise FeatbenchError(f"head '{cell.head}' needs class-prompt text features but cache {src.path} has no /text/features; re-extract with text or drop the head")
+    if cell.base_to_new and (text is None or cell.eval_on):
+        raise FeatbenchError(f"--base-to-new needs a cache with text features and no --eval-on ({src.path})")
 
     train_labels = src.labels("train")
     val_labels = src.labels("val") if has_val(src) else None
     sub = fewshot_rows(train_labels, val_labels, int(cell.shots), int(cell.seed))
     X, y = _labelled(src, "train", kind, sub.train)
     notes: list[str] = []
+    halves = None
+    if cell.base_to_new:  # sampled over all classes first (above), then cut to the base half
+        from featbench import base_to_new as b2n
+
+        halves = b2n.class_halves(y)
+        X, y, _ = b2n.restrict(X, y, halves.base)
 
     views = None
     if getattr(cls, "uses_views", False):
         vkind = _views_kind(kind)
         if src.has_views and src.has_dataset(f"/splits/train/{vkind}") and src.covers_views(sub.train):
             views = src.views(sub.train, kind=vkind)
+            if halves is not None:
+                views = views[:, np.isin(train_labels[np.asarray(sub.train)], halves.base)]
 
     # the selection split (never test, except under oracle where that is the point)
     space = effective_search_space(cls, cell.protocol, cell.overrides)
@@ -337,6 +354,9 @@ def run_cell(cell: Cell) -> list[dict]:
             selection = _Split(Xs, ys, "holdout")
             notes.append(HOLDOUT_NOTE)
 
+    if halves is not None and selection is not None:
+        Xs, ys, _ = b2n.restrict(selection.X, selection.y, halves.base)
+        selection = _Split(Xs, ys, selection.name)
     context: dict[str, Any] = {
         "text": text,
         "views": views,
@@ -348,6 +368,9 @@ def run_cell(cell: Cell) -> list[dict]:
         from featbench.texttower import load_for_cache
 
         context["text_tower"] = load_for_cache(src, cell.device)
+    full_context = context
+    if halves is not None:
+        context = b2n.restrict_context(context, halves.base)
     if searches_internally(cls, cell.overrides) and selection is not None:
         context["X_val"], context["y_val"] = selection.X, selection.y
 
@@ -388,6 +411,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "params": params,
         "selected": selected,
         "protocol": cell.protocol,
+        "classes": "all",
         "shots": int(cell.shots),
         "seed": int(cell.seed),
         "fit_seconds": round(fit_seconds, 4),
@@ -395,6 +419,8 @@ def run_cell(cell: Cell) -> list[dict]:
         "notes": head_notes + notes,
         "featbench_version": __version__,
     }
+    if halves is not None:
+        return _base_to_new_rows(cell, cls, src, kind, best_head, halves, full_context, base_row)
     rows = []
     targets = [(src, None)] if not cell.eval_on else [(open_cached(p), p) for p in cell.eval_on]
     for tgt, tpath in targets:
@@ -421,6 +447,40 @@ def run_cell(cell: Cell) -> list[dict]:
             "timestamp": now_iso(),
         }
         rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})  # schema order first
+    return rows
+
+
+def _base_to_new_rows(cell: Cell, cls, src, kind: str, head, halves, full_context: dict, base_row: dict) -> list[dict]:
+    """The "base" and "new" rows of a base-to-new cell: each subset's test images over its own classes."""
+    from featbench import base_to_new as b2n
+
+    Xt_all, yt_all = _labelled(src, "test", kind, None)
+    rows = []
+    for which in ("base", "new"):
+        classes = halves.classes(which)
+        Xt, yt, _ = b2n.restrict(Xt_all, yt_all, classes)
+        if Xt.shape[0] == 0:
+            raise FeatbenchError(f"{src.path}: no test images of the {which} classes to evaluate on")
+        scorer, fallback, notes = head, None, list(base_row["notes"])
+        if which == "new":
+            scorer, fallback = b2n.head_for_new_classes(head, cls, b2n.restrict_context(full_context, classes), cell.device)
+            if fallback:
+                notes.append(b2n.fallback_note(cell.head))
+        pred = predict(scorer, Xt)
+        row = {
+            "dataset": src.dataset,
+            **base_row,
+            "classes": which,
+            "cache": str(src.path),
+            "acc": accuracy(pred, yt),
+            "mean_per_class_recall": mean_per_class_recall(pred, yt),
+            "n_test": int(yt.shape[0]),
+            "n_classes": int(len(classes)),
+            "fallback": fallback,
+            "notes": notes,
+            "timestamp": now_iso(),
+        }
+        rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})
     return rows
 
 

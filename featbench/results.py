@@ -23,13 +23,15 @@ from featbench.errors import FeatbenchError
 #: every row carries these fields (docs/PLAN.md "Result rows"), in this order
 ROW_FIELDS = (
     "dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "cache", "head", "params", "selected",
-    "protocol", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "views_used", "notes",
+    "protocol", "classes", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "views_used", "notes",
     "featbench_version", "timestamp",
 )
 #: the fields that identify a row: two rows with equal keys are the same experiment (resume skips it).
 #: ``content`` is the cache's content identity (class names + split index), so two custom datasets encoded
-#: by the same model never share keys.
-KEY_FIELDS = ("fingerprint", "content", "source_dataset", "dataset", "head", "params", "protocol", "shots", "seed")
+#: by the same model never share keys. ``classes`` is "all" | "base" | "new" (base-to-new); rows written
+#: before base-to-new existed have none and mean "all".
+KEY_FIELDS = ("fingerprint", "content", "source_dataset", "dataset", "head", "params", "protocol", "shots", "seed",
+              "classes")
 #: a line is taken for a result row when it has these (what every featbench version wrote)
 _ROW_MARKERS = ("fingerprint", "dataset", "head", "protocol", "shots", "seed")
 
@@ -77,7 +79,8 @@ def canonical_json(value: Any) -> str:
 
 
 def row_key(row: Mapping) -> tuple:
-    """The identity of a row: (fingerprint, content, source dataset, dataset, head, params JSON, protocol, shots, seed)."""
+    """The identity of a row: (fingerprint, content, source dataset, dataset, head, params JSON, protocol, shots,
+    seed, classes); a row without "classes" is an "all" row."""
     return (
         str(row["fingerprint"]),
         str(row.get("content") or ""),
@@ -88,6 +91,7 @@ def row_key(row: Mapping) -> tuple:
         str(row["protocol"]),
         int(row["shots"]),
         int(row["seed"]),
+        str(row.get("classes") or "all"),
     )
 
 

@@ -136,7 +136,7 @@ def _as_list(value, flag: str) -> list:
 
 
 def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=None, device="cpu",
-             eval_on=None) -> list[PlannedCell]:
+             eval_on=None, base_to_new: bool = False) -> list[PlannedCell]:
     """Validate the whole grid and return its cells with the row keys each will produce."""
     from featbench.cache import Cache, check_same_encoder
     from featbench.protocol import PROTOCOLS, Cell, head_target, planned_params, target_columns
@@ -180,6 +180,8 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
             raise FeatbenchError(f"--heads {h}: unknown head; choose from: {', '.join(list_heads())}")
         classes[h] = _head_class(h)
     targets = [os.path.abspath(os.fspath(p)) for p in _as_list(eval_on, "--eval-on")]
+    if base_to_new and targets:
+        raise FeatbenchError("--base-to-new and --eval-on are separate protocols; run them as two fits")
 
     planned: list[PlannedCell] = []
     for path in cache_paths:
@@ -189,6 +191,9 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
             if not targets and not src.has_split("test"):
                 raise FeatbenchError(f"{path}: no test split to evaluate on; extract it (--splits ...,test) or pass --eval-on")
             content = src.content_id
+            if base_to_new and not src.has_text:
+                raise FeatbenchError(f"--base-to-new: cache {path} has no text features, which the new classes need; "
+                                     "re-extract (or import) with text features")
             target_names = []
             for t in targets:
                 if not os.path.exists(t):
@@ -215,12 +220,15 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                     for k in shots:
                         for s in seeds:
                             cell = Cell(cache=path, head=h, head_target=target, overrides=dict(combo),
-                                        protocol=protocol, shots=k, seed=s, device=str(device), eval_on=tuple(targets))
+                                        protocol=protocol, shots=k, seed=s, device=str(device), eval_on=tuple(targets),
+                                        base_to_new=bool(base_to_new))
                             params = planned_params(cell, src.dataset)
                             datasets = target_names or [src.dataset]
+                            subsets = ("base", "new") if base_to_new else ("all",)
                             keys = [row_key({"fingerprint": src.fingerprint, "content": content, "source_dataset": src.dataset, "dataset": d,
-                                             "head": h, "params": params, "protocol": protocol, "shots": k, "seed": s})
-                                    for d in datasets]
+                                             "head": h, "params": params, "protocol": protocol, "shots": k, "seed": s,
+                                             "classes": c})
+                                    for d in datasets for c in subsets]
                             planned.append(PlannedCell(cell, keys))
     return planned
 
@@ -335,7 +343,7 @@ def _run_ray(cells, address: str) -> Iterator[list[dict]]:
 # ----------------------------------------------------------------------------------------------------
 def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mapping | None = None,
             grids: Mapping | None = None, out: str | os.PathLike = DEFAULT_OUT, jobs: int = 1, device: str = "cpu",
-            eval_on=None, progress: bool = True, ray_address: str | None = None) -> list[dict]:
+            eval_on=None, progress: bool = True, ray_address: str | None = None, base_to_new: bool = False) -> list[dict]:
     """Run every cell of the grid not already in `out`; return the rows this call appended (in cell order)."""
     jobs = int(jobs)
     if jobs < 1:
@@ -343,7 +351,7 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
     out = Path(out)
     check_results_file(out)  # a file that is not ours is refused before any planning or fitting
     planned = plan_fit(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
-                       device=device, eval_on=eval_on)
+                       device=device, eval_on=eval_on, base_to_new=base_to_new)
     writer = ResultsWriter(out)
     done = writer.keys
     todo = [p for p in planned if not all(k in done for k in p.keys)]

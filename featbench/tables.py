@@ -19,6 +19,8 @@ Rules (so a table can go into a paper without a notebook in between):
 - With heads as rows, a ``rank`` column ranks heads (1 = best, ties share the better rank) by the mean of the
   row over the table's columns (excluding "Average"), i.e. for ``--rows head --cols shots`` the mean over shots
   of the dataset-average accuracy. Heads with a missing cell are not ranked.
+- Base-to-new rows (``"classes": "base"``/``"new"``) never mix with ordinary (``"all"``) rows: ``aggregate``
+  uses the "all" rows, ``aggregate_base_to_new`` the others (B / N / H columns, see its docstring).
 - Bold marks the best head: per column when heads are the rows, per row when heads are the columns, per cell
   across blocks when heads are the blocks (ties all bold; compared at the printed precision).
 """
@@ -209,6 +211,9 @@ def prepare(df, metric: str = "acc", protocol: str | None = None):
     for col, default in (("params", None), ("selected", None), ("model", ""), ("pretrained", "")):
         if col not in df.columns:
             df[col] = default
+    if "classes" not in df.columns:
+        df["classes"] = "all"
+    df["classes"] = df["classes"].where(df["classes"].notna(), "all")
     if "source_dataset" not in df.columns:
         df["source_dataset"] = df["dataset"]
     df["source_dataset"] = df["source_dataset"].where(df["source_dataset"].notna(), df["dataset"])
@@ -223,7 +228,7 @@ def prepare(df, metric: str = "acc", protocol: str | None = None):
     df["dataset_label"] = _dataset_labels(df)
     df["value"] = df[metric].astype(float)
     df["is_oracle"] = df["protocol"] == "oracle"
-    df = df.sort_values("_order").drop_duplicates(["head_label", "dataset_label", "shots", "seed"], keep="last")
+    df = df.sort_values("_order").drop_duplicates(["head_label", "dataset_label", "shots", "seed", "classes"], keep="last")
     return df.reset_index(drop=True)
 
 
@@ -301,6 +306,9 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     if rows == cols:
         raise FeatbenchError(f"--rows and --cols must differ (both are {rows!r})")
     prepared = prepare(df, metric=metric, protocol=protocol)
+    prepared = prepared[prepared["classes"] == "all"]
+    if prepared.empty:
+        raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
     if heads is not None:
         wanted = set(heads)
         prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
@@ -361,6 +369,96 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         table.notes.append(f"Each cell: mean over the {n_ds} datasets, shown only where every dataset has it.")
     else:
         table.notes.append(f"{AVERAGE}: mean over the {n_ds} datasets, shown only where every dataset has the cell.")
+    return table
+
+
+B2N_COLUMNS = ("Base", "New", "H")
+H_NOTE = ("H = 2BN/(B+N) of the mean Base and mean New accuracy (CoCoOp's convention), per dataset and for the "
+          "Average; no std.")
+
+
+def is_base_to_new(df) -> bool:
+    """Whether the rows are base-to-new rows only (then ``featbench table`` shows B / N / H)."""
+    if "classes" not in df.columns:
+        return False
+    classes = set(df["classes"].where(df["classes"].notna(), "all"))
+    return bool(classes) and classes <= {"base", "new"}
+
+
+def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, *, heads=None, shots=None,
+                          datasets=None) -> Table:
+    """Base / New / H table: one block per head (and shot count), rows = datasets + Average.
+
+    Base and New are mean ± population std over seeds of the base and new rows; H = 2BN/(B+N) is computed from
+    those means (CoCoOp reports H of the averaged accuracies, also for the dataset Average), so it has no std.
+    The Average of Base (New) is the mean over datasets of the per-dataset means, shown only where every
+    dataset has both; its std is that of the per-seed averages when every dataset has the same seeds.
+    """
+    import numpy as np
+    import pandas as pd
+
+    prepared = prepare(df, metric=metric, protocol=protocol)
+    prepared = prepared[prepared["classes"].isin(["base", "new"])]
+    if heads is not None:
+        prepared = prepared[prepared["head"].isin(set(heads)) | prepared["head_label"].isin(set(heads))]
+    if shots is not None:
+        prepared = prepared[prepared["shots"].isin(set(shots))]
+    if datasets is not None:
+        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    if prepared.empty:
+        raise FeatbenchError("no base-to-new rows (\"classes\": base/new) left; run `featbench fit --base-to-new`")
+    prepared = prepared.reset_index(drop=True)
+    many_shots = prepared["shots"].nunique() > 1
+    prepared["block"] = [f"{h} ({k}-shot)" if many_shots else h for h, k in zip(prepared["head_label"], prepared["shots"])]
+    order_heads = _order_heads(prepared)
+    blocks = [f"{h} ({k}-shot)" if many_shots else h for h in order_heads
+              for k in sorted(set(prepared["shots"]))]
+    blocks = [b for b in blocks if b in set(prepared["block"])]
+    ds_order = _order_datasets(prepared["dataset_label"])
+    index = pd.MultiIndex.from_tuples([(b, d) for b in blocks for d in ds_order + [AVERAGE]], names=["head", "dataset"])
+    mean = pd.DataFrame(np.nan, index=index, columns=list(B2N_COLUMNS))
+    std, n = mean.copy(), pd.DataFrame(0.0, index=index, columns=list(B2N_COLUMNS))
+    fallback_blocks = set()
+    if "fallback" in prepared.columns:
+        fb = prepared[(prepared["classes"] == "new") & prepared["fallback"].notna()]
+        fallback_blocks = set(fb["block"])
+    for block, sub in prepared.groupby("block", sort=False):
+        per = {c: sub[sub["classes"] == c].pivot_table(index="seed", columns="dataset_label", values="value",
+                                                        aggfunc="last") for c in ("base", "new")}
+        for ds in ds_order:
+            for col, c in (("Base", "base"), ("New", "new")):
+                if ds in per[c].columns:
+                    v = per[c][ds].dropna().to_numpy()
+                    mean.loc[(block, ds), col] = float(v.mean())
+                    std.loc[(block, ds), col] = float(np.std(v, ddof=0))
+                    n.loc[(block, ds), col] = len(v)
+        for col, c in (("Base", "base"), ("New", "new")):
+            p = per[c]
+            if set(p.columns) != set(ds_order):
+                continue
+            mean.loc[(block, AVERAGE), col] = float(p.mean(axis=0).mean())
+            complete = p.dropna(axis=0, how="any")
+            if len(complete) == len(p):
+                std.loc[(block, AVERAGE), col] = float(np.std(complete.mean(axis=1).to_numpy(), ddof=0))
+                n.loc[(block, AVERAGE), col] = len(complete)
+            else:
+                n.loc[(block, AVERAGE), col] = int(p.notna().sum(axis=0).min())
+    b, nw = mean["Base"], mean["New"]
+    mean["H"] = (2 * b * nw / (b + nw)).where((b + nw) > 0, 0.0).where(b.notna() & nw.notna())
+    n["H"] = np.minimum(n["Base"], n["New"])
+    keep = mean.notna().any(axis=1) | (mean.index.get_level_values(-1) == AVERAGE)
+    mean, std, n = mean[keep], std[keep], n[keep]
+    oracle = pd.DataFrame(False, index=mean.index, columns=mean.columns)
+    for block in set(prepared.loc[prepared["is_oracle"], "block"]):
+        oracle.loc[block] = True
+    table = Table(mean=mean, std=std, n=n, oracle=oracle, rows="dataset", cols="classes", block_dim="head",
+                  metric=metric, protocol=protocol)
+    table.notes.append(H_NOTE)
+    if fallback_blocks:
+        names = ", ".join(b for b in blocks if b in fallback_blocks)
+        table.notes.append(f"New of {names}: zero-shot CLIP fallback (the head cannot score classes it was not "
+                           "trained on).")
+    table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell.")
     return table
 
 
@@ -603,4 +701,5 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "render", "latex_escape", "Table"]
+__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_base_to_new", "is_base_to_new", "render",
+           "latex_escape", "Table"]

@@ -33,6 +33,7 @@ def fit(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto"),
     eval_on: Optional[str] = typer.Option(None, "--eval-on", help="Comma-separated target caches (domain generalisation)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    base_to_new: bool = typer.Option(False, "--base-to-new", help="CoCoOp's base-to-new protocol: train on the first half of the sorted classes; rows 'classes': base and new."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
     from featbench.runner import parse_grids, parse_sets, run_fit
@@ -56,7 +57,7 @@ def fit(
     rows = run_fit(
         [str(c) for c in caches], heads=head_list, shots=shot_list, seeds=seed_list, protocol=protocol,
         sets=parse_sets(set_), grids=parse_grids(grid), out=out, jobs=jobs, device=device, eval_on=targets,
-        progress=progress, ray_address=ray,
+        progress=progress, ray_address=ray, base_to_new=base_to_new,
     )
     if not rows:
         typer.echo(f"nothing to do: every cell is already in {out}", err=True)
@@ -65,7 +66,8 @@ def fit(
         wanted = {str(Path(p).resolve()) for p in [*caches, *(targets or [])]}  # this command's caches only
         rows = [r for r in read_rows(out) if r.get("head") in head_list and r.get("shots") in shot_list
                 and r.get("seed") in seed_list and r.get("protocol") == protocol
-                and str(Path(str(r.get("cache", ""))).resolve()) in wanted]
+                and str(Path(str(r.get("cache", ""))).resolve()) in wanted
+                and (r.get("classes") or "all") in (("base", "new") if base_to_new else ("all",))]
     else:
         typer.echo(f"appended {len(rows)} row(s) to {out}", err=True)
     _print_summary(rows, head_list, shot_list)
@@ -85,13 +87,16 @@ def _print_summary(rows: list[dict], heads: list[str], shots: list[int]) -> None
     table.add_column("head")
     for k in shots:
         table.add_column(f"{k}-shot", justify="right")
+    subsets = [c for c in ("all", "base", "new") if any((r.get("classes") or "all") == c for r in rows)]
     for h in heads:
-        cells = []
-        for k in shots:
-            accs = [float(r["acc"]) for r in rows if r["head"] == h and int(r["shots"]) == k]
-            cells.append(f"{sum(accs) / len(accs):.2f}" if accs else "-")
-        if any(c != "-" for c in cells):
-            table.add_row(h, *cells)
+        for c in subsets:
+            cells = []
+            for k in shots:
+                accs = [float(r["acc"]) for r in rows if r["head"] == h and int(r["shots"]) == k
+                        and (r.get("classes") or "all") == c]
+                cells.append(f"{sum(accs) / len(accs):.2f}" if accs else "-")
+            if any(x != "-" for x in cells):
+                table.add_row(h if c == "all" else f"{h} ({c})", *cells)
     console.print(table)
 
 

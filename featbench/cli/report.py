@@ -29,6 +29,7 @@ def table(
     standalone: bool = typer.Option(False, "--standalone", help="LaTeX only: wrap in a compilable document."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
     force: bool = typer.Option(False, "--force", help="Let --out replace an existing file that is not a featbench table."),
+    base_to_new: Optional[bool] = typer.Option(None, "--base-to-new/--no-base-to-new", help="Base / New / H table of `fit --base-to-new` rows (default: when the rows are all base/new rows)."),
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
@@ -43,8 +44,12 @@ def table(
 
         guard_output(out, results, flag="--out", force=force, looks_ours=looks_like_table, what="table")
     df = tables.load_results(results)
-    t = tables.aggregate(
-        df, metric=metric, rows=rows, cols=cols, protocol=protocol,
+    if base_to_new is None:
+        base_to_new = tables.is_base_to_new(df)
+    build = tables.aggregate_base_to_new if base_to_new else tables.aggregate
+    layout = {} if base_to_new else dict(rows=rows, cols=cols)
+    t = build(
+        df, metric=metric, protocol=protocol, **layout,
         heads=parse_str_list(heads) if heads else None,
         shots=parse_int_list(shots, "--shots") if shots else None,
         datasets=parse_str_list(datasets) if datasets else None,
