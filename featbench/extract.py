@@ -9,6 +9,7 @@ subset of rows (`shard_rows`) and merge the parts by row.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,8 @@ class _Blocks:
     never on which worker loads it or what else is in the block.
     """
 
-    def __init__(self, root, relpaths: list[str], task, blocks: list[int], transform, view_transform=None, views: int = 0, image_size: int = 224):
+    def __init__(self, root, relpaths: list[str], task, blocks: list[int], transform, view_transform=None, views: int = 0, image_size: int = 224,
+                 border: int = 0):
         self.root = Path(root)
         self.relpaths = relpaths
         self.task = task
@@ -142,6 +144,7 @@ class _Blocks:
         self.view_transform = view_transform
         self.views = views
         self.image_size = image_size
+        self.border = int(border)  # pixels cut from each side before any transform (ObjectNet's red frame)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -164,11 +167,21 @@ class _Blocks:
                 bad.append((pos, rel, msg[:200]))
                 tensors.extend([torch.zeros(3, self.image_size, self.image_size)] * per)
                 continue
+            if self.border:
+                img = crop_border(img, self.border)
             if self.views:
                 tensors.extend(self.view_transform(img, rel, v) for v in range(self.views))
             else:
                 tensors.append(self.transform(img))
         return b, torch.stack(tensors), bad
+
+
+def crop_border(img, border: int):
+    """Cut ``border`` pixels from every side of a PIL image (ObjectNet's 1-pixel red frame)."""
+    w, h = img.size
+    if w <= 2 * border or h <= 2 * border:
+        return img
+    return img.crop((border, border, w - border, h - border))
 
 
 def _worker_init(_):
@@ -285,6 +298,8 @@ def extract(
         "dtype": dtype,
         "pre_projection": bool(pre_projection),
     }
+    if getattr(ds.info, "border_crop", 0):
+        job["border_crop"] = int(ds.info.border_crop)
     target = Path(out) if out else C.default_cache_path(cache_dir, enc.name, enc.pretrained_label, ds.name)
 
     # -- an existing final cache -----------------------------------------------------------------------
@@ -362,6 +377,8 @@ def extract(
             checkpoint_sha256=enc.checkpoint_sha256 or "", **({"text_tower": tower} if tower else {}),
         )
         attrs.pop("created", None)
+        if ds.class_map is not None:  # ObjectNet: per class, the ImageNet class names it stands for
+            attrs["class_map"] = json.dumps(ds.class_map)
         writer.create(
             attrs=attrs, classnames=ds.classnames, splits=split_meta, text_features=text,
             templates=ds.templates, text_features_pre=text_pre if pre_projection else None,
@@ -409,7 +426,7 @@ def _run_tasks(writer, enc, ds, plan: Plan, *, workers, skip_bad_images, pre_pro
                 continue
             bar.describe(name)
             source = _Blocks(ds.root, rel, task, blocks, enc.test_transform, enc.view_transform if v else None,
-                             views=v, image_size=enc.image_size)
+                             views=v, image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0)
             loader = DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
                                 worker_init_fn=_worker_init if workers else None,
                                 pin_memory=enc.device.startswith("cuda"), persistent_workers=False)

@@ -37,6 +37,9 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
     from featbench import tables
 
     prepared = tables.prepare(df, metric=metric, protocol=protocol)
+    prepared = prepared[prepared["classes"] == "all"].reset_index(drop=True)  # base-to-new rows have no curve
+    if prepared.empty:
+        raise FeatbenchError("no accuracy-vs-shots rows: base-to-new rows are shown by `featbench table --base-to-new`")
     cells = tables.cell_stats(prepared)
     heads = tables._order_heads(prepared)
     datasets = tables._order_datasets(prepared["dataset_label"])

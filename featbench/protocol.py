@@ -232,6 +232,43 @@ def target_columns(source_classnames: Sequence[str], target_classnames: Sequence
     return np.asarray(cols, dtype=np.int64)
 
 
+def class_map(cache) -> list[list[str]] | None:
+    """A target cache's many-to-one class map (ObjectNet: per class, the ImageNet class names it stands for)."""
+    import json
+
+    raw = cache.attrs.get("class_map")
+    if raw is None:
+        return None
+    groups = json.loads(raw)
+    if not isinstance(groups, list) or len(groups) != cache.num_classes or not all(isinstance(g, list) and g for g in groups):
+        raise FeatbenchError(f"{cache.path}: attribute class_map must list, per class, the source class names it maps to")
+    return groups
+
+
+def target_mapping(src, tgt, source: str, target: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(source logit columns, target label of each column or None) for evaluating a source head on a target.
+
+    Plain targets: one column per target class (``target_columns``), labels = position. A target with a
+    ``class_map`` (ObjectNet): the union of the source columns of every target class's mapped names, each
+    labelled with its target class, so a prediction of any mapped ImageNet class counts as that class. This is
+    argmax over the max-projected logits (WiSE-FT's ObjectNet ``project_logits``); an ImageNet class listed by
+    two target classes counts for the first of them.
+    """
+    groups = class_map(tgt)
+    if groups is None:
+        return target_columns(src.classnames, tgt.classnames, source, target), None
+    cols: list[int] = []
+    labels: list[int] = []
+    seen: set[int] = set()
+    for k, group in enumerate(groups):
+        for c in target_columns(src.classnames, group, source, target):
+            if int(c) not in seen:
+                seen.add(int(c))
+                cols.append(int(c))
+                labels.append(k)
+    return np.asarray(cols, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------------
@@ -424,18 +461,20 @@ def run_cell(cell: Cell) -> list[dict]:
     rows = []
     targets = [(src, None)] if not cell.eval_on else [(open_cached(p), p) for p in cell.eval_on]
     for tgt, tpath in targets:
-        columns = None
+        columns = column_labels = None
         if tpath is not None:
             from featbench.cache import check_same_encoder
 
             check_same_encoder(src, tgt)
-            columns = target_columns(src.classnames, tgt.classnames, str(src.path), str(tgt.path))
-            if len(columns) == src.num_classes and np.array_equal(columns, np.arange(src.num_classes)):
+            columns, column_labels = target_mapping(src, tgt, str(src.path), str(tgt.path))
+            if column_labels is None and len(columns) == src.num_classes and np.array_equal(columns, np.arange(src.num_classes)):
                 columns = None
         Xt, yt = _labelled(tgt, "test", kind, None)
         if Xt.shape[0] == 0:
             raise FeatbenchError(f"{tgt.path}: the test split has no features to evaluate on")
         pred = predict(best_head, Xt, columns)
+        if column_labels is not None:  # many-to-one (ObjectNet): the predicted source class's target class
+            pred = column_labels[pred]
         row = {
             "dataset": tgt.dataset,
             **base_row,

@@ -114,8 +114,12 @@ def _tables(v):
     if not isinstance(v, list) or not v:
         return "must be a non-empty list of {rows: ..., cols: ...} mappings"
     for t in v:
-        if not isinstance(t, dict) or set(t) - {"rows", "cols", "metric"} or not {"rows", "cols"} <= set(t):
-            return "entries must be mappings with keys rows, cols (and optionally metric)"
+        if not isinstance(t, dict) or set(t) - {"rows", "cols", "metric", "datasets", "name"} or not {"rows", "cols"} <= set(t):
+            return "entries must be mappings with keys rows, cols (and optionally metric, datasets, name)"
+        if "datasets" in t and _str_list(t["datasets"]):
+            return "datasets (the datasets a table keeps; its Average is over them) must be a list of names"
+        if "name" in t and _str(t["name"]):
+            return "name (the table's file stem) must be a non-empty string"
         if t["rows"] not in DIMS or t["cols"] not in DIMS or t["rows"] == t["cols"]:
             return f"rows/cols must be two different values of {', '.join(DIMS)}"
         if t.get("metric", "acc") not in ("acc", "mean_per_class_recall"):
@@ -169,6 +173,8 @@ SCHEMA: dict[str, Field] = {
     "jobs": Field(_int_min(1), "parallel fit workers (default: 1)"),
     "device": Field(_str, "device for fitting heads (default: cpu)"),
     "out": Field(_str, "output directory for results, tables and plots (default: results/<name>)"),
+    "base_to_new": Field(_bool, "CoCoOp's base-to-new protocol: train on the base half of the classes, report "
+                                "Base / New / H (default: false)"),
     "tables": Field(_tables, "tables to write (default: rows dataset × cols shots, and rows head × cols shots)"),
 }
 
@@ -199,6 +205,7 @@ class Recipe:
     device: str = "cpu"
     out: str | None = None
     tables: list[dict] = field(default_factory=lambda: [dict(t) for t in DEFAULT_TABLES])
+    base_to_new: bool = False
     path: Path | None = None
 
     @property
@@ -338,6 +345,13 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
                                      f"it has: {', '.join(sorted(names))}")
     if set(data.get("eval_on", [])) & set(data["datasets"]):
         raise FeatbenchError(f"{source}: key 'eval_on' repeats a dataset from 'datasets'")
+    if data.get("base_to_new") and ("eval_on" in data or "tables" in data):
+        raise FeatbenchError(f"{source}: key 'base_to_new' writes its own Base / New / H table and takes no "
+                             "'eval_on' or 'tables'; remove them")
+    for t in data.get("tables", []):
+        for name in t.get("datasets", []):
+            if name not in data["datasets"] and name not in data.get("eval_on", []):
+                raise FeatbenchError(f"{source}: key 'tables' keeps dataset '{name}', which the recipe does not use")
 
     kwargs = {k: v for k, v in data.items()}
     kwargs.setdefault("name", Path(str(source)).stem if source != "<recipe>" else "recipe")
@@ -409,6 +423,11 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
                     protocol=recipe.protocol, sets=dict(recipe.sets) or None, grids=dict(recipe.grids) or None,
                     out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress)
     sources = [caches[ds] for ds in recipe.datasets]
+    if recipe.base_to_new:
+        run_fit(sources, base_to_new=True, **fit_args)
+        written = write_reports(results_path, out_dir, protocol=recipe.protocol, base_to_new=True)
+        written["results"] = results_path
+        return written
     run_fit(sources, **fit_args)  # in-domain rows (for DG recipes: the source's own test accuracy)
     if recipe.eval_on:  # domain generalisation: the same heads, evaluated on the target datasets' test sets
         echo(f"evaluate on {', '.join(recipe.eval_on)} (trained on {', '.join(recipe.datasets)})")
@@ -419,9 +438,11 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
 
 
 def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=DEFAULT_TABLES,
-                  protocol: str | None = None) -> dict:
+                  protocol: str | None = None, base_to_new: bool = False) -> dict:
     """Write each table as CSV, LaTeX and Markdown plus the accuracy-vs-shots plot next to the results.
 
+    With ``base_to_new`` the one table is Base / New / H (``table-base-to-new.*``) and there is no plot.
+    A table spec's ``datasets`` keeps only those datasets (its Average is over them); ``name`` is its file stem.
     Returns {"tables": [paths...], "plots": [paths...], "markdown": {name: text}}.
     """
     from featbench import tables
@@ -431,10 +452,19 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
     df = tables.load_results([results_path])
     written: dict[str, Any] = {"tables": [], "plots": [], "markdown": {}}
     suffix = {"csv": ".csv", "latex": ".tex", "markdown": ".md"}
+    if base_to_new:
+        t = tables.aggregate_base_to_new(df, protocol=protocol)
+        for fmt, ext in suffix.items():
+            path = out_dir / ("table-base-to-new" + ext)
+            path.write_text(tables.render(t, fmt), encoding="utf-8")
+            written["tables"].append(path)
+        written["markdown"]["table-base-to-new"] = tables.render(t, "markdown")
+        return written
     for spec in tables_spec:
         metric = spec.get("metric", "acc")
-        t = tables.aggregate(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol)
-        stem = f"table-{spec['rows']}-by-{spec['cols']}" + ("" if metric == "acc" else f"-{metric}")
+        t = tables.aggregate(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol,
+                             datasets=spec.get("datasets"))
+        stem = spec.get("name") or f"table-{spec['rows']}-by-{spec['cols']}" + ("" if metric == "acc" else f"-{metric}")
         for fmt, ext in suffix.items():
             path = out_dir / (stem + ext)
             path.write_text(tables.render(t, fmt), encoding="utf-8")

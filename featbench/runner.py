@@ -139,7 +139,7 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
              eval_on=None, base_to_new: bool = False) -> list[PlannedCell]:
     """Validate the whole grid and return its cells with the row keys each will produce."""
     from featbench.cache import Cache, check_same_encoder
-    from featbench.protocol import PROTOCOLS, Cell, head_target, planned_params, target_columns
+    from featbench.protocol import PROTOCOLS, Cell, head_target, planned_params, target_mapping
 
     if protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
@@ -202,7 +202,7 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                     check_same_encoder(src, tgt)
                     if not tgt.has_split("test"):
                         raise FeatbenchError(f"--eval-on {t}: the cache has no test split")
-                    target_columns(src.classnames, tgt.classnames, path, t)
+                    target_mapping(src, tgt, path, t)
                     target_names.append(tgt.dataset)
             for h in heads:
                 cls = classes[h]

@@ -114,6 +114,8 @@ def make_dataset(
       the variants are test-only and use the test count. ImageNet-A/-R get a `classnames.txt` with twice
       as many wnids as class folders (every other one present, as in the real 200-of-1000) and a README.txt;
       their images are drawn like those classes of a synthetic ImageNet with 2 x n_classes classes.
+      ObjectNet (`write_objectnet`): n_classes mapped classes (+ one unmapped folder) of PNGs with a 1-pixel
+      red border, the release's four mapping files and classnames.txt, against a 2 x n_classes ImageNet.
     """
     from featbench.datasets import dataset_info
 
@@ -182,6 +184,8 @@ def make_dataset(
         )
         for i, y in _items(n_classes, counts["test"]):
             _save(image(y, i, "test"), ddir / info.image_dir / str(y) / f"{i:04d}.jpeg")
+    elif reader == "objectnet":
+        write_objectnet(root, n_classes=n_classes, per_class=counts["test"], size=size, seed=seed)
     elif reader == "folder":
         for split in SPLITS:
             for i, y in _items(n_classes, counts[split]):
@@ -199,6 +203,45 @@ def make_dataset(
             writer.writerows(rows)
     else:  # a catalog reader this generator does not know yet
         raise ValueError(f"make_dataset cannot write layout {layout!r} (reader {reader!r})")
+    return root
+
+
+def objectnet_folder(j: int) -> str:
+    return f"obj_{j:02d}_{class_name(2 * j)}"
+
+
+def write_objectnet(root: str | Path, n_classes: int = 3, per_class: int = 4, size: int = 48, seed: int = 0) -> Path:
+    """ObjectNet 1.0's layout under root/objectnet/ for a synthetic ImageNet of 2 x n_classes classes.
+
+    ObjectNet class j maps to ImageNet classes 2j and 2j+1 (one-to-many, as in the release); its images are
+    drawn like ImageNet class 2j + (j % 2), so both mapped classes get predicted somewhere. One extra folder has
+    no ImageNet counterpart (the reader must drop it). The ImageNet 2012 ids run in reverse pytorch order, so
+    the reader's id -> index chain is exercised. Every PNG carries a 1-pixel pure-red frame.
+    """
+    root = Path(root)
+    ddir = root / "objectnet"
+    base = ddir / "objectnet-1.0"
+    maps = base / "mappings"
+    maps.mkdir(parents=True, exist_ok=True)
+    n_in = 2 * n_classes
+    names = [class_name(k).replace("_", " ") for k in range(n_in)]
+    (ddir / "classnames.txt").write_text("".join(f"{_wnid(k)} {names[k]}\n" for k in range(n_in)), encoding="utf-8")
+    v2 = [f"{names[k]}, v2" for k in range(n_in)]  # the release's own ImageNet names differ from CoOp's
+    (maps / "imagenet_to_label_2012_v2").write_text("".join(v2[n_in - 1 - i] + "\n" for i in range(n_in)), encoding="utf-8")
+    (maps / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(k): n_in - 1 - k for k in range(n_in)}), encoding="utf-8")
+    folder_label = {objectnet_folder(j): f"Obj {names[2 * j]}" for j in range(n_classes)}
+    folder_label["unmapped_thing"] = "Unmapped thing"
+    (maps / "folder_to_objectnet_label.json").write_text(json.dumps(folder_label), encoding="utf-8")
+    to_imagenet = {f"Obj {names[2 * j]}": f"{v2[2 * j]}; {v2[2 * j + 1]}" for j in range(n_classes)}
+    (maps / "objectnet_to_imagenet_1k.json").write_text(json.dumps(to_imagenet), encoding="utf-8")
+    for j, folder in enumerate([*[objectnet_folder(j) for j in range(n_classes)], "unmapped_thing"]):
+        like = 2 * j + (j % 2) if j < n_classes else 0
+        for i in range(per_class):
+            img = np.asarray(class_image(like, i, size=size, seed=seed, split="test")).copy()
+            img[0, :], img[-1, :], img[:, 0], img[:, -1] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+            path = base / "images" / folder / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, "RGB").save(path, format="PNG")
     return root
 
 

@@ -53,9 +53,9 @@ def data_root(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------------------
 def test_list_datasets():
     names = list_datasets()
-    assert names == COOP + VARIANTS + ["folder", "csv"]
+    assert names == COOP + VARIANTS + ["objectnet", "folder", "csv"]  # ObjectNet: tests/test_objectnet.py
     assert list_datasets("coop") == COOP
-    assert list_datasets("imagenet_variant") == VARIANTS
+    assert list_datasets("imagenet_variant") == VARIANTS + ["objectnet"]
     with pytest.raises(FeatbenchError, match="group"):
         list_datasets("nope")
 

@@ -20,7 +20,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_layouts_cover_the_catalog():
     assert layouts() == list_datasets()
-    assert len(layouts()) == 17
+    assert len(layouts()) == 18  # 11 CoOp + 4 ImageNet variants + ObjectNet + folder + csv
 
 
 def test_caltech_layout_files(tmp_path):

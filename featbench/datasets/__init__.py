@@ -71,6 +71,8 @@ def load_dataset(
         splits=layout.splits,
         info=info,
         class_ids=list(layout.class_ids),
+        class_map=None if layout.class_map is None else [
+            [clean_classname(c, classname_style) for c in group] for group in layout.class_map],
     )
 
 

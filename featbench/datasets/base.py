@@ -23,6 +23,8 @@ class Dataset:
     `DATA/caltech-101`, whether `--root` named the DATA root or the dataset folder), so cached paths do not
     depend on how the user spelled `--root`. `class_ids` are the raw class identifiers (wnids for the
     ImageNet family, raw names otherwise) — the key to map an ImageNet variant's classes onto ImageNet's.
+    `class_map` (ObjectNet) lists, per class, the names of the source-dataset (ImageNet) classes it stands for:
+    a prediction of any of them counts as this class when a source head is evaluated here (`fit --eval-on`).
     """
 
     name: str
@@ -32,6 +34,7 @@ class Dataset:
     splits: dict[str, list[tuple[str, int]]]
     info: DatasetInfo
     class_ids: list[str] = field(default_factory=list)
+    class_map: list[list[str]] | None = None
 
     def abspath(self, relpath: str) -> Path:
         return self.root / relpath

@@ -35,6 +35,7 @@ class DatasetInfo:
     markers: tuple[str, ...] = ()
     n_classes: int | None = None
     class_space: str | None = None
+    border_crop: int = 0  # pixels cut from every side of each image before the transforms (ObjectNet: 1)
     aliases: tuple[str, ...] = ()
 
     @property

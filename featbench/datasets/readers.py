@@ -42,6 +42,7 @@ class Layout:
     class_ids: list[str]
     classnames: list[str]  # raw, before clean-up
     splits: dict[str, list[tuple[str, int]]]
+    class_map: list[list[str]] | None = None  # per class, the source (ImageNet) class names it maps to
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,6 +188,81 @@ def read_int_folders(info: DatasetInfo, ddir: Path, **_) -> Layout:
         prefix = join(info.image_dir, folder)
         items.extend((f"{prefix}/{name}", label) for name in images_under(image_root / folder))
     return Layout(ddir, class_ids, names, {"test": items})
+
+
+# ----------------------------------------------------------------------------------------------------
+# ObjectNet
+# ----------------------------------------------------------------------------------------------------
+OBJECTNET_FIX = ("unpack the ObjectNet release (objectnet-1.0/images and objectnet-1.0/mappings) into DATA/objectnet/ "
+                 "and copy CoOp's imagenet/classnames.txt next to it")
+OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
+                      "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")
+
+
+def _load_json_map(path: Path) -> dict:
+    require_file(path, "ObjectNet mapping file", OBJECTNET_FIX)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeatbenchError(f"ObjectNet mapping file {path} is not valid JSON ({exc}); {OBJECTNET_FIX}") from None
+    if not isinstance(data, dict) or not data:
+        raise FeatbenchError(f"ObjectNet mapping file {path} must hold a non-empty JSON object; {OBJECTNET_FIX}")
+    return data
+
+
+def read_objectnet(info: DatasetInfo, ddir: Path, **_) -> Layout:
+    """ObjectNet 1.0 (release layout), test only, restricted to the classes that map to ImageNet.
+
+    The release's ``mappings/`` chain an ObjectNet folder to ImageNet classes:
+    ``folder_to_objectnet_label.json`` {folder: ObjectNet label}; ``objectnet_to_imagenet_1k.json``
+    {ObjectNet label: "ImageNet name; ImageNet name; ..."} (113 labels); ``imagenet_to_label_2012_v2`` (line i =
+    the name of ImageNet 2012 id i); ``pytorch_to_imagenet_2012_id.json`` {pytorch index: 2012 id}. The pytorch
+    index is the sorted-wnid order, which is the line order of CoOp's ``classnames.txt`` (read here for
+    the class names featbench's ImageNet caches use). Classes = the mapped folders, sorted by folder name (as
+    WiSE-FT's ObjectNet loader orders them); unmapped folders are dropped. ``class_map[k]`` lists the
+    ImageNet class names ObjectNet class k stands for.
+    """
+    base = ddir / "objectnet-1.0"
+    image_root = require_dir(ddir / info.image_dir, "image folder", OBJECTNET_FIX)
+    maps = base / "mappings"
+    folder_label = _load_json_map(maps / "folder_to_objectnet_label.json")
+    label_to_imagenet = _load_json_map(maps / "objectnet_to_imagenet_1k.json")
+    pytorch_to_2012 = _load_json_map(maps / "pytorch_to_imagenet_2012_id.json")
+    lines_path = require_file(maps / "imagenet_to_label_2012_v2", "ObjectNet mapping file", OBJECTNET_FIX)
+    with open(lines_path, encoding="utf-8") as fh:
+        names_2012 = [line.strip() for line in fh if line.strip()]
+    coop = list(read_wnid_classnames(ddir / info.classnames_file).values())  # pytorch (sorted-wnid) order
+    try:
+        to_pytorch = {int(v): int(k) for k, v in pytorch_to_2012.items()}
+    except (TypeError, ValueError):
+        raise FeatbenchError(f"{maps / 'pytorch_to_imagenet_2012_id.json'} must map integer indices to integer ids") from None
+    index_2012 = {name: i for i, name in enumerate(names_2012)}
+    class_ids: list[str] = []
+    classnames: list[str] = []
+    class_map: list[list[str]] = []
+    splits_items: list[tuple[str, int]] = []
+    for folder in subdirs(image_root):
+        label = folder_label.get(folder)
+        if label is None or label not in label_to_imagenet:
+            continue  # one of the ~200 ObjectNet classes without an ImageNet counterpart
+        group = []
+        for name in str(label_to_imagenet[label]).split("; "):
+            i2012 = index_2012.get(name.strip())
+            if i2012 is None or i2012 not in to_pytorch or to_pytorch[i2012] >= len(coop):
+                raise FeatbenchError(f"ObjectNet class {label!r} maps to ImageNet class {name!r}, which "
+                                     f"{lines_path.name}, pytorch_to_imagenet_2012_id.json and {info.classnames_file} "
+                                     f"do not resolve; {OBJECTNET_FIX}")
+            group.append(coop[to_pytorch[i2012]])
+        y = len(class_ids)
+        class_ids.append(folder)
+        classnames.append(label)
+        class_map.append(group)
+        prefix = join(info.image_dir, folder)
+        splits_items.extend((f"{prefix}/{name}", y) for name in images_under(image_root / folder))
+    if not class_ids:
+        raise FeatbenchError(f"no ObjectNet folder in {image_root} maps to an ImageNet class; {OBJECTNET_FIX}")
+    return Layout(ddir, class_ids, classnames, {"test": splits_items}, class_map=class_map)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -352,6 +428,7 @@ READERS: dict[str, Callable[..., Layout]] = {
     "fgvc": read_fgvc,
     "wnid_folders": read_wnid_folders,
     "int_folders": read_int_folders,
+    "objectnet": read_objectnet,
     "folder": read_folder,
     "csv": read_manifest,
 }
