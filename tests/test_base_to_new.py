@@ -165,3 +165,23 @@ def test_cli_flag_and_table(tmp_path):
     assert float(line[col["H mean"]]) == pytest.approx(2 * avg_b * avg_n / (avg_b + avg_n), abs=1e-4)
     md = CliRunner().invoke(app, ["table", str(out)]).output
     assert "| Base | New | H |" in md and "fallback" in md
+
+
+def test_recipe_key_and_reports(tmp_path):
+    from featbench.recipes import validate, write_reports
+
+    base = dict(datasets=["caltech101"], model="tiny-vit", pretrained="none", heads=["zeroshot"], shots=[2], seeds=[1])
+    assert validate(dict(base, base_to_new=True)).base_to_new is True
+    assert validate(dict(base)).base_to_new is False
+    with pytest.raises(FeatbenchError, match="base_to_new"):
+        validate(dict(base, base_to_new="yes"))
+    with pytest.raises(FeatbenchError, match="base_to_new.*eval_on"):
+        validate(dict(base, base_to_new=True, eval_on=["imagenet_a"]))
+    with pytest.raises(FeatbenchError, match="keeps dataset 'dtd'"):
+        validate(dict(base, tables=[{"rows": "head", "cols": "dataset", "datasets": ["dtd"]}]))
+    cache, _ = make_cache(tmp_path / "c.h5", n_classes=4, per_class=(4, 2, 3))
+    out = tmp_path / "r.jsonl"
+    run_fit([cache], heads=["zeroshot"], shots=[2], seeds=[1], out=out, progress=False, base_to_new=True)
+    written = write_reports(out, tmp_path, base_to_new=True)
+    assert [p.name for p in written["tables"]] == ["table-base-to-new.csv", "table-base-to-new.tex", "table-base-to-new.md"]
+    assert written["plots"] == [] and "| Base | New | H |" in written["markdown"]["table-base-to-new"]
