@@ -185,3 +185,36 @@ def test_recipe_key_and_reports(tmp_path):
     written = write_reports(out, tmp_path, base_to_new=True)
     assert [p.name for p in written["tables"]] == ["table-base-to-new.csv", "table-base-to-new.tex", "table-base-to-new.md"]
     assert written["plots"] == [] and "| Base | New | H |" in written["markdown"]["table-base-to-new"]
+
+
+def test_capable_heads_keep_what_they_learned_on_new_classes():
+    from featbench.heads import get_head_class
+    from featbench.heads.prolip import ProLIP
+    from featbench.heads.text_projection import TextProjection
+
+    rng = np.random.default_rng(0)
+    C, Q, D, k = 6, 12, 8, 4
+    W = rng.normal(size=(Q, D)).astype(np.float32)
+    pre_text = rng.normal(size=(2, C, Q)).astype(np.float32)
+    Wt = rng.normal(size=(Q, D)).astype(np.float32)
+    text = pre_text @ Wt
+    y = np.repeat(np.arange(3), k)
+    Xpre = rng.normal(size=(len(y), Q)).astype(np.float32)
+
+    def norm(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    p = ProLIP(epochs=3).fit(Xpre, y, text=text[:, :3], extra={"image_projection": W})
+    out = p.for_classes(text[:, 3:]).decision_function(Xpre)
+    zs = norm(norm(text[:, 3:].astype(np.float64)).mean(0))
+    np.testing.assert_allclose(out, 100.0 * norm(p.transform(Xpre).astype(np.float64)) @ zs.T, atol=1e-3)
+    X = Xpre @ W
+    t = TextProjection(epochs=3).fit(X, y, text=text[:, :3], extra={"text_features_pre": pre_text[:, :3],
+                                                                   "text_projection": Wt})
+    new = t.for_classes(text[:, 3:], extra={"text_features_pre": pre_text[:, 3:]})
+    np.testing.assert_allclose(new.class_weights(), (pre_text[:, 3:] @ t.text_projection_.numpy()).mean(0), rtol=1e-5)
+    assert new.decision_function(X).shape == (len(X), 3)
+    for name, able in (("zeroshot", True), ("clip-adapter", True), ("prolip", True), ("text-projection", True),
+                       ("taskres", False), ("tip-adapter", False), ("tip-adapter-f", False), ("linear-probe", False),
+                       ("clap", False), ("gda", False), ("lp++", False)):
+        assert get_head_class(name).scores_unseen_classes is able, name
