@@ -93,3 +93,28 @@ def test_imagenet_to_objectnet_end_to_end(tmp_path):
     w /= np.linalg.norm(w, axis=-1, keepdims=True)
     pred_imagenet = (X @ w.T).argmax(1)  # every ImageNet class is mapped here, so no column is left out
     assert row["acc"] == pytest.approx(100.0 * float((pred_imagenet // 2 == y).mean()))
+
+
+def test_five_shift_average_table(tmp_path, monkeypatch):
+    """dg-imagenet's `table-shifts`: the Average runs over the five shift sets only, not the source ImageNet."""
+    import featbench.plots
+    from featbench.recipes import write_reports
+
+    monkeypatch.setattr(featbench.plots, "plot_curves", lambda *a, **k: [])  # tables only: no matplotlib here
+
+    accs = {"imagenet": 70.0, "imagenetv2": 60.0, "imagenet_sketch": 40.0, "imagenet_a": 30.0,
+            "imagenet_r": 70.0, "objectnet": 50.0}
+    out = tmp_path / "r.jsonl"
+    with open(out, "w") as fh:
+        for ds, acc in accs.items():
+            fh.write(json.dumps({"dataset": ds, "source_dataset": "imagenet", "head": "zeroshot", "params": {},
+                                 "protocol": "paper", "shots": 16, "seed": 1, "acc": acc, "model": "m",
+                                 "pretrained": "p", "fingerprint": "f"}) + "\n")
+    shifts = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r", "objectnet"]
+    written = write_reports(out, tmp_path, tables_spec=[{"rows": "head", "cols": "dataset", "name": "table-shifts",
+                                                         "datasets": shifts}])
+    md = written["markdown"]["table-shifts"]
+    assert "objectnet" in md and "| imagenet |" not in md.replace("| imagenet_", "")
+    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    row = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
+    assert header[-1] == "Average" and row[-1].startswith("50.00")  # (60 + 40 + 30 + 70 + 50) / 5
