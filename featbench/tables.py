@@ -415,7 +415,8 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
               for k in sorted(set(prepared["shots"]))]
     blocks = [b for b in blocks if b in set(prepared["block"])]
     ds_order = _order_datasets(prepared["dataset_label"])
-    index = pd.MultiIndex.from_tuples([(b, d) for b in blocks for d in ds_order + [AVERAGE]], names=["head", "dataset"])
+    with_avg = [AVERAGE] if len(ds_order) > 1 else []
+    index = pd.MultiIndex.from_tuples([(b, d) for b in blocks for d in ds_order + with_avg], names=["head", "dataset"])
     mean = pd.DataFrame(np.nan, index=index, columns=list(B2N_COLUMNS))
     std, n = mean.copy(), pd.DataFrame(0.0, index=index, columns=list(B2N_COLUMNS))
     fallback_blocks = set()
@@ -434,7 +435,7 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
                     n.loc[(block, ds), col] = len(v)
         for col, c in (("Base", "base"), ("New", "new")):
             p = per[c]
-            if set(p.columns) != set(ds_order):
+            if not with_avg or set(p.columns) != set(ds_order):
                 continue
             mean.loc[(block, AVERAGE), col] = float(p.mean(axis=0).mean())
             complete = p.dropna(axis=0, how="any")
@@ -458,7 +459,8 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
         names = ", ".join(b for b in blocks if b in fallback_blocks)
         table.notes.append(f"New of {names}: zero-shot CLIP fallback (the head cannot score classes it was not "
                            "trained on).")
-    table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell.")
+    table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell."
+                       if with_avg else f"Dataset: {ds_order[0]}.")
     return table
 
 
