@@ -457,7 +457,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "featbench_version": __version__,
     }
     if halves is not None:
-        return _base_to_new_rows(cell, cls, src, kind, best_head, halves, full_context, base_row)
+        return b2n.cell_rows(cell, cls, src, kind, best_head, halves, full_context, base_row)
     rows = []
     targets = [(src, None)] if not cell.eval_on else [(open_cached(p), p) for p in cell.eval_on]
     for tgt, tpath in targets:
@@ -486,40 +486,6 @@ def run_cell(cell: Cell) -> list[dict]:
             "timestamp": now_iso(),
         }
         rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})  # schema order first
-    return rows
-
-
-def _base_to_new_rows(cell: Cell, cls, src, kind: str, head, halves, full_context: dict, base_row: dict) -> list[dict]:
-    """The "base" and "new" rows of a base-to-new cell: each subset's test images over its own classes."""
-    from featbench import base_to_new as b2n
-
-    Xt_all, yt_all = _labelled(src, "test", kind, None)
-    rows = []
-    for which in ("base", "new"):
-        classes = halves.classes(which)
-        Xt, yt, _ = b2n.restrict(Xt_all, yt_all, classes)
-        if Xt.shape[0] == 0:
-            raise FeatbenchError(f"{src.path}: no test images of the {which} classes to evaluate on")
-        scorer, fallback, notes = head, None, list(base_row["notes"])
-        if which == "new":
-            scorer, fallback = b2n.head_for_new_classes(head, cls, b2n.restrict_context(full_context, classes), cell.device)
-            if fallback:
-                notes.append(b2n.fallback_note(cell.head))
-        pred = predict(scorer, Xt)
-        row = {
-            "dataset": src.dataset,
-            **base_row,
-            "classes": which,
-            "cache": str(src.path),
-            "acc": accuracy(pred, yt),
-            "mean_per_class_recall": mean_per_class_recall(pred, yt),
-            "n_test": int(yt.shape[0]),
-            "n_classes": int(len(classes)),
-            "fallback": fallback,
-            "notes": notes,
-            "timestamp": now_iso(),
-        }
-        rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})
     return rows
 
 
