@@ -27,7 +27,7 @@ def run(
     if check:
         n = len(r.datasets) * len(r.shots) * len(r.seeds)
         typer.echo(f"{recipe}: valid. {len(r.datasets)} dataset(s), heads {', '.join(r.heads)}, shots "
-                   f"{','.join(map(str, r.shots))}, seeds {','.join(map(str, r.seeds))}, {r.protocol} protocol "
+                   f"{','.join(map(str, r.shots))}, seeds {','.join(map(str, r.seeds))}, {r.protocol} protocol{', base-to-new' if r.base_to_new else ''} "
                    f"({n} dataset×shot×seed cells per head configuration); output {out or r.out_dir}")
         return
     written = run_recipe(r, root=root, only_fit=only_fit, out=out, progress=progress, echo=typer.echo)
