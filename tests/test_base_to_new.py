@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from featbench.cache import Cache
@@ -215,6 +216,41 @@ def test_capable_heads_keep_what_they_learned_on_new_classes():
     np.testing.assert_allclose(new.class_weights(), (pre_text[:, 3:] @ t.text_projection_.numpy()).mean(0), rtol=1e-5)
     assert new.decision_function(X).shape == (len(X), 3)
     for name, able in (("zeroshot", True), ("clip-adapter", True), ("prolip", True), ("text-projection", True),
+                       ("coop", True), ("kgcoop", True),
                        ("taskres", False), ("tip-adapter", False), ("tip-adapter-f", False), ("linear-probe", False),
                        ("clap", False), ("gda", False), ("lp++", False)):
         assert get_head_class(name).scores_unseen_classes is able, name
+
+
+def test_coop_scores_new_class_names_with_its_learned_context():
+    """CoOp from "a photo of a" with 0 epochs, trained on base, is zero-shot CLIP on the new class names."""
+    from featbench.encoders import Encoder
+    from featbench.heads.coop import CoOp
+    from featbench.texttower import TextTower
+
+    enc = Encoder("tiny-vit", "none", "cpu")
+    tower = TextTower.from_model(enc.model, enc.tokenizer)
+    base_names, new_names = ["cat", "dog"], ["car", "tree", "big boat"]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 32)).astype(np.float32)
+    coop = CoOp(ctx_init="a photo of a", epochs=0).fit(X[:6], np.arange(6) % 2, text_tower=tower,
+                                                        classnames=base_names, logit_scale=100.0)
+    new = coop.for_classes(None, classnames=new_names)
+    with torch.no_grad():
+        ref = enc.model.encode_text(enc.tokenizer([f"a photo of a {n}." for n in new_names])).numpy()
+    zs = ZeroShot().fit(X, None, text=ref[None], logit_scale=100.0)
+    np.testing.assert_allclose(new.decision_function(X), zs.decision_function(X), rtol=1e-4, atol=1e-4)
+    assert coop.decision_function(X).shape == (12, 2)  # the base head is untouched
+
+
+@pytest.mark.slow  # a tiny-vit extraction and two CoOp fits: ~15 s on a shared CPU
+def test_coop_base_to_new_end_to_end(tmp_path):
+    from featbench.extract import extract
+    from featbench.synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "data", "caltech101", n_classes=5, per_split=(4, 2, 2), size=32)
+    cache = extract("caltech101", root, model="tiny-vit", pretrained="none", views=2, view_shots=(2,), seeds=(1,),
+                    device="cpu", cache_dir=tmp_path / "cache", progress=False)
+    rows = run_fit([cache], heads=["coop"], shots=[2], seeds=[1], sets={"coop.epochs": 2}, out=tmp_path / "r.jsonl",
+                   progress=False, base_to_new=True)
+    assert [(r["classes"], r["n_classes"], r["fallback"]) for r in rows] == [("base", 3, None), ("new", 2, None)]

@@ -80,6 +80,8 @@ class CoOp(Head):
     uses_views: ClassVar[bool] = True
     searches_internally: ClassVar[bool] = False
     search_space: ClassVar[dict] = {}  # CoOp has no validation search
+    #: the classifier is the learned context + any class names through the tower (base-to-new: ``for_classes``)
+    scores_unseen_classes: ClassVar[bool] = True
     hyperparams: ClassVar[dict] = dict(_COMMON_PARAMS)
 
     def __init__(self, n_ctx: int = 16, ctx_init: str | None = None, epochs: int = 200, lr: float = 2e-3,
@@ -235,6 +237,19 @@ class CoOp(Head):
         _, sos, suffix, eot = self._prompts(self.text_tower_, classnames, None, [])
         with torch.no_grad():
             return T.to_numpy(T.l2norm(self._features(self.text_tower_, self.ctx_, sos, suffix, eot).float()))
+
+    def for_classes(self, text=None, classnames=None, extra=None) -> "CoOp":
+        """A copy scoring ``classnames`` with the learned context (base-to-new's new classes)."""
+        import copy
+
+        from featbench.heads import _torch as T
+
+        if not classnames:
+            raise FeatbenchError(f"head '{self.name}' needs the class names of the classes to score")
+        other = copy.copy(self)
+        other.weights_ = T.as_tensor(self.weights_for(list(classnames)), self.weights_.device)
+        other.n_classes_ = len(classnames)
+        return other
 
     def decision_function(self, X) -> np.ndarray:
         from featbench.heads import _torch as T
