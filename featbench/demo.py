@@ -21,6 +21,8 @@ DEMO_SEEDS = (1, 2)
 DEMO_SETS = {"tip-adapter-f.epochs": 10, "taskres.epochs": 20, "linear-probe.search": False}
 DEMO_JOBS = 2
 DEMO_DATA = dict(n_classes=5, per_split=(8, 4, 10), size=48, seed=0)
+DEFAULT_OUT = "featbench-demo"  # .gitignore lists it
+PLOT_TITLE = "featbench demo: a tiny ViT with RANDOM weights on generated images (checks the pipeline, not CLIP)"
 
 
 def demo_recipe(out: Path):
@@ -49,12 +51,16 @@ def make_demo_data(out: Path) -> Path:
     return data
 
 
-def run_demo(out: str | Path = "featbench-demo", *, progress: bool = True,
+def run_demo(out: str | Path = DEFAULT_OUT, *, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict:
     """Run the demo into ``out``; return the written paths and the elapsed seconds."""
     from featbench.recipes import run_recipe
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        from featbench.errors import FeatbenchError
+
+        raise FeatbenchError(f"--out {out} is a file, not a folder; give a folder for the demo's data and results")
     t0 = time.perf_counter()
     echo("featbench demo: the full pipeline, offline, on generated images.")
     echo("NOTE: the encoder is a tiny open_clip ViT with RANDOM weights: the numbers below show that the "
@@ -65,7 +71,7 @@ def run_demo(out: str | Path = "featbench-demo", *, progress: bool = True,
     echo(f"data: {len(DEMO_DATASETS)} generated datasets ({', '.join(DEMO_DATASETS)} layouts, "
          f"{DEMO_DATA['n_classes']} classes) in {data}")
     recipe = demo_recipe(out)
-    written = run_recipe(recipe, root=data, out=out, progress=progress, echo=echo)
+    written = run_recipe(recipe, root=data, out=out, progress=progress, echo=echo, plot_title=PLOT_TITLE)
     elapsed = time.perf_counter() - t0
     echo("")
     echo(written["markdown"]["table-head-by-shots"].rstrip())

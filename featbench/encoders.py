@@ -332,7 +332,15 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if d.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise FeatbenchError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+            raise FeatbenchError(f"--device {d}: no CUDA device is available here; use --device cpu or auto")
+        if ":" in d:
+            try:
+                index = int(d.split(":", 1)[1])
+            except ValueError:
+                raise FeatbenchError(f"--device {device}: expected cuda or cuda:N (e.g. cuda:1)") from None
+            count = torch.cuda.device_count()
+            if not 0 <= index < count:
+                raise FeatbenchError(f"--device {d}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
         return d
     if d in ("cpu", "mps"):
         return d

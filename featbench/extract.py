@@ -113,6 +113,62 @@ def make_plan(ds, *, splits, views, view_shots, seeds, train_rows, all_views) ->
     return Plan(splits=chosen, feature_rows=feature_rows, view_rows=view_rows, views=int(views) if view_rows else 0, notes=notes)
 
 
+def _restrict(plan: Plan, ds, splits) -> Plan:
+    """The plan's index over `splits` (as an older cache with those splits recorded it)."""
+    return Plan(splits={s: list(ds.splits[s]) for s in splits if s in ds.splits}, feature_rows={}, view_rows=[], views=0)
+
+
+def unserved(old: dict | None, new: dict, index_sha_for: Callable[[list[str]], str] | None = None) -> list[str]:
+    """Why an existing cache extracted as `old` cannot serve the request `new` ([] = it can).
+
+    A cache serves a request when it holds at least what the request asks for, computed the same way: the
+    same dataset index, class names and dtype; a superset of the splits; every train row (``train_rows all``)
+    or the same selection; pre-projection features if asked; and the same number of views for a superset of
+    the (shots, seeds) subsets (or of every train row). A request without views for a training split is not
+    served by a cache with views, since heads would train on them.
+    """
+    old = dict(old or {})
+    out = []
+    for key in ("dataset", "classnames_sha256", "dtype"):
+        if old.get(key) != new.get(key):
+            out.append(f"{key} {old.get(key)!r} vs {new.get(key)!r}")
+    old_splits, new_splits = list(old.get("splits") or []), list(new.get("splits") or [])
+    if not set(new_splits) <= set(old_splits):
+        out.append(f"splits {','.join(old_splits)} lack {','.join(sorted(set(new_splits) - set(old_splits)))}")
+    elif old.get("index_sha256") != new.get("index_sha256"):
+        same = set(new_splits) != set(old_splits) and index_sha_for is not None and \
+            index_sha_for(sorted(old_splits)) == old.get("index_sha256")
+        if not same:
+            out.append("the dataset's image index changed")
+    if old.get("train_rows") != new.get("train_rows") and old.get("train_rows") != "all" and "train" in new_splits:
+        out.append(f"train_rows {old.get('train_rows')} vs {new.get('train_rows')}")
+    if new.get("pre_projection") and not old.get("pre_projection"):
+        out.append("no pre-projection features")
+    training = "train" in new_splits
+    if int(new.get("views") or 0) == 0:
+        if training and int(old.get("views") or 0) > 0:
+            out.append(f"it has {old.get('views')} views, the request none")
+    elif int(old.get("views") or 0) != int(new["views"]):
+        out.append(f"views {old.get('views')} vs {new['views']}")
+    elif not old.get("all_views"):
+        if new.get("all_views"):
+            out.append("views only for the few-shot rows, not all_views")
+        else:
+            out += _lacks(old, new)
+    if training and old.get("train_rows") == "fewshot" and not any(m.startswith(("view_shots", "seeds")) for m in out):
+        out += _lacks(old, new)  # its plain train features cover only the (shots, seeds) subsets it was made for
+    return out
+
+
+def _lacks(old: dict, new: dict) -> list[str]:
+    out = []
+    for key in ("view_shots", "seeds"):
+        lack = sorted(set(new.get(key) or []) - set(old.get(key) or []))
+        if lack:
+            out.append(f"{key} lack {','.join(map(str, lack))}")
+    return out
+
+
 def _index_sha(plan: Plan) -> str:
     import hashlib
 
@@ -217,6 +273,8 @@ def extract(
     classname_style: str = "clean",
     view_scale=(0.5, 1.0),
     pre_projection: bool = False,
+    templates: str | Path | Sequence[str] | None = None,
+    classnames: str | Path | Sequence[str] | None = None,
     progress: bool = True,
     view_seed: int = 0,
     name: str | None = None,
@@ -230,6 +288,8 @@ def extract(
     refuses a cache or partial made with another encoder or other content-changing arguments unless
     `overwrite`. `log` receives one-line messages (default: print when progress is on).
     shard=(rank, world): write only rank's share of the rows (a part file for `featbench.merge`).
+    templates / classnames: a file (see featbench.prompts) or a list replacing the dataset's prompt templates /
+    class names; both are part of the cache's fingerprint.
     """
     say = log or (print if progress else (lambda _m: None))
     # -- validate arguments (cheap, before any heavy import) -----------------------------------------
@@ -256,8 +316,19 @@ def extract(
     view_scale = parse_view_scale(view_scale)
 
     from featbench.datasets import load_dataset
+    from featbench.prompts import check_template, read_classnames, read_templates
 
-    ds = load_dataset(dataset, root, manifest=manifest, classname_style=classname_style)
+    if templates is not None:
+        templates = (read_templates(templates) if isinstance(templates, (str, Path))
+                     else [check_template(t, "--templates") for t in templates])
+    ds = load_dataset(dataset, root, manifest=manifest, classname_style=classname_style, templates=templates)
+    if classnames is not None:
+        if isinstance(classnames, (str, Path)):
+            ds.classnames = read_classnames(classnames, ds.classnames, getattr(ds, "class_ids", None) or [])
+        elif len(classnames) != len(ds.classnames):
+            raise FeatbenchError(f"--classnames: {len(classnames)} names for {len(ds.classnames)} classes")
+        else:
+            ds.classnames = [str(c) for c in classnames]
     ds.name = dataset_name(dataset, name)
     plan = make_plan(ds, splits=splits, views=int(views), view_shots=view_shots, seeds=seeds,
                      train_rows=train_rows, all_views=all_views)
@@ -282,6 +353,8 @@ def extract(
         "classname_style": classname_style,
         "templates_sha256": sha256_json(list(ds.templates)),
     }
+    if classnames is not None:  # user class names: another text side, another fingerprint
+        preprocess["classnames_sha256"] = sha256_json(list(ds.classnames))
     fingerprint = C.compute_fingerprint(enc.name, enc.pretrained_label, preprocess, enc.checkpoint_sha256)
     if pre_projection and not enc.supports_pre_projection():
         raise FeatbenchError(f"--pre-projection: not supported for {enc.name} (only open_clip ViT and ModifiedResNet image towers)")
@@ -312,10 +385,11 @@ def extract(
                 f"{target} was built with a different encoder/preprocessing (fingerprint {fp[:12]} vs {fingerprint[:12]}); "
                 "pass --overwrite to rebuild it or --out another file"
             )
-        diff = C.job_differences(old_job, job)
+        diff = unserved(old_job, job, lambda splits: _index_sha(_restrict(plan, ds, splits)))
         if diff:
             raise C.FingerprintMismatch(
-                f"{target} was extracted with different arguments ({', '.join(diff)}); pass --overwrite to rebuild it or --out another file"
+                f"{target} was extracted with arguments that cannot serve this request ({'; '.join(diff)}); "
+                "pass --overwrite to rebuild it or --out another file"
             )
         if shard_label is not None:
             with C.Cache(target) as done:
@@ -325,8 +399,9 @@ def extract(
                     f"{target} is the part of shard {old_shard or 'none'}, not {shard_label}; rerun with its original "
                     "torchrun world size and --batch-size, or pass --overwrite to rebuild it"
                 )
-        C.remove_stale_partial(target, fingerprint, job)  # killed after the rename, before the partial went
-        say(f"up to date: {target}")
+        C.remove_stale_partial(target, fingerprint, old_job)  # killed after the rename, before the partial went
+        say(f"up to date: {target}" if old_job == json.loads(json.dumps(job)) else
+            f"up to date: {target} (its extraction covers this request)")
         return target
 
     # -- the partial file: resume or create ------------------------------------------------------------

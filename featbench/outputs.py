@@ -55,7 +55,7 @@ def looks_like_table(text: str) -> bool:
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     if first.lstrip().startswith("{"):
         return False  # JSON lines: a results file
-    if first.startswith("| "):
+    if first.startswith(("| ", "### Encoder: ")):  # markdown; one table per encoder when there are several
         return True
     if first.startswith((r"% requires \usepackage{booktabs}", r"\documentclass")):
         return True

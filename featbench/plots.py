@@ -3,7 +3,9 @@ one line per head (mean over seeds) with a ±std band, log2 x axis with ticks at
 
 Aggregation comes from :mod:`featbench.tables` (same head labelling, ddof=0 std, the same "Average only where
 every dataset has the point" rule), so a plot never disagrees with the table printed next to it.
-Uses matplotlib's object API on the Agg canvas (no pyplot, no display needed).
+Uses matplotlib's object API on the Agg canvas (no pyplot, no display needed). Names from result files and
+``--title`` are drawn as plain text (``$`` is never mathtext). The legend wraps into as many columns as fit the
+figure's width, so it is never cut off, whatever the panel count.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from featbench.errors import FeatbenchError
 
 PLOT_SUFFIXES = (".png", ".pdf")
 DEFAULT_STEM = "accuracy-vs-shots"
+MIN_WIDTH = 4.8  # inches: room for a readable legend even with a single panel
 
 
 def output_stem(out: str | Path) -> Path:
@@ -27,9 +30,54 @@ def output_stem(out: str | Path) -> Path:
     return out / DEFAULT_STEM
 
 
+def check_output(out: str | Path) -> Path:
+    """The stem, after refusing (one line) an ``--out`` that would overwrite or write into something that is not
+    a plot: an existing file other than a .png/.pdf, or a .png/.pdf path that is a directory. Re-plotting over
+    the .png/.pdf a previous ``plot`` wrote is allowed."""
+    out = Path(out)
+    stem = output_stem(out)
+    if out.suffix.lower() not in PLOT_SUFFIXES and out.exists() and not out.is_dir():
+        raise FeatbenchError(f"--out {out}: is an existing file, not a folder; give a folder or a path ending in "
+                             ".png/.pdf (both files are written)")
+    for suffix in PLOT_SUFFIXES:
+        target = stem.with_suffix(suffix)
+        if target.exists() and not target.is_file():
+            raise FeatbenchError(f"--out {out}: {target} exists and is not a file; give another path")
+    for parent in [stem.parent, *stem.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FeatbenchError(f"--out {out}: {parent} is a file, not a folder; give another path")
+            break
+    return stem
+
+
+def plain(text) -> str:
+    """Text matplotlib draws literally: escaped ``$`` so no mathtext parsing (a label like ``$x^$`` would raise)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | None = None,
                 ncols: int = 4, dpi: int = 150, title: str | None = None) -> list[Path]:
     """Draw the curves of result rows ``df`` (from :func:`featbench.tables.load_results`); return the files."""
+    stem = check_output(out)
+    fig = make_figure(df, metric=metric, protocol=protocol, ncols=ncols, title=title)
+    written = []
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in PLOT_SUFFIXES:
+            path = stem.with_suffix(suffix)
+            # fixed metadata keeps the files reproducible run to run
+            meta = {"Software": None} if suffix == ".png" else {"Creator": "featbench", "Producer": None,
+                                                                "CreationDate": None}
+            fig.savefig(path, dpi=dpi, metadata=meta)
+            written.append(path)
+    except OSError as err:
+        raise FeatbenchError(f"--out {out}: cannot write the figure ({err.strerror or err}); give a writable path") from None
+    return written
+
+
+def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: int = 4, title: str | None = None):
+    """The matplotlib Figure of :func:`plot_curves` (not saved)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -48,7 +96,8 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
 
     ncols = max(1, min(ncols, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(3.2 * ncols, 2.7 * nrows + 0.9), layout="constrained")
+    width = max(3.2 * ncols, MIN_WIDTH)
+    fig = Figure(figsize=(width, 2.7 * nrows + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = _colors(len(heads))
@@ -69,7 +118,7 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
             any_oracle |= oracle
             (ln,) = ax.plot(x, y, color=colors[h], marker=markers[h % len(markers)], markersize=3.5,
                             linewidth=1.4, linestyle="--" if oracle else "-",
-                            label=head + (" †" if oracle else ""))
+                            label=plain(head) + (" †" if oracle else ""))
             ax.fill_between(x, y - s, y + s, color=colors[h], alpha=0.15, linewidth=0)
             handles.setdefault(head, ln)
         ax.set_xscale("log", base=2)
@@ -78,7 +127,7 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
         ax.set_xticks(shots_all, [str(s) for s in shots_all])
         if len(shots_all) == 1:
             ax.set_xlim(shots_all[0] / 1.5, shots_all[0] * 1.5)
-        ax.set_title(panel, fontsize=10, fontweight="bold" if panel == tables.AVERAGE else "normal")
+        ax.set_title(plain(panel), fontsize=10, fontweight="bold" if panel == tables.AVERAGE else "normal")
         ax.grid(True, alpha=0.3, linewidth=0.5)
         ax.tick_params(labelsize=8)
         if k % ncols == 0:
@@ -90,24 +139,21 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
     if not handles:
         raise FeatbenchError("nothing to plot: no result row has a value for this metric")
     labels = [h.get_label() for h in handles.values()]
-    fig.legend(list(handles.values()), labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8,
-               frameon=False)
+    fig.legend(list(handles.values()), labels, loc="outside lower center", fontsize=8, frameon=False,
+               ncols=legend_columns(labels, width))
     note = "lines: mean over seeds; bands: ± population std"
     if any_oracle:
         note += "   † dashed: hyperparameters selected on the test set (oracle protocol)"
-    fig.suptitle((title + "\n" if title else "") + note, fontsize=8)
+    fig.suptitle((plain(title) + "\n" if title else "") + note, fontsize=8)
 
-    stem = output_stem(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix in PLOT_SUFFIXES:
-        path = stem.with_suffix(suffix)
-        # fixed metadata keeps the files reproducible run to run
-        meta = {"Software": None} if suffix == ".png" else {"Creator": "featbench", "Producer": None,
-                                                            "CreationDate": None}
-        fig.savefig(path, dpi=dpi, metadata=meta)
-        written.append(path)
-    return written
+    return fig
+
+
+def legend_columns(labels: list[str], width_in: float, fontsize: float = 8.0) -> int:
+    """How many legend entries fit side by side in ``width_in`` inches (at most 5): marker + text + gap each."""
+    char_in = 0.6 * fontsize / 72  # a generous average glyph width
+    entry_in = 0.55 + char_in * max(len(str(lab)) for lab in labels)
+    return max(1, min(len(labels), 5, int((width_in - 0.2) // entry_in)))
 
 
 def _colors(n: int) -> list:
@@ -117,4 +163,4 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-__all__ = ["plot_curves", "output_stem"]
+__all__ = ["plot_curves", "make_figure", "output_stem", "check_output", "plain", "legend_columns"]

@@ -72,6 +72,7 @@ class Cell:
     device: str = "cpu"
     eval_on: tuple = ()
     base_to_new: bool = False  # CoCoOp's base-to-new protocol: rows "classes": "base" and "new"
+    save_predictions: str | None = None  # a folder: write each row's test predictions there (fit --save-predictions)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,6 +295,31 @@ def mean_per_class_recall(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(recalls) * 100.0)
 
 
+def per_class_counts(pred: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """Per class (label order): test images and how many were right — compact (two int lists) even for 1000
+    classes, and enough to recompute per-class accuracy and pool seeds exactly (`featbench compare`)."""
+    y = np.asarray(y, dtype=np.int64)
+    hit = y[np.asarray(pred) == y]
+    return {"correct": np.bincount(hit, minlength=n_classes).astype(int).tolist(),
+            "total": np.bincount(y, minlength=n_classes).astype(int).tolist()}
+
+
+def save_predictions(folder: str, row: dict, pred: np.ndarray, y: np.ndarray) -> str:
+    """Write the row's test predictions and labels to ``folder/<row hash>.npz`` (atomically); return the name."""
+    import hashlib
+    from pathlib import Path
+
+    from featbench.results import canonical_json, row_key
+
+    name = hashlib.sha256(canonical_json(list(row_key(row))).encode()).hexdigest()[:20] + ".npz"
+    target = Path(folder) / name
+    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, pred=np.asarray(pred, dtype=np.int32), label=np.asarray(y, dtype=np.int32))
+    os.replace(tmp, target)
+    return name
+
+
 # ----------------------------------------------------------------------------------------------------
 # one cell
 # ----------------------------------------------------------------------------------------------------
@@ -475,6 +501,7 @@ def run_cell(cell: Cell) -> list[dict]:
         pred = predict(best_head, Xt, columns)
         if column_labels is not None:  # many-to-one (ObjectNet): the predicted source class's target class
             pred = column_labels[pred]
+        n_classes = int(tgt.num_classes)
         row = {
             "dataset": tgt.dataset,
             **base_row,
@@ -484,7 +511,10 @@ def run_cell(cell: Cell) -> list[dict]:
             "n_test": int(yt.shape[0]),
             "notes": list(base_row["notes"]),
             "timestamp": now_iso(),
+            "per_class": per_class_counts(pred, yt, n_classes),
         }
+        if cell.save_predictions:
+            row["predictions"] = save_predictions(cell.save_predictions, row, pred, yt)
         rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})  # schema order first
     return rows
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, FingerprintMismatch
 
 PROTOCOLS = ("paper", "val", "oracle")
 DIMS = ("dataset", "head", "shots")
@@ -58,6 +58,13 @@ def _int_list(lo: int = 1):
             return "must not repeat values"
         return None
     return check
+
+
+def _device(v):
+    import re
+
+    ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v.strip().lower())
+    return None if ok else "must be auto, cpu, cuda or cuda:N (e.g. cuda:1)"
 
 
 def _str_list(v):
@@ -145,10 +152,11 @@ EXTRACT_SCHEMA: dict[str, Field] = {
     "all_views": Field(_bool, "views for every train image, not only the few-shot union"),
     "batch_size": Field(_int_min(1), "images per encoder batch"),
     "workers": Field(_int_min(0), "DataLoader worker processes"),
-    "device": Field(_str, "auto | cpu | cuda | cuda:N"),
+    "device": Field(lambda v: _device(v), "auto | cpu | cuda | cuda:N"),
     "dtype": Field(_choice(DTYPES), "on-disk feature dtype"),
     "pre_projection": Field(_bool, "also store pre-projection features (needed by prolip, text-projection)"),
     "skip_bad_images": Field(_bool, "skip unreadable images instead of failing"),
+    "templates": Field(_str, "prompt templates file for every dataset (see `featbench extract --templates`)"),
 }
 
 #: the top-level keys of a recipe
@@ -171,7 +179,7 @@ SCHEMA: dict[str, Field] = {
     "grids": Field(_grids, "hyperparameter grids, 'head.param': [values] (one result row per value)"),
     "eval_on": Field(_str_list, "extra test-only datasets to evaluate the trained heads on (domain generalisation)"),
     "jobs": Field(_int_min(1), "parallel fit workers (default: 1)"),
-    "device": Field(_str, "device for fitting heads (default: cpu)"),
+    "device": Field(lambda v: _device(v), "device for fitting heads: cpu | cuda | cuda:N | auto (default: cpu)"),
     "out": Field(_str, "output directory for results, tables and plots (default: results/<name>)"),
     "base_to_new": Field(_bool, "CoCoOp's base-to-new protocol: train on the base half of the classes, report "
                                 "Base / New / H (default: false)"),
@@ -388,11 +396,107 @@ def cache_paths(recipe: Recipe) -> dict[str, Path]:
             for ds in [*recipe.datasets, *recipe.eval_on]}
 
 
+def select_datasets(recipe: Recipe, names: list[str] | None) -> Recipe:
+    """The recipe restricted to some of its datasets (``run --datasets``); eval_on targets are kept."""
+    if not names:
+        return recipe
+    import dataclasses
+
+    unknown = [n for n in names if n not in recipe.datasets]
+    if unknown:
+        raise FeatbenchError(f"--datasets {','.join(names)}: {unknown[0]!r} is not in the recipe's datasets "
+                             f"({', '.join(recipe.datasets)})")
+    return dataclasses.replace(recipe, datasets=[d for d in recipe.datasets if d in names],
+                               roots={k: v for k, v in recipe.roots.items() if k in names or k in recipe.eval_on})
+
+
+def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False) -> list[str]:
+    """What ``run --check`` verifies beyond the schema, without running anything: every dataset's data root
+    (unless ``only_fit``), the weights (found locally, or downloadable), the existing caches. Returns report
+    lines; raises FeatbenchError with every problem found, one per clause."""
+    from featbench.datasets import dataset_info, locate_dataset_dir
+
+    lines, problems = [], []
+    caches = cache_paths(recipe)
+    need_data = []
+    for ds in [*recipe.datasets, *recipe.eval_on]:
+        if caches[ds].is_file():
+            lines.append(f"  {ds}: cache {caches[ds]} exists (reused when its extraction covers the recipe's)")
+            continue
+        if only_fit:
+            problems.append(f"{ds}: cache {caches[ds]} not found (--only-fit)")
+            continue
+        need_data.append(ds)
+        ds_root = recipe.dataset_root(ds, root)
+        if ds_root is None:
+            problems.append(f"{ds}: no data root (pass --root DATA or set 'root' in the recipe)")
+            continue
+        base = Path(ds_root).expanduser()
+        if not base.is_dir():
+            problems.append(f"{ds}: data root {base} is not a folder")
+            continue
+        try:
+            folder = locate_dataset_dir(dataset_info(ds), base)
+        except FeatbenchError as err:
+            problems.append(f"{ds}: {err}")
+            continue
+        lines.append(f"  {ds}: data in {folder}; will be extracted to {caches[ds]}")
+    if need_data:
+        try:
+            lines.append(f"  weights: {weights_status(recipe.model, recipe.pretrained)}")
+        except FeatbenchError as err:
+            problems.append(f"weights: {err}")
+    if problems:
+        raise FeatbenchError(f"{recipe.path or 'recipe'}: --check found {len(problems)} problem(s): " + "; ".join(problems))
+    return lines
+
+
+def weights_status(model: str, pretrained: str) -> str:
+    """Where `extract` would get the weights, looked up offline (no download): a phrase, or FeatbenchError."""
+    from featbench.encoders import _hub_reachable, _local_checkpoint, resolve_model, weights_label
+
+    name, _ = resolve_model(model)
+    label = weights_label(pretrained)
+    if label == "none":
+        return f"{name} with random weights (--pretrained none)"
+    path = Path(str(pretrained)).expanduser()
+    if path.is_file():
+        return f"{name} from the file {path}"
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = dict(get_pretrained_cfg(name, str(pretrained)) or {})
+    if not cfg:
+        raise FeatbenchError(f"--pretrained {pretrained}: not an open_clip tag for {name} and not a file")
+    local, tried = _local_checkpoint(cfg)
+    if local:
+        return f"{name}/{pretrained} cached at {local}"
+    if _hub_reachable():
+        return f"{name}/{pretrained} not cached; extract will download it (the hub is reachable)"
+    raise FeatbenchError(f"{name}/{pretrained} is not cached locally (tried {'; '.join(tried)}) and the hub is "
+                         "unreachable; download the weights where there is internet or pass a checkpoint file")
+
+
+def _output_folder(folder: Path) -> None:
+    """Create the output folder, or one clear line saying why not (before any extraction or fitting)."""
+    import os
+
+    if folder.exists() and not folder.is_dir():
+        raise FeatbenchError(f"output {folder} is a file, not a folder; pass --out FOLDER or set 'out' in the recipe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FeatbenchError(f"output {folder}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatbenchError(f"output {folder}: the folder is not writable; pass --out FOLDER")
+
+
 def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False,
-               out: str | Path | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Extract (skipping up-to-date caches), fit the grid, write tables and plots. Returns the output paths."""
+               out: str | Path | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+               overwrite: bool = False, plot_title: str | None = None) -> dict:
+    """Extract (reusing caches whose extraction covers the recipe's), fit the grid, write tables and plots.
+    ``overwrite`` rebuilds caches that cannot serve the recipe. Returns the output paths."""
     out_dir = Path(out) if out is not None else recipe.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _output_folder(out_dir)
     results_path = out_dir / "results.jsonl"
 
     caches: dict[str, Path] = {}
@@ -408,12 +512,24 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
         for ds in [*recipe.datasets, *recipe.eval_on]:
             ds_root = recipe.dataset_root(ds, root)
             if ds_root is None:
+                existing = cache_paths(recipe)[ds]
+                if existing.is_file():  # nothing to extract from: fit what is there (as --only-fit does)
+                    echo(f"no data root for {ds}: using the existing cache {existing} as it is")
+                    caches[ds] = existing
+                    continue
                 raise FeatbenchError(f"no data root for dataset '{ds}': pass --root DATA or set 'root' in "
                                      f"{recipe.path or 'the recipe'}")
             opts = recipe.extract_options(test_only=ds in recipe.eval_on)
             echo(f"extract {ds} ({recipe.model}/{recipe.pretrained}) from {ds_root}")
-            caches[ds] = Path(extract(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
-                                      cache_dir=recipe.cache_dir, progress=progress, **opts))
+            try:
+                caches[ds] = Path(extract(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
+                                          cache_dir=recipe.cache_dir, progress=progress, overwrite=overwrite,
+                                          log=echo, **opts))
+            except FingerprintMismatch as err:  # the message names extract's flags; say what run takes
+                raise FingerprintMismatch(str(err).replace("pass --overwrite to rebuild it or --out another file",
+                                                           "rerun with `featbench run --overwrite` to rebuild it, "
+                                                           "--only-fit to fit it as it is, or set another cache_dir "
+                                                           "in the recipe")) from None
 
     from featbench.runner import run_fit
 
@@ -432,13 +548,14 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
     if recipe.eval_on:  # domain generalisation: the same heads, evaluated on the target datasets' test sets
         echo(f"evaluate on {', '.join(recipe.eval_on)} (trained on {', '.join(recipe.datasets)})")
         run_fit(sources, eval_on=[caches[ds] for ds in recipe.eval_on], **fit_args)
-    written = write_reports(results_path, out_dir, tables_spec=recipe.tables, protocol=recipe.protocol)
+    written = write_reports(results_path, out_dir, tables_spec=recipe.tables, protocol=recipe.protocol,
+                            plot_title=plot_title)
     written["results"] = results_path
     return written
 
 
 def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=DEFAULT_TABLES,
-                  protocol: str | None = None, base_to_new: bool = False) -> dict:
+                  protocol: str | None = None, base_to_new: bool = False, plot_title: str | None = None) -> dict:
     """Write each table as CSV, LaTeX and Markdown plus the accuracy-vs-shots plot next to the results.
 
     With ``base_to_new`` the one table is Base / New / H (``table-base-to-new.*``) and there is no plot.
@@ -462,17 +579,17 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
         return written
     for spec in tables_spec:
         metric = spec.get("metric", "acc")
-        t = tables.aggregate(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol,
-                             datasets=spec.get("datasets"))
+        groups = tables.aggregate_by_encoder(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol,
+                                             datasets=spec.get("datasets"))
         stem = spec.get("name") or f"table-{spec['rows']}-by-{spec['cols']}" + ("" if metric == "acc" else f"-{metric}")
         for fmt, ext in suffix.items():
             path = out_dir / (stem + ext)
-            path.write_text(tables.render(t, fmt), encoding="utf-8")
+            path.write_text(tables.render_groups(groups, fmt), encoding="utf-8")
             written["tables"].append(path)
-        written["markdown"][stem] = tables.render(t, "markdown")
-    written["plots"] = plot_curves(df, out_dir, protocol=protocol)
+        written["markdown"][stem] = tables.render_groups(groups, "markdown")
+    written["plots"] = plot_curves(df, out_dir, protocol=protocol, title=plot_title)
     return written
 
 
 __all__ = ["Recipe", "SCHEMA", "EXTRACT_SCHEMA", "load_recipe", "validate", "run_recipe", "write_reports",
-           "cache_paths", "describe_schema"]
+           "cache_paths", "describe_schema", "select_datasets", "check_recipe", "weights_status"]

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from featbench.errors import FeatbenchError
 
-#: every row carries these fields (docs/PLAN.md "Result rows"), in this order
+#: every row carries these fields (CONTRIBUTING.md "Result rows"), in this order
 ROW_FIELDS = (
     "dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "cache", "head", "params", "selected",
     "protocol", "classes", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "views_used", "notes",

@@ -343,8 +343,10 @@ def _run_ray(cells, address: str) -> Iterator[list[dict]]:
 # ----------------------------------------------------------------------------------------------------
 def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mapping | None = None,
             grids: Mapping | None = None, out: str | os.PathLike = DEFAULT_OUT, jobs: int = 1, device: str = "cpu",
-            eval_on=None, progress: bool = True, ray_address: str | None = None, base_to_new: bool = False) -> list[dict]:
-    """Run every cell of the grid not already in `out`; return the rows this call appended (in cell order)."""
+            eval_on=None, progress: bool = True, ray_address: str | None = None, base_to_new: bool = False,
+            save_predictions: str | os.PathLike | None = None) -> list[dict]:
+    """Run every cell of the grid not already in `out`; return the rows this call appended (in cell order).
+    ``save_predictions``: a folder receiving each new row's test predictions (``<row hash>.npz``)."""
     jobs = int(jobs)
     if jobs < 1:
         raise FeatbenchError(f"--jobs {jobs}: give 1 or more worker processes")
@@ -359,6 +361,9 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
         return []
     _check_rows_available(todo)
     cells = [p.cell for p in todo]
+    if save_predictions is not None:
+        for c in cells:
+            c.save_predictions = os.path.abspath(os.fspath(save_predictions))
     if ray_address is not None:
         stream = _run_ray(cells, ray_address)
     elif jobs > 1 and len(cells) > 1:

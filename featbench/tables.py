@@ -15,7 +15,15 @@ Rules (so a table can go into a paper without a notebook in between):
 - Domain-generalisation rows (trained on ``source_dataset``, evaluated on ``dataset``) are labelled by the
   dataset evaluated on (``imagenetv2 (from imagenet)`` only if that name would collide with in-domain rows).
 - Cells from the ``oracle`` protocol (hyperparameters picked on the test set) carry a dagger and a footnote.
-- If the same run (same identity and seed) appears twice, the later row wins.
+- Never across encoders: rows of different encoders (model/pretrained) are never averaged together. The CLI
+  prints one table per encoder under an "Encoder:" heading (:func:`aggregate_by_encoder`); a single
+  :class:`Table` holding several encoders labels every head with its encoder. ``--model``/``--pretrained`` filter.
+- Duplicates: the same run (same table cell, seed and cache fingerprint) written twice with the same numbers
+  counts once (e.g. a results file passed twice); with *different* numbers it is an error naming both lines
+  (never "the later row wins"). Rows that differ only in the cache (same encoder name, other preprocessing or
+  prompts: ``fingerprint=...``; other data or class names: ``content=...``) are labelled apart, never averaged.
+- ``acc`` (and ``mean_per_class_recall`` where present) must be finite numbers; anything else is an error naming
+  the file and line.
 - With heads as rows, a ``rank`` column ranks heads (1 = best, ties share the better rank) by the mean of the
   row over the table's columns (excluding "Average"), i.e. for ``--rows head --cols shots`` the mean over shots
   of the dataset-average accuracy. Heads with a missing cell are not ranked.
@@ -44,6 +52,7 @@ AVERAGE = "Average"
 MISSING = "—"
 ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol)"
 REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
+MAX_DECIMALS = 10
 
 #: CoOp's dataset order (then the ImageNet shift sets); unknown datasets follow alphabetically.
 DATASET_ORDER = (
@@ -107,11 +116,58 @@ def load_results(paths: Iterable[str | Path] | str | Path):
             for k in ("shots", "seed"):
                 if not isinstance(row[k], int) or isinstance(row[k], bool):
                     raise FeatbenchError(f"{f}:{lineno}: '{k}' must be an integer, got {row[k]!r}")
+            _check_row(row, f"{f}:{lineno}")
             row["_order"] = len(records)
+            row["_source"] = f"{f}:{lineno}"
             records.append(row)
         if len(records) == n_before:
             raise FeatbenchError(f"{f}: results file is empty (no result rows); run `featbench fit` first")
     return pd.DataFrame.from_records(records)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _check_row(row: dict, where: str) -> None:
+    """Types and ranges a table relies on; anything else is an error naming the line (never a quiet NaN)."""
+    if row["shots"] < 1:
+        raise FeatbenchError(f"{where}: 'shots' must be 1 or more, got {row['shots']}; fix or remove that line")
+    for k in ("dataset", "head", "protocol", "model", "pretrained", "source_dataset", "fingerprint", "content"):
+        if k in row and not (isinstance(row[k], str) or (row[k] is None and k not in REQUIRED_KEYS)):
+            raise FeatbenchError(f"{where}: '{k}' must be a string, got {_shown(row[k])}; fix or remove that line")
+    for k in ("params", "selected"):
+        if row.get(k) is not None and not isinstance(row[k], dict):
+            raise FeatbenchError(f"{where}: '{k}' must be an object, got {_shown(row[k])}; fix or remove that line")
+    for k in METRICS:
+        if k == "acc" or row.get(k) is not None:
+            _check_number(row.get(k), where, k)
+
+
+def _check_number(value, where: str, key: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise FeatbenchError(f"{where}: '{key}' must be a finite number, got {_shown(value)}; fix or remove that line")
+    if not 0 <= value <= 100:
+        raise FeatbenchError(f"{where}: '{key}' is {value:g}, outside 0-100 (a percentage); fix or remove that line")
+
+
+def encoder_label(model, pretrained) -> str:
+    """How tables name an encoder: ``model/pretrained``."""
+    return f"{model}/{pretrained}" if pretrained not in (None, "") else str(model)
+
+
+def filter_encoder(df, model: str | None = None, pretrained: str | None = None):
+    """Keep the rows of one model and/or weights tag (``--model``/``--pretrained``); an error if none match."""
+    for key, want in (("model", model), ("pretrained", pretrained)):
+        if want is None:
+            continue
+        have = sorted({str(v) for v in df[key]}) if key in df.columns else []
+        df = df[df[key].astype(str) == str(want)] if key in df.columns else df.iloc[0:0]
+        if df.empty:
+            raise FeatbenchError(f"--{key} {want}: no result rows; the results have {key} {', '.join(have) or 'none'}")
+    return df
 
 
 # -- the Table object ---------------------------------------------------------------------------------------
@@ -155,21 +211,31 @@ def _fmt_param(value) -> str:
 
 
 def _head_labels(df) -> list[str]:
-    """Label each row by its head plus the identity keys that distinguish variants of that head."""
+    """Label each row by its head plus the identity keys that distinguish variants of that head.
+
+    With more than one encoder in ``df`` every label names its encoder, so nothing averages across encoders.
+    """
     idents: list[dict[str, str]] = []
     shown: list[dict[str, str]] = []
-    for params, selected, model, pretrained, protocol in zip(
-        df["params"], df["selected"], df["model"], df["pretrained"], df["protocol"]
+    fps = df["fingerprint"] if "fingerprint" in df.columns else [""] * len(df)
+    contents = df["content"] if "content" in df.columns else [""] * len(df)
+    for params, selected, model, pretrained, protocol, fp, content in zip(
+        df["params"], df["selected"], df["model"], df["pretrained"], df["protocol"], fps, contents
     ):
         params = params if isinstance(params, dict) else {}
         selected = selected if isinstance(selected, dict) else {}
         ident = {f"{k}": canonical_json(v) for k, v in params.items() if k not in selected}
         show = {f"{k}": _fmt_param(v) for k, v in params.items() if k not in selected}
-        ident["model"] = show["model"] = f"{model}/{pretrained}"
+        ident["model"] = show["model"] = encoder_label(model, pretrained)
         ident["protocol"] = show["protocol"] = str(protocol)
+        show["fingerprint"] = str(fp or "")[:8]
+        show["content"] = str(content if isinstance(content, str) else "")[:8]
         idents.append(ident)
         shown.append(show)
     varying: dict[str, set[str]] = {}
+    if len({i["model"] for i in idents}) > 1:
+        for head in set(df["head"]):
+            varying.setdefault(head, set()).add("model")
     groups: dict[tuple, list[int]] = {}
     for i, key in enumerate(zip(df["head"], df["dataset"], df["source_dataset"], df["shots"], df["seed"])):
         groups.setdefault(key, []).append(i)
@@ -180,9 +246,18 @@ def _head_labels(df) -> list[str]:
         for k in keys:
             if len({idents[i].get(k, "None") for i in members}) > 1:
                 varying.setdefault(key[0], set()).add(k)
+        # same encoder name and settings, other cache (preprocessing, prompts, data): never merged
+        by_ident: dict[str, set[tuple[str, str]]] = {}
+        for i in members:
+            by_ident.setdefault(canonical_json(idents[i]), set()).add((shown[i]["fingerprint"], shown[i]["content"]))
+        for caches in by_ident.values():
+            if len({fp for fp, _ in caches}) > 1:
+                varying.setdefault(key[0], set()).add("fingerprint")
+            elif len(caches) > 1:
+                varying.setdefault(key[0], set()).add("content")
     labels = []
     for i, head in enumerate(df["head"]):
-        keys = sorted(varying.get(head, ()), key=lambda k: (k in ("model", "protocol"), k))
+        keys = sorted(varying.get(head, ()), key=lambda k: (k in ("model", "protocol", "fingerprint", "content"), k))
         if not keys:
             labels.append(str(head))
         else:
@@ -200,7 +275,8 @@ def _dataset_labels(df) -> list[str]:
 
 
 def prepare(df, metric: str = "acc", protocol: str | None = None):
-    """Filter by protocol, label heads/datasets, keep one row per (head, dataset, shots, seed): the latest."""
+    """Filter by protocol, label heads/datasets, keep one row per (head, dataset, shots, seed); conflicting
+    copies of a row are an error naming their lines."""
     if metric not in METRICS:
         raise FeatbenchError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if protocol is not None and protocol not in PROTOCOLS:
@@ -228,8 +304,28 @@ def prepare(df, metric: str = "acc", protocol: str | None = None):
     df["dataset_label"] = _dataset_labels(df)
     df["value"] = df[metric].astype(float)
     df["is_oracle"] = df["protocol"] == "oracle"
-    df = df.sort_values("_order").drop_duplicates(["head_label", "dataset_label", "shots", "seed", "classes"], keep="last")
+    df = df.sort_values("_order")
+    _check_duplicates(df, metric)
+    df = df.drop_duplicates(["head_label", "dataset_label", "shots", "seed", "classes"], keep="first")
     return df.reset_index(drop=True)
+
+
+def _check_duplicates(df, metric: str) -> None:
+    """Rows for the same cell and seed must agree; identical copies count once, conflicting ones are an error."""
+    key = ["head_label", "dataset_label", "shots", "seed"] + (["classes"] if "classes" in df.columns else [])
+    dup = df[df.duplicated(key, keep=False)]
+    if dup.empty:
+        return
+    values = [c for c in dict.fromkeys(("acc", metric)) if c in dup.columns]
+    for _, group in dup.groupby(key, sort=False):
+        distinct = group[values].astype(float).round(10).drop_duplicates()
+        if len(distinct) > 1:
+            where = [str(s) for s in group.get("_source", group["_order"].map(lambda o: f"row {o + 1}"))]
+            head, ds, shots, seed = (group.iloc[0][k] for k in key[:4])
+            shown = ", ".join(f"{w} ({metric} {v:g})" for w, v in zip(where, group[metric].astype(float)))
+            raise FeatbenchError(
+                f"conflicting result rows for {head} on {ds}, {shots}-shot, seed {seed}: {shown}; "
+                "the same run with different numbers: remove the wrong line(s) or keep the files apart")
 
 
 def _order_datasets(names: Iterable[str]) -> list[str]:
@@ -291,7 +387,8 @@ def cell_stats(df):
 
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
               *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None,
-              datasets: Iterable[str] | None = None) -> Table:
+              datasets: Iterable[str] | None = None, model: str | None = None,
+              pretrained: str | None = None) -> Table:
     """Aggregate result rows (the DataFrame from :func:`load_results`) into a :class:`Table`.
 
     ``heads``/``shots``/``datasets`` optionally restrict the table (heads match the registry name or the
@@ -305,6 +402,8 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         raise FeatbenchError(f"--cols must be one of {', '.join(DIMS)}; got {cols!r}")
     if rows == cols:
         raise FeatbenchError(f"--rows and --cols must differ (both are {rows!r})")
+    if model is not None or pretrained is not None:
+        df = filter_encoder(df, model, pretrained)
     prepared = prepare(df, metric=metric, protocol=protocol)
     prepared = prepared[prepared["classes"] == "all"]
     if prepared.empty:
@@ -363,6 +462,11 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         table.rank = _rank(mean)
     names = sorted(set(prepared["dataset_label"]))
     n_ds = len(names)
+    encoders = sorted({encoder_label(m, p) for m, p in zip(prepared["model"], prepared["pretrained"])})
+    if len(encoders) == 1:
+        table.notes.append(f"Encoder: {encoders[0]}.")
+    else:
+        table.notes.append(f"Encoders: {', '.join(encoders)} (each head row names its encoder; never averaged across them).")
     if block == "dataset" and n_ds == 1:
         table.notes.append(f"Dataset: {names[0]}.")
     elif block == "dataset":
@@ -386,6 +490,36 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
     return aggregate_table(df, metric=metric, protocol=protocol, **filters)
 
 
+def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
+    """One :class:`Table` per encoder (model/pretrained), in name order: what ``featbench table`` prints.
+
+    ``kwargs`` are those of :func:`aggregate` (or of ``build``, e.g. :func:`aggregate_base_to_new`). An encoder
+    left without rows by the filters is left out.
+    """
+    build = kwargs.pop("build", None) or aggregate
+    if kwargs.get("model") is not None or kwargs.get("pretrained") is not None:
+        df = filter_encoder(df, kwargs.pop("model", None), kwargs.pop("pretrained", None))
+    kwargs.pop("model", None)
+    kwargs.pop("pretrained", None)
+    df = df.copy()
+    for col in ("model", "pretrained"):
+        if col not in df.columns:
+            df[col] = ""
+    labels = [encoder_label(m, p) for m, p in zip(df["model"], df["pretrained"])]
+    df["_encoder"] = labels
+    out, first_error = [], None
+    for enc in sorted(set(labels)):
+        try:
+            out.append((enc, build(df[df["_encoder"] == enc].drop(columns="_encoder"), **kwargs)))
+        except FeatbenchError as err:
+            if not any(m in str(err) for m in ("no result rows", "have no", "base-to-new rows")):
+                raise  # a real error, not "this encoder has nothing left to show"
+            first_error = first_error or err
+    if not out:
+        raise first_error
+    return out
+
+
 def _rank(mean):
     """Rank heads by their mean over the table's columns (without "Average"); rows with a gap get no rank."""
     import pandas as pd
@@ -399,231 +533,9 @@ def _rank(mean):
     return ranks
 
 
-# -- rendering ----------------------------------------------------------------------------------------------
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
+# -- rendering lives in featbench.table_render (re-exported here) ------------------------------------------
+from featbench.table_render import check_decimals, latex_escape, render, render_groups  # noqa: E402
 
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", r"\|").replace("*", r"\*")
-
-
-def _dim_label(dim: str, value) -> str:
-    if dim == "shots":
-        return f"{int(value)}-shot"
-    return str(value)
-
-
-def _best_mask(table: Table, decimals: int):
-    """Boolean frame: cells holding the best head's value (see the module docstring)."""
-    import pandas as pd
-
-    rounded = table.mean.round(decimals)
-    best = pd.DataFrame(False, index=rounded.index, columns=rounded.columns)
-    if table.rows == "head":
-        groups = [rounded] if table.block_dim is None else [g for _, g in rounded.groupby(level=0, sort=False)]
-        for g in groups:
-            if len(g) < 2:
-                continue
-            top = g.max(axis=0)
-            best.loc[g.index] = g.eq(top, axis=1) & g.notna()
-    elif table.cols == "head":
-        if rounded.shape[1] >= 2:
-            top = rounded.max(axis=1)
-            best = rounded.eq(top, axis=0) & rounded.notna()
-    elif table.block_dim == "head":
-        inner = rounded.index.get_level_values(1)
-        for key in dict.fromkeys(inner):
-            sel = inner == key
-            g = rounded[sel]
-            if len(g) < 2:
-                continue
-            top = g.max(axis=0)
-            best.loc[sel] = (g.eq(top, axis=1) & g.notna()).to_numpy()
-    return best.fillna(False).astype(bool)
-
-
-def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
-    mean = table.mean.iat[r, c]
-    if mean != mean:  # NaN
-        return None
-    std = table.std.iat[r, c]
-    n = int(table.n.iat[r, c])
-    return dict(mean=f"{mean:.{decimals}f}", std=None if std != std else f"{std:.{decimals}f}",
-                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]))
-
-
-def _caption(table: Table, seeds: int | None) -> str:
-    metric = _METRIC_NAMES.get(table.metric, table.metric)
-    proto = f", {table.protocol} protocol" if table.protocol else ""
-    over = f" over {seeds} seed{'s' if seeds != 1 else ''}" if seeds else " over seeds (seed count in parentheses)"
-    return f"{metric}: mean ± population std{over}{proto}."
-
-
-def _block_title(table: Table, value) -> str:
-    return f"{table.block_dim}: {_dim_label(table.block_dim, value)}" if table.block_dim == "shots" else f"{value}"
-
-
-def render(table: Table, fmt: str = "csv", *, decimals: int = 2, standalone: bool = False) -> str:
-    """Deterministic text of a table: ``csv`` (numbers, one column each for mean/std/n), ``latex`` (booktabs,
-    a complete ``table`` environment; ``standalone=True`` wraps it in a compilable document) or ``markdown``."""
-    if fmt == "csv":
-        return _render_csv(table, decimals)
-    if fmt == "latex":
-        return _render_latex(table, decimals, standalone)
-    if fmt == "markdown":
-        return _render_markdown(table, decimals)
-    raise FeatbenchError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-
-
-def _row_keys(table: Table):
-    for i, key in enumerate(table.mean.index):
-        if table.block_dim:
-            yield i, key[0], key[1]
-        else:
-            yield i, None, key
-
-
-def _render_csv(table: Table, decimals: int) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    header = ([table.block_dim] if table.block_dim else []) + [table.rows]
-    if table.rank is not None:
-        header.append("rank")
-    for c in table.mean.columns:
-        lab = _dim_label(table.cols, c)
-        header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle"]
-    w.writerow(header)
-    for i, block, row in _row_keys(table):
-        out = ([block] if table.block_dim else []) + [row]
-        if table.rank is not None:
-            rk = table.rank.iat[i]
-            out.append("" if rk != rk else int(rk))
-        for j in range(table.mean.shape[1]):
-            m, s, n = table.mean.iat[i, j], table.std.iat[i, j], int(table.n.iat[i, j])
-            out += ["" if m != m else f"{m:.{decimals + 2}f}", "" if s != s else f"{s:.{decimals + 2}f}",
-                    n if m == m else "", int(bool(table.oracle.iat[i, j])) if m == m else ""]
-        w.writerow(out)
-    return buf.getvalue()
-
-
-def _format_cell(parts, bold: bool, style: str) -> str:
-    if parts is None:
-        return MISSING if style == "markdown" else "---"
-    if style == "latex":
-        text = parts["mean"]
-        text = rf"\textbf{{{text}}}" if bold else text
-        if parts["oracle"]:
-            text += r"$^\dagger$"
-        if parts["std"] is not None:
-            text += rf" $\pm$ {parts['std']}"
-        if parts["n"] is not None:
-            text += f" ({parts['n']})"
-        return text
-    text = parts["mean"]
-    text = f"**{text}**" if bold else text
-    if parts["oracle"]:
-        text += "†"
-    if parts["std"] is not None:
-        text += f" ± {parts['std']}"
-    if parts["n"] is not None:
-        text += f" ({parts['n']})"
-    return text
-
-
-def _footnotes(table: Table, seeds: int | None) -> list[str]:
-    notes = [_caption(table, seeds)]
-    if table.any_oracle:
-        notes.append(f"† {ORACLE_NOTE}")
-    if table.rank is not None:
-        notes.append("rank: by the head's mean over the columns" + (" (without Average)" if AVERAGE in
-                     list(table.mean.columns) else "") + "; 1 = best; heads with a missing cell are unranked.")
-    notes += table.notes
-    return notes
-
-
-def _render_markdown(table: Table, decimals: int) -> str:
-    seeds = table.uniform_seeds()
-    best = _best_mask(table, decimals)
-    first = ([table.block_dim] if table.block_dim else []) + [table.rows]
-    header = first + (["rank"] if table.rank is not None else []) + [_dim_label(table.cols, c) for c in table.mean.columns]
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
-             "|" + "|".join([":---"] * len(first) + ["---:"] * (len(header) - len(first))) + "|"]
-    for i, block, row in _row_keys(table):
-        cells = ([_md_escape(_dim_label(table.block_dim, block))] if table.block_dim else [])
-        cells.append(_md_escape(_dim_label(table.rows, row)))
-        if table.rank is not None:
-            rk = table.rank.iat[i]
-            cells.append(MISSING if rk != rk else str(int(rk)))
-        for j in range(table.mean.shape[1]):
-            parts = _cell_parts(table, i, j, decimals, seeds is None)
-            cells.append(_format_cell(parts, bool(best.iat[i, j]), "markdown"))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += [f"{note}  " if k < len(_footnotes(table, seeds)) - 1 else note
-              for k, note in enumerate(_footnotes(table, seeds))]
-    return "\n".join(lines) + "\n"
-
-
-def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
-    seeds = table.uniform_seeds()
-    best = _best_mask(table, decimals)
-    has_rank = table.rank is not None
-    n_lead = 1 + (1 if has_rank else 0)
-    ncols = table.mean.shape[1]
-    spec = "l" + ("r" if has_rank else "") + "r" * ncols
-    header = [latex_escape(table.rows.capitalize())] + (["Rank"] if has_rank else []) + [
-        latex_escape(_dim_label(table.cols, c)) for c in table.mean.columns]
-    out = []
-    if standalone:
-        out += [r"\documentclass{article}", r"\usepackage{booktabs}", r"\usepackage[T1]{fontenc}",
-                r"\usepackage[utf8]{inputenc}", r"\begin{document}"]
-    else:
-        out.append(r"% requires \usepackage{booktabs}")
-    out += [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-            " & ".join(header) + r" \\", r"\midrule"]
-    prev_block = object()
-    for i, block, row in _row_keys(table):
-        if table.block_dim and block != prev_block:
-            if i > 0:
-                out.append(r"\midrule")
-            title = latex_escape(_block_title(table, block))
-            out.append(rf"\multicolumn{{{n_lead + ncols}}}{{l}}{{\emph{{{title}}}}} \\")
-            prev_block = block
-        elif not table.block_dim and row == AVERAGE and i > 0:
-            out.append(r"\midrule")
-        elif table.block_dim and row == AVERAGE:
-            out.append(r"\cmidrule(lr){1-%d}" % (n_lead + ncols))
-        cells = [latex_escape(_dim_label(table.rows, row))]
-        if has_rank:
-            rk = table.rank.iat[i]
-            cells.append("---" if rk != rk else str(int(rk)))
-        for j in range(ncols):
-            cells.append(_format_cell(_cell_parts(table, i, j, decimals, seeds is None), bool(best.iat[i, j]), "latex"))
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    notes = _footnotes(table, seeds)
-    caption = latex_escape(notes[0]).replace("±", r"$\pm$")
-    rest = []
-    for note in notes[1:]:
-        text = latex_escape(note.replace("† ", "", 1)) if note.startswith("† ") else latex_escape(note)
-        rest.append((r"$^\dagger$ " if note.startswith("† ") else "") + text)
-    if rest:
-        out.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(rest) + "}")
-    out += [rf"\caption{{{caption}}}", r"\end{table}"]
-    if standalone:
-        out.append(r"\end{document}")
-    return "\n".join(out) + "\n"
-
-
-__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_base_to_new", "is_base_to_new", "render",
-           "latex_escape", "Table"]
+__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_by_encoder", "aggregate_base_to_new",
+           "is_base_to_new", "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
+           "check_decimals", "Table"]

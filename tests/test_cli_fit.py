@@ -30,6 +30,12 @@ def test_fit_writes_rows_and_summary(tmp_path, test_heads):
     rows = read_rows(out)
     assert len(rows) == 2 * (2 + 1) * 2 * 2
     assert "test-ncm" in res.stdout and "1-shot" in res.stdout and "2-shot" in res.stdout
+    # the summary has one line per grid point, never the average over the grid's values
+    assert "test-ncm (mix=0)" in res.stdout and "test-ncm (mix=0.5)" in res.stdout
+    for mix in (0, 0.5):
+        line = next(ln for ln in res.stdout.splitlines() if f"test-ncm (mix={mix})" in ln)
+        accs = [r["acc"] for r in rows if r["head"] == "test-ncm" and r["params"]["mix"] == mix and r["shots"] == 1]
+        assert f"{sum(accs) / len(accs):.2f}" in line
     again = invoke("fit", a, b, "--heads", "test-ncm,test-text", "--shots", "1,2", "--seeds", "1,2",
                    "--grid", "test-ncm.mix=0,0.5", "--set", "test-ncm.scale=5", "--out", out, "--no-progress")
     assert again.exit_code == 0 and "nothing to do" in again.stderr
@@ -92,3 +98,42 @@ def test_clean_one_line_errors(tmp_path, test_heads, args, match):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("featbench: error:") and match in lines[0], res.stderr
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_per_class_counts_predictions_and_compare(tmp_path, test_heads):
+    import numpy as np
+
+    from featbench.cache import Cache
+
+    a, _ = make_cache(tmp_path / "a.h5", dataset="caltech101")
+    out = tmp_path / "r.jsonl"
+    preds = tmp_path / "preds"
+    res = invoke("fit", a, "--heads", "test-ncm,test-text", "--shots", "1,2", "--seeds", "1,2", "--out", out,
+                 "--no-progress", "--save-predictions", preds)
+    assert res.exit_code == 0, res.output
+    rows = read_rows(out)
+    with Cache(a) as c:
+        y = c.labels("test")
+        n_classes = c.num_classes
+        names = list(c.classnames)
+    for r in rows:
+        pc = r["per_class"]
+        assert len(pc["correct"]) == len(pc["total"]) == n_classes
+        assert pc["total"] == np.bincount(y, minlength=n_classes).tolist()
+        assert 100.0 * sum(pc["correct"]) / sum(pc["total"]) == pytest.approx(r["acc"])
+        saved = np.load(preds / r["predictions"])
+        assert saved["label"].tolist() == y.tolist()
+        assert 100.0 * (saved["pred"] == saved["label"]).mean() == pytest.approx(r["acc"])
+    assert len({r["predictions"] for r in rows}) == len(rows)
+    res = invoke("compare", out, "--heads", "test-ncm,test-text", "--shots", "2", "--top", "3")
+    assert res.exit_code == 0, res.output
+    assert "caltech101, 2-shot" in res.output and "seeds 1,2" in res.output
+    assert "largest gains" in res.output or "largest losses" in res.output or "0 classes better, 0 worse" in res.output
+    assert names  # classes are named from the cache where a class is listed (see test_tables for the deltas)
+    for bad, msg in ((["--heads", "test-ncm"], "exactly two heads"), (["--heads", "test-ncm,nope"], "no rows for this head"),
+                     (["--heads", "test-ncm,test-text", "--top", "0"], "--top 0")):
+        res = invoke("compare", out, *bad)
+        assert res.exit_code == 2 and msg in res.output, res.output
+    res = invoke("fit", a, "--heads", "test-ncm", "--shots", "1", "--seeds", "1", "--out", tmp_path / "x.jsonl",
+                 "--no-progress", "--save-predictions", out)
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output and not (tmp_path / "x.jsonl").exists()

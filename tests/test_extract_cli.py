@@ -72,3 +72,64 @@ def test_unavailable_weights_exit_2_one_line(data_root, tmp_path, monkeypatch):
 def test_info_on_missing_file_is_clean(tmp_path):
     res = _run("info", tmp_path / "nope.h5")
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_templates_and_classnames_files_are_recorded(data_root, tmp_path):
+    from featbench.cache import Cache
+
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("# my prompts\na sketch of a {}.\n\nthe {} in the wild\n")
+    names = tmp_path / "names.json"
+    from featbench.datasets import load_dataset
+
+    ids = load_dataset("caltech101", data_root).class_ids  # a --classnames mapping is keyed by class folder
+    names.write_text(json.dumps({ids[0]: "first thing"}))
+    base = ["extract", "--dataset", "caltech101", "--root", data_root, "--model", "tiny-vit", "--pretrained", "none",
+            "--views", "0", "--device", "cpu", "--no-progress", "--splits", "test"]
+    plain = _run(*base, "--out", tmp_path / "plain.h5")
+    custom = _run(*base, "--out", tmp_path / "custom.h5", "--templates", tpl, "--classnames", names)
+    assert plain.exit_code == 0 and custom.exit_code == 0, custom.output
+    with Cache(tmp_path / "plain.h5") as p, Cache(tmp_path / "custom.h5") as c:
+        assert c.templates == ["a sketch of a {}.", "the {} in the wild"]
+        assert c.text_features().shape[0] == 2
+        assert c.classnames[0] == "first thing" and c.classnames[1:] == p.classnames[1:]
+        assert c.fingerprint != p.fingerprint  # other prompts: never mixed with the plain cache's rows
+    assert "(class names from --classnames)" in _run("info", tmp_path / "custom.h5").output
+    assert "--classnames" not in _run("info", tmp_path / "plain.h5").output
+    # a cache built with other prompts is not silently reused
+    res = _run(*base, "--out", tmp_path / "custom.h5")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_device_spellings_match_fit(data_root, tmp_path):
+    res = _run("extract", "--dataset", "caltech101", "--root", data_root, "--model", "tiny-vit", "--pretrained",
+               "none", "--device", "cuda:1", "--out", tmp_path / "x.h5", "--no-progress")
+    # accepted as a spelling; refused (here) only because there is no such GPU, in one line
+    assert "expected auto, cpu, cuda or cuda:N" not in res.output
+    import torch
+
+    if not torch.cuda.is_available():
+        assert res.exit_code == 2 and "CUDA" in res.output and not (tmp_path / "x.h5").exists()
+
+
+def test_ls_takes_the_folder_as_argument(data_root, tmp_path):
+    res = _run("extract", "--dataset", "caltech101", "--root", data_root, "--model", "tiny-vit", "--pretrained",
+               "none", "--views", "0", "--splits", "test", "--device", "cpu", "--cache-dir", tmp_path / "c",
+               "--no-progress")
+    assert res.exit_code == 0, res.output
+    res = _run("ls", tmp_path / "c")
+    assert res.exit_code == 0 and "caltech101" in res.output and "tiny-vit" in res.output
+
+
+def test_info_on_imported_cache_says_not_recorded(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", train_features=rng.normal(size=(6, 8)).astype(np.float32),
+             train_labels=np.array([0, 1, 2] * 2), test_features=rng.normal(size=(3, 8)).astype(np.float32),
+             test_labels=np.array([0, 1, 2]))
+    res = _run("import", tmp_path / "f.npz", "--out", tmp_path / "c.h5", "--dataset", "x", "--model", "m",
+               "--pretrained", "p")
+    assert res.exit_code == 0, res.output
+    res = _run("info", tmp_path / "c.h5")
+    assert res.exit_code == 0 and "?px" not in res.output and "n/a (imported features" in res.output

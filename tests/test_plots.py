@@ -46,3 +46,45 @@ def test_plot_cli(tmp_path):
     assert (tmp_path / "out" / "accuracy-vs-shots.pdf").stat().st_size > 0
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_one_panel_legend_fits_the_figure():
+    rows = [dict(r, head=h) for r in _rows() if r["dataset"] == "dtd"
+            for h in ("zeroshot", "linear-probe", "tip-adapter", "tip-adapter-f", "taskres (alpha=0.5)")]
+    from featbench.plots import make_figure
+
+    fig = make_figure(pd.DataFrame(rows))
+    fig.canvas.draw()
+    fig_box = fig.bbox
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert box.x0 >= fig_box.x0 - 1 and box.x1 <= fig_box.x1 + 1, (box, fig_box)
+
+
+def test_titles_and_labels_are_not_mathtext(tmp_path):
+    rows = [dict(r, dataset="cost$^$", source_dataset="cost$^$", head="h$\\frac$") for r in _rows()]
+    files = plot_curves(pd.DataFrame(rows), tmp_path / "f.png", title="$x^$ 100$")  # invalid mathtext: must not raise
+    assert files[0].stat().st_size > 1000
+    from featbench.plots import make_figure
+
+    fig = make_figure(pd.DataFrame(rows), title="$a$")
+    fig.canvas.draw()
+    assert "$a$" in fig.get_suptitle().replace("\\$", "$")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert any(t.replace("\\$", "$") == "cost$^$" for t in titles)
+
+
+def test_plot_out_existing_file_is_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    res = CliRunner().invoke(app, ["plot", str(path), "--out", str(path)])
+    assert res.exit_code == 2 and "is an existing file, not a folder" in res.output
+    assert "Traceback" not in res.output and path.read_text().startswith("{")
+    (tmp_path / "fig.png").mkdir()
+    res = CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "fig.png")])
+    assert res.exit_code == 2 and "is not a file" in res.output
+    res = CliRunner().invoke(app, ["plot", str(path), "--out", str(path / "sub")])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
+    # re-plotting over a previous plot's files is fine
+    for _ in range(2):
+        assert CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "g.pdf")]).exit_code == 0

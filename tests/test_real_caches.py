@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from featbench.cli import app
 
+pytestmark = pytest.mark.real
+
 
 @pytest.fixture
 def imagenet_cache(real_fixtures, tmp_path):

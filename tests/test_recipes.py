@@ -68,6 +68,8 @@ def test_defaults_and_extract_options(tmp_path):
     opts = r.extract_options()
     assert opts["view_shots"] == (1, 2) and opts["seeds"] == (1,)
     assert r.extract_options(test_only=True)["splits"] == ("test",)
+    r = load_recipe(_write(tmp_path, BASE + "extract: {templates: prompts.txt}\n"))
+    assert r.extract_options()["templates"] == "prompts.txt"
     assert r.dataset_root("caltech101", "/data") == "/data"
     r = load_recipe(_write(tmp_path, BASE + "root: /common\nroots: {caltech101: /own}\n"))
     assert r.dataset_root("caltech101", "/cli") == "/own"
@@ -111,3 +113,29 @@ def test_wrong_types_in_required_keys(tmp_path):
         load_recipe(_write(tmp_path, "datasets: [a\n"))
     with pytest.raises(FeatbenchError, match=r"not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_which_existing_cache_serves_a_request():
+    """extract.unserved: a cache holding a superset of what is asked serves it; anything less is named."""
+    from featbench.extract import unserved
+
+    made = dict(dataset="caltech101", splits=["test", "train", "val"], index_sha256="i", classnames_sha256="c",
+                views=10, view_shots=[1, 2, 4, 8, 16], seeds=[1, 2, 3], train_rows="all", all_views=False,
+                dtype="float16", pre_projection=True)
+    ask = dict(made, view_shots=[1, 2], seeds=[1], pre_projection=False)
+    assert unserved(made, ask) == []
+    assert unserved(made, dict(ask, splits=["test"], views=0, index_sha256="j"), lambda s: "i") == []  # test only
+    assert unserved(made, dict(ask, splits=["test"], index_sha256="j"), lambda s: "other") == \
+        ["the dataset's image index changed"]
+    assert unserved(made, dict(ask, views=3)) == ["views 10 vs 3"]
+    assert unserved(made, dict(ask, views=0)) == ["it has 10 views, the request none"]
+    assert unserved(made, dict(ask, seeds=[1, 4])) == ["seeds lack 4"]
+    assert unserved(made, dict(ask, all_views=True)) == ["views only for the few-shot rows, not all_views"]
+    assert unserved(dict(made, all_views=True), dict(ask, all_views=True, seeds=[9])) == []
+    assert unserved(dict(made, pre_projection=False), dict(ask, pre_projection=True)) == ["no pre-projection features"]
+    assert unserved(made, dict(ask, dtype="float32")) == ["dtype 'float16' vs 'float32'"]
+    assert unserved(dict(made, splits=["test", "train"]), ask) == ["splits test,train lack val"]
+    few = dict(made, train_rows="fewshot", views=0)
+    assert unserved(few, dict(ask, train_rows="fewshot", views=0)) == []
+    assert unserved(few, dict(ask, train_rows="fewshot", views=0, view_shots=[32])) == ["view_shots lack 32"]
+    assert unserved(few, dict(ask, train_rows="all", views=0)) == ["train_rows fewshot vs all"]

@@ -70,10 +70,78 @@ def test_demo_completes_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_classes=3, per_split=(4, 2, 3), size=32, seed=0))
     monkeypatch.setattr(demo, "DEMO_SETS", {"tip-adapter-f.epochs": 2, "taskres.epochs": 2,
                                             "linear-probe.search": False})
+    import featbench.plots as plots
+
+    seen = {}
+    real_plot = plots.plot_curves
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_curves", spy)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--no-progress"])
     assert res.exit_code == 0, res.output
+    assert "RANDOM weights" in seen["title"]  # the figure itself says the weights are random
     assert "RANDOM weights" in res.output
     assert "featbench run recipes/coop-rn50.yaml --root" in res.output
     for head in ("zeroshot", "linear-probe", "tip-adapter", "tip-adapter-f", "taskres"):
         assert f"| {head} |" in res.output
     assert (tmp_path / "demo" / "accuracy-vs-shots.png").stat().st_size > 1000
+
+
+def test_run_reuses_a_default_extract_cache_and_runs_a_subset(tmp_path):
+    """`extract` with its default options, then `run` on a recipe needing fewer shots/seeds: the cache is reused
+    (its views cover the recipe's), `--datasets` runs a subset, `--check` looks at roots and weights."""
+    from featbench.synthetic import make_dataset
+
+    data = tmp_path / "data"
+    for layout in ("caltech101", "dtd"):
+        make_dataset(data, layout=layout, n_classes=3, per_split=(4, 2, 3), size=32)
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "--dataset", "caltech101", "--root", str(data), "--model", "tiny-vit",
+                              "--pretrained", "none", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    cache = next((tmp_path / "cache").rglob("caltech101.h5"))
+    before = cache.stat().st_mtime_ns
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+datasets: [caltech101, dtd]
+model: tiny-vit
+pretrained: none
+cache_dir: {tmp_path / 'cache'}
+extract: {{views: 10, device: cpu}}
+heads: [zeroshot]
+shots: [1, 2]
+seeds: [1]
+out: {tmp_path / 'out'}
+""")
+    res = runner.invoke(app, ["run", str(recipe), "--check", "--root", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "caltech101: cache" in res.output and "dtd: data in" in res.output and "random weights" in res.output
+    res = runner.invoke(app, ["run", str(recipe), "--check", "--root", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "dtd: data root" in res.output and "not a folder" in res.output
+    res = runner.invoke(app, ["run", str(recipe), "--datasets", "caltech101", "--no-progress", "--root", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "covers this request" in res.output
+    assert cache.stat().st_mtime_ns == before  # reused, not rebuilt
+    rows = [json.loads(l) for l in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert {r["dataset"] for r in rows} == {"caltech101"} and len(rows) == 2
+    res = runner.invoke(app, ["run", str(recipe), "--datasets", "caltech101", "--no-progress"])  # no --root
+    assert res.exit_code == 0 and "using the existing cache" in res.output, res.output
+    res = runner.invoke(app, ["run", str(recipe), "--datasets", "imagenet"])
+    assert res.exit_code == 2 and "not in the recipe's datasets" in res.output
+    # a recipe asking for more than the cache holds is refused with run's own flag in the fix
+    recipe.write_text(recipe.read_text().replace("views: 10", "views: 3"))
+    res = runner.invoke(app, ["run", str(recipe), "--datasets", "caltech101", "--no-progress", "--root", str(data)])
+    assert res.exit_code == 2 and "views 10 vs 3" in res.output and "featbench run --overwrite" in res.output
+
+
+def test_demo_folder_is_git_ignored():
+    from pathlib import Path
+
+    from featbench.demo import DEFAULT_OUT
+
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert f"{DEFAULT_OUT}/" in ignored

@@ -247,3 +247,118 @@ def test_dataset_filter(rows):
     assert "53.00" in zs  # dtd 1-shot mean of 50, 52, 57 only
     with pytest.raises(FeatbenchError, match="--datasets"):
         aggregate(pd.DataFrame(rows), datasets=["nope"])
+
+
+# -- encoders, duplicates, validation, escaping ------------------------------------------------------------
+def test_never_averages_across_encoders(tmp_path, rows):
+    vit = [dict(r, model="ViT-B-16", fingerprint="g", acc=r["acc"] + 20) for r in rows if r["dataset"] == "dtd"]
+    rn = [r for r in rows if r["dataset"] == "eurosat"]
+    df = pd.DataFrame(rn + vit)
+    from featbench.tables import aggregate_by_encoder, render_groups
+
+    groups = aggregate_by_encoder(df, rows="head", cols="shots")
+    assert [g for g, _ in groups] == ["RN50/openai", "ViT-B-16/openai"]
+    rn_t = dict(groups)["RN50/openai"]
+    assert rn_t.mean.loc["zeroshot", 1] == pytest.approx(70.0)  # eurosat only, not mixed with ViT dtd
+    md = render_groups(groups, "markdown")
+    assert "### Encoder: RN50/openai" in md and "### Encoder: ViT-B-16/openai" in md
+    # a single Table over both encoders names the encoder in every head label: no cross-encoder Average
+    t = aggregate(df, rows="dataset", cols="head", shots=[1])
+    assert "zeroshot (model=RN50/openai)" in list(t.mean.columns)
+    assert math.isnan(t.mean.loc[AVERAGE, "zeroshot (model=RN50/openai)"])  # RN50 lacks dtd: no Average
+    path = write(tmp_path / "r.jsonl", rn + vit)
+    res = CliRunner().invoke(app, ["table", str(path), "--model", "ViT-B-16", "--rows", "head"])
+    assert res.exit_code == 0, res.output
+    assert "Encoder: ViT-B-16/openai." in res.output and "RN50" not in res.output
+    res = CliRunner().invoke(app, ["table", str(path), "--format", "csv"])
+    assert res.output.startswith("encoder,head,dataset,") and "ViT-B-16/openai," in res.output
+    res = CliRunner().invoke(app, ["table", str(path), "--model", "RN101"])
+    assert res.exit_code == 2 and "--model RN101" in res.output and "RN50" in res.output
+
+
+def test_single_encoder_is_named(rows):
+    md = render(aggregate(pd.DataFrame(rows), rows="head"), "markdown")
+    assert "Encoder: RN50/openai." in md
+
+
+def test_conflicting_duplicates_are_an_error(tmp_path, rows):
+    path = write(tmp_path / "r.jsonl", rows + [dict(rows[0], acc=99.0)])
+    with pytest.raises(FeatbenchError, match=r"conflicting result rows for zeroshot on dtd, 1-shot, seed 1: "
+                                             r".*r.jsonl:1 \(acc 50\), .*r.jsonl:25 \(acc 99\)"):
+        aggregate(load_results([path]))
+    # identical copies (the same file twice, a row written twice) count once
+    t = aggregate(load_results([write(tmp_path / "same.jsonl", rows + [rows[0]])]), rows="head")
+    assert t.mean.loc["zeroshot", 1] == pytest.approx((53 + 70) / 2)
+    # same encoder name, other cache fingerprint: labelled apart, not merged or dropped
+    other = [dict(r, fingerprint="other-fp", acc=r["acc"] - 5) for r in rows if r["head"] == "zeroshot"]
+    t = aggregate(pd.DataFrame(rows + other), rows="head", cols="shots")
+    assert {"zeroshot (fingerprint=f)", "zeroshot (fingerprint=other-fp)"} <= set(t.mean.index)
+    # same fingerprint, other data (content id): labelled apart too
+    same_fp = [dict(r, content="bbbbbbbbbb", acc=r["acc"] - 5) for r in rows if r["head"] == "zeroshot"]
+    mine = [dict(r, content="aaaaaaaaaa") for r in rows]
+    t = aggregate(pd.DataFrame(mine + same_fp), rows="head", cols="shots")
+    assert {"zeroshot (content=aaaaaaaa)", "zeroshot (content=bbbbbbbb)"} <= set(t.mean.index)
+
+
+@pytest.mark.parametrize("bad", ['"high"', "NaN", "Infinity", "null", "true", "[1]"])
+def test_non_numeric_acc_names_the_line(tmp_path, rows, bad):
+    text = "".join(json.dumps(r) + "\n" for r in rows[:3])
+    text += json.dumps(dict(rows[3], acc="BAD")).replace('"BAD"', bad) + "\n"
+    (tmp_path / "r.jsonl").write_text(text)
+    with pytest.raises(FeatbenchError, match=r"r.jsonl:4: 'acc' must be a finite number"):
+        load_results([tmp_path / "r.jsonl"])
+
+
+def test_markdown_escapes_html_pipes_and_newlines(rows):
+    evil = "<img src=x onerror=alert(1)>|a\nb&c"
+    rows = [dict(r, dataset=evil, source_dataset=evil) if r["dataset"] == "dtd" else r for r in rows]
+    md = render(aggregate(pd.DataFrame(rows), rows="dataset", cols="shots", heads=["zeroshot"]), "markdown")
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;\\|a b&amp;c" in md
+    body = [ln for ln in md.splitlines() if ln.startswith("| &lt;img")]
+    assert len(body) == 1 and body[0].count(" | ") == 2  # one row, the label stays one cell
+
+
+def test_csv_neutralises_formulas_but_keeps_numbers(rows):
+    rows = [dict(r, dataset="=HYPERLINK(\"x\")", source_dataset="=HYPERLINK(\"x\")") if r["dataset"] == "dtd" else r
+            for r in rows]
+    rows += [dict(r, head="-cmd", acc=r["acc"]) for r in rows if r["head"] == "zeroshot"]
+    out = render(aggregate(pd.DataFrame(rows), rows="dataset", cols="shots"), "csv")
+    import csv
+    import io
+
+    cells = [c for line in csv.reader(io.StringIO(out)) for c in line]
+    assert "'=HYPERLINK(\"x\")" in cells and "'-cmd" in cells
+    assert not any(c.startswith(("=", "+", "@")) for c in cells)
+    assert not any(c.startswith("-") for c in cells)  # no negative numbers in accuracy tables either
+    assert "53.0000" in cells
+
+
+def test_decimals_bounds(tmp_path, rows):
+    path = write(tmp_path / "r.jsonl", rows)
+    for bad in ("-3", "11"):
+        res = CliRunner().invoke(app, ["table", str(path), "--decimals", bad])
+        assert res.exit_code == 2 and f"--decimals {bad}: give a whole number from 0 to 10" in res.output
+    assert CliRunner().invoke(app, ["table", str(path), "--decimals", "0"]).exit_code == 0
+
+
+def test_compare_per_class_deltas(tmp_path):
+    from featbench.perclass import compare, render as render_cmp
+
+    rows = []
+    for seed in (1, 2):
+        rows.append(row("dtd", "zeroshot", 4, seed, 53.33, per_class={"correct": [5, 0, 3], "total": [5, 5, 5]}))
+        rows.append(row("dtd", "taskres", 4, seed, 73.33, per_class={"correct": [3, 5, 3], "total": [5, 5, 5]}))
+    rows.append(row("dtd", "taskres", 4, 3, 1.0, per_class={"correct": [0, 0, 0], "total": [5, 5, 5]}))  # no pair
+    (c,) = compare(pd.DataFrame(rows), "zeroshot", "taskres")
+    assert c.seeds == [1, 2] and c.acc_a == [100.0, 0.0, 60.0] and c.acc_b == [60.0, 100.0, 60.0]
+    assert c.deltas() == [(1, 100.0), (2, 0.0), (0, -40.0)]
+    text = render_cmp([c], "zeroshot", "taskres", top=5)
+    assert "1 classes better, 1 worse, 1 equal" in text
+    gains, losses = text.split("largest gains:")[1].split("largest losses:")
+    assert "class 1" in gains and "+100.00" in gains and "class 0" in losses and "-40.00" in losses
+    path = write(tmp_path / "r.jsonl", rows)
+    res = CliRunner().invoke(app, ["compare", str(path), "--heads", "zeroshot,taskres"])
+    assert res.exit_code == 0 and "largest losses" in res.output, res.output
+    old = write(tmp_path / "old.jsonl", [{k: v for k, v in r.items() if k != "per_class"} for r in rows])
+    res = CliRunner().invoke(app, ["compare", str(old), "--heads", "zeroshot,taskres"])
+    assert res.exit_code == 2 and "no per-class counts" in res.output

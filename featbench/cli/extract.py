@@ -22,6 +22,16 @@ def _choice(value: str, flag: str, allowed: tuple[str, ...]) -> str:
     return v
 
 
+def check_device(value: str, flag: str = "--device") -> str:
+    """auto | cpu | mps | cuda | cuda:N — the same spellings `fit` and recipes accept."""
+    import re
+
+    v = str(value).strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+        raise FeatbenchError(f"{flag} {value}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return v
+
+
 def _positive(value: int, flag: str, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise FeatbenchError(f"{flag} {value}: expected {'0 or more' if allow_zero else 'a positive integer'}")
@@ -46,13 +56,17 @@ def extract(
     all_views: bool = typer.Option(False, "--all-views", help="views for every train row"),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes for decoding"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("float16", "--dtype", help="on-disk dtype: float16 | float32"),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir"),
     out: Optional[Path] = typer.Option(None, "--out", help="cache file (default <cache-dir>/<model>--<pretrained>/<dataset>.h5)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="rebuild a cache/partial made with other arguments"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (recorded in /skipped)"),
     classname_style: str = typer.Option("clean", "--classname-style", help="clean ('_' -> ' ') | raw"),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="prompt templates: one per line with {} "
+                                             "for the class name, or a .json/.yaml list (replaces the dataset's)"),
+    classnames: Optional[Path] = typer.Option(None, "--classnames", help="class names: one per line in label "
+                                              "order, or a .json/.yaml mapping class folder -> name"),
     pre_projection: bool = typer.Option(False, "--pre-projection", help="also store features before the final projection"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
@@ -68,7 +82,7 @@ def extract(
         raise FeatbenchError(f"--view-shots {view_shots}: shot counts must be positive")
     seed_list = parse_int_list(seeds, "--seeds")
     train_rows = _choice(train_rows, "--train-rows", ("all", "fewshot"))
-    device = _choice(device, "--device", ("auto", "cpu", "cuda"))
+    device = check_device(device)
     dtype = _choice(dtype, "--dtype", ("float16", "float32"))
     classname_style = _choice(classname_style, "--classname-style", ("clean", "raw"))
 
@@ -80,6 +94,7 @@ def extract(
         view_shots=expand_view_shots(shots), seeds=tuple(seed_list), train_rows=train_rows, all_views=all_views,
         batch_size=batch_size, workers=workers, dtype=dtype, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
         manifest=manifest, classname_style=classname_style, view_scale=scale, pre_projection=pre_projection,
+        templates=templates, classnames=classnames,
         progress=not no_progress, log=lambda m: typer.echo(m, err=True), name=name,
     )
     from featbench.distributed import dist_env
@@ -117,9 +132,9 @@ def info(
         f"model       {summary['model']}  pretrained {summary['pretrained']}  embed_dim {summary['embed_dim']}  "
         f"logit_scale {float(summary['logit_scale']):.4g}",
         f"fingerprint {summary['fingerprint'][:16]}…",
-        f"dataset     {summary['dataset']}  classes {summary['num_classes']}  templates {summary['templates']}",
-        f"preprocess  {pp.get('image_size', '?')}px {pp.get('interpolation', '')} {pp.get('resize_mode', '')}, "
-        f"views scale {pp.get('view_scale', '?')}",
+        f"dataset     {summary['dataset']}  classes {summary['num_classes']}  templates {summary['templates']}"
+        + ("  (class names from --classnames)" if isinstance(pp, dict) and "classnames_sha256" in pp else ""),
+        _preprocess_line(pp),
     ]
     for s, d in summary["splits"].items():
         lines.append(f"split {s:<5} {d['rows']} rows, {d['with_features']} with features")
@@ -129,6 +144,17 @@ def info(
         lines.append(f"skipped     {summary['skipped']} unreadable image(s)")
     lines.append(f"created     {summary.get('created', '?')}")
     typer.echo("\n".join(lines))
+
+
+def _preprocess_line(pp: dict) -> str:
+    """What `info` says about preprocessing; caches made by `featbench import` carry no record of it."""
+    if not isinstance(pp, dict) or "image_size" not in pp:
+        imported = isinstance(pp, dict) and pp.get("source") == "imported"
+        return "preprocess  n/a (" + ("imported features: " if imported else "") + "not recorded in the cache)"
+    text = f"preprocess  {pp['image_size']}px {pp.get('interpolation', '')} {pp.get('resize_mode', '')}".rstrip()
+    if pp.get("view_scale") is not None:
+        text += f", views scale {pp['view_scale']}"
+    return text
 
 
 def _human(n: int) -> str:
@@ -141,15 +167,23 @@ def _human(n: int) -> str:
 
 
 @app.command("ls")
-def ls(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="where to look (recursively)")) -> None:
-    """List the caches under a directory: model, pretrained, dataset, splits, rows, views, size."""
+def ls(
+    folder: Optional[Path] = typer.Argument(None, help="where to look, recursively (default: cache)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="the same as the FOLDER argument"),
+) -> None:
+    """List the caches under a folder: model, pretrained, dataset, splits, rows, views, size."""
+    if folder is not None and cache_dir is not None and folder != cache_dir:
+        raise FeatbenchError(f"ls: give the folder once (got {folder} and --cache-dir {cache_dir})")
+    cache_dir = folder or cache_dir or Path("cache")
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise FeatbenchError(f"ls {cache_dir}: not a folder; `featbench info {cache_dir}` describes one cache")
     from rich.console import Console
     from rich.table import Table
 
     from featbench.cache import PARTIAL_SUFFIX, Cache
 
     if not cache_dir.exists():
-        raise FeatbenchError(f"--cache-dir {cache_dir} does not exist; run `featbench extract` first or pass --cache-dir")
+        raise FeatbenchError(f"ls {cache_dir}: folder does not exist; run `featbench extract` first or name the folder")
     table = Table("cache", "model", "pretrained", "dataset", "splits", "rows", "views", "size")
     found = 0
     for p in sorted(cache_dir.rglob("*.h5")):

@@ -34,6 +34,8 @@ def fit(
     eval_on: Optional[str] = typer.Option(None, "--eval-on", help="Comma-separated target caches (domain generalisation)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     base_to_new: bool = typer.Option(False, "--base-to-new", help="CoCoOp's base-to-new protocol: train on the first half of the sorted classes; rows 'classes': base and new."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for each new row's "
+                                                    "test predictions and labels (<row hash>.npz, named in the row)."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
     from featbench.runner import parse_grids, parse_sets, run_fit
@@ -43,6 +45,9 @@ def fit(
         raise FeatbenchError("--heads is empty; name at least one head, e.g. --heads zeroshot,taskres")
     shot_list = parse_int_list(shots, "--shots")
     seed_list = parse_int_list(seeds, "--seeds")
+    from featbench.cli.extract import check_device
+
+    device = check_device(device)  # the same spellings as extract and recipes
     if protocol not in ("paper", "val", "oracle"):
         raise FeatbenchError(f"--protocol {protocol}: choose paper, val or oracle")
     if ray is not None and jobs != 1:
@@ -54,10 +59,13 @@ def fit(
     for t in targets or []:
         if not Path(t).exists():
             raise FeatbenchError(f"--eval-on {t}: file does not exist")
+    if save_predictions is not None:
+        _check_output_folder(save_predictions, "--save-predictions")
+    grids = parse_grids(grid)
     rows = run_fit(
         [str(c) for c in caches], heads=head_list, shots=shot_list, seeds=seed_list, protocol=protocol,
-        sets=parse_sets(set_), grids=parse_grids(grid), out=out, jobs=jobs, device=device, eval_on=targets,
-        progress=progress, ray_address=ray, base_to_new=base_to_new,
+        sets=parse_sets(set_), grids=grids, out=out, jobs=jobs, device=device, eval_on=targets,
+        progress=progress, ray_address=ray, base_to_new=base_to_new, save_predictions=save_predictions,
     )
     if not rows:
         typer.echo(f"nothing to do: every cell is already in {out}", err=True)
@@ -70,15 +78,51 @@ def fit(
                 and (r.get("classes") or "all") in (("base", "new") if base_to_new else ("all",))]
     else:
         typer.echo(f"appended {len(rows)} row(s) to {out}", err=True)
-    _print_summary(rows, head_list, shot_list)
+    _print_summary(rows, head_list, shot_list, grids)
 
 
-def _print_summary(rows: list[dict], heads: list[str], shots: list[int]) -> None:
-    """Mean top-1 (over datasets and seeds) per head x shots."""
+def _check_output_folder(folder: Path, flag: str) -> None:
+    """A folder we can write into, created if missing; one clear line otherwise (before any work)."""
+    import os
+
+    if folder.exists() and not folder.is_dir():
+        raise FeatbenchError(f"{flag} {folder}: is a file, not a folder; give a folder for the .npz files")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FeatbenchError(f"{flag} {folder}: cannot create the folder ({err.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatbenchError(f"{flag} {folder}: the folder is not writable")
+
+
+def _summary_labels(rows: list[dict], heads: list[str], grids: dict | None) -> list[tuple[str, list[dict]]]:
+    """(label, rows) per head, grid point and encoder: a summary never averages over grid values or encoders."""
+    from featbench.results import canonical_json
+
+    encoders = {(r.get("model"), r.get("pretrained")) for r in rows}
+    out = []
+    for h in heads:
+        params = [k.split(".", 1)[1] for k in (grids or {}) if k.split(".", 1)[0] == h]
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if r["head"] != h:
+                continue
+            point = tuple(canonical_json((r.get("params") or {}).get(p)) for p in params)
+            enc = (r.get("model"), r.get("pretrained")) if len(encoders) > 1 else None
+            groups.setdefault((enc, point), []).append(r)
+        for (enc, point), members in groups.items():
+            inner = [f"{p}={v}" for p, v in zip(params, point)] + ([f"{enc[0]}/{enc[1]}"] if enc else [])
+            out.append((f"{h} ({', '.join(inner)})" if inner else h, members))
+    return out
+
+
+def _print_summary(rows: list[dict], heads: list[str], shots: list[int], grids: dict | None = None) -> None:
+    """Mean top-1 (over datasets and seeds) per head (and grid point, and encoder) x shots."""
     if not rows:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     datasets = sorted({r["dataset"] for r in rows})
     console = Console(width=max(80, 16 + 10 * len(shots)))
@@ -88,15 +132,14 @@ def _print_summary(rows: list[dict], heads: list[str], shots: list[int]) -> None
     for k in shots:
         table.add_column(f"{k}-shot", justify="right")
     subsets = [c for c in ("all", "base", "new") if any((r.get("classes") or "all") == c for r in rows)]
-    for h in heads:
+    for label, members in _summary_labels(rows, heads, grids):
         for c in subsets:
             cells = []
             for k in shots:
-                accs = [float(r["acc"]) for r in rows if r["head"] == h and int(r["shots"]) == k
-                        and (r.get("classes") or "all") == c]
+                accs = [float(r["acc"]) for r in members if int(r["shots"]) == k and (r.get("classes") or "all") == c]
                 cells.append(f"{sum(accs) / len(accs):.2f}" if accs else "-")
             if any(x != "-" for x in cells):
-                table.add_row(h if c == "all" else f"{h} ({c})", *cells)
+                table.add_row(Text(label if c == "all" else f"{label} ({c})"), *cells)  # Text: no rich markup
     console.print(table)
 
 

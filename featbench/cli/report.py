@@ -25,7 +25,9 @@ def table(
     heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names or labels) to keep."),
     shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to keep, e.g. 1,16."),
     datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to keep."),
-    decimals: int = typer.Option(2, "--decimals", help="Digits after the decimal point."),
+    model: Optional[str] = typer.Option(None, "--model", help="Keep only rows of this encoder model, e.g. RN50."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Keep only rows of these weights, e.g. openai."),
+    decimals: int = typer.Option(2, "--decimals", help="Digits after the decimal point (0-10)."),
     standalone: bool = typer.Option(False, "--standalone", help="LaTeX only: wrap in a compilable document."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
     force: bool = typer.Option(False, "--force", help="Let --out replace an existing file that is not a featbench table."),
@@ -34,11 +36,13 @@ def table(
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
     --rows head --cols shots prints the dataset-average per head and shot, with a rank column.
+    Results of several encoders (model/pretrained) give one table per encoder, never an average across them.
     """
     from featbench import tables
 
     if format not in tables.FORMATS:
         raise FeatbenchError(f"--format must be one of {', '.join(tables.FORMATS)}; got {format!r}")
+    tables.check_decimals(decimals)
     if out is not None:
         from featbench.outputs import guard_output, looks_like_table
 
@@ -46,20 +50,23 @@ def table(
     df = tables.load_results(results)
     if base_to_new is None:
         base_to_new = tables.is_base_to_new(df)
-    build = tables.aggregate_base_to_new if base_to_new else tables.aggregate
-    layout = {} if base_to_new else dict(rows=rows, cols=cols)
-    t = build(
+    layout = dict(build=tables.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
+    groups = tables.aggregate_by_encoder(
         df, metric=metric, protocol=protocol, **layout,
         heads=parse_str_list(heads) if heads else None,
         shots=parse_int_list(shots, "--shots") if shots else None,
         datasets=parse_str_list(datasets) if datasets else None,
+        model=model, pretrained=pretrained,
     )
-    text = tables.render(t, format, decimals=decimals, standalone=standalone)
+    text = tables.render_groups(groups, format, decimals=decimals, standalone=standalone)
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise FeatbenchError(f"--out {out}: cannot write the table ({err.strerror or err}); give a writable path") from None
         typer.echo(f"wrote {out}", err=True)
 
 
@@ -79,3 +86,26 @@ def plot(
     df = tables.load_results(results)
     for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title):
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def compare(
+    results: List[Path] = typer.Argument(..., help="Result files (.jsonl) or directories of them.", show_default=False),
+    heads: str = typer.Option(..., "--heads", help="Two heads A,B (registry names or table labels): shows B - A."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to keep."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to keep."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol."),
+    top: int = typer.Option(10, "--top", help="How many classes to list as largest gains and losses (1-1000)."),
+) -> None:
+    """Per-class accuracy of head B against head A: which classes B fixes or breaks (pooled over shared seeds)."""
+    from featbench import perclass, tables
+
+    pair = parse_str_list(heads)
+    if len(pair) != 2:
+        raise FeatbenchError(f"--heads {heads}: give exactly two heads, e.g. --heads zeroshot,taskres")
+    if not 1 <= top <= 1000:
+        raise FeatbenchError(f"--top {top}: give a number from 1 to 1000")
+    df = tables.load_results(results)
+    comps = perclass.compare(df, pair[0], pair[1], datasets=parse_str_list(datasets) if datasets else None,
+                             shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
+    typer.echo(perclass.render(comps, pair[0], pair[1], top=top), nl=False)

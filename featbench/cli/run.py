@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app
+from featbench.demo import DEFAULT_OUT as DEMO_OUT
 
 
 @app.command()
@@ -17,20 +18,37 @@ def run(
                                         "root; the recipe's per-dataset roots still win)."),
     only_fit: bool = typer.Option(False, "--only-fit", help="Skip extraction; the caches must exist."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: the recipe's out)."),
-    check: bool = typer.Option(False, "--check", help="Only validate the recipe and print what it would run."),
+    check: bool = typer.Option(False, "--check", help="Only check the recipe, its data roots, weights and caches, "
+                               "and print what it would run (nothing is extracted or fitted)."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated subset of the recipe's "
+                                           "datasets to run (the tables cover every dataset in the results file)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild caches whose extraction cannot serve the "
+                                   "recipe (a cache covering more views/seeds/splits is reused without it)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Run a recipe: extract (skipping up-to-date caches), fit the grid, write tables (csv/tex/md) and plots."""
-    from featbench.recipes import load_recipe, run_recipe
+    """Run a recipe: extract (reusing caches that cover it), fit the grid, write tables (csv/tex/md) and plots."""
+    from featbench.cli.app import parse_str_list
+    from featbench.recipes import check_recipe, load_recipe, run_recipe, select_datasets
 
     r = load_recipe(recipe)
+    if datasets is not None:
+        names = parse_str_list(datasets)
+        if not names:
+            from featbench.errors import FeatbenchError
+
+            raise FeatbenchError("--datasets is empty; name one or more of the recipe's datasets")
+        r = select_datasets(r, names)
     if check:
+        lines = check_recipe(r, root=root, only_fit=only_fit)
         n = len(r.datasets) * len(r.shots) * len(r.seeds)
         typer.echo(f"{recipe}: valid. {len(r.datasets)} dataset(s), heads {', '.join(r.heads)}, shots "
                    f"{','.join(map(str, r.shots))}, seeds {','.join(map(str, r.seeds))}, {r.protocol} protocol{', base-to-new' if r.base_to_new else ''} "
                    f"({n} dataset×shot×seed cells per head configuration); output {out or r.out_dir}")
+        for line in lines:
+            typer.echo(line)
         return
-    written = run_recipe(r, root=root, only_fit=only_fit, out=out, progress=progress, echo=typer.echo)
+    written = run_recipe(r, root=root, only_fit=only_fit, out=out, progress=progress, echo=typer.echo,
+                         overwrite=overwrite)
     first = next(iter(written["markdown"].values()), "")
     typer.echo("")
     typer.echo(first.rstrip())
@@ -42,7 +60,7 @@ def run(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("featbench-demo"), "--out", "-o", help="Where the demo writes data, caches, "
+    out: Path = typer.Option(Path(DEMO_OUT), "--out", "-o", help="Where the demo writes data, caches, "
                              "results, tables and the plot."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
