@@ -29,6 +29,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param, nonnegative, positive
 
 CONSTRAINTS = ("l2", "balanced", "none")
 
@@ -44,6 +45,20 @@ class CLAP(Head):
     searches_internally: ClassVar[bool] = False
     feature_kind: ClassVar[str] = "features"
     search_space: ClassVar[dict[str, list]] = {}  # validation-free by design
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "epochs": nonnegative("int", doc="training epochs"),
+        "lr": positive(doc="SGD learning rate"),
+        "momentum": Param("float", low=0, high=1, high_open=True, doc="SGD momentum"),
+        "batch_size": positive("int", doc="samples per batch"),
+        "warmup_epochs": nonnegative("int", doc="constant warm-up epochs before the cosine schedule"),
+        "warmup_lr": nonnegative(doc="learning rate during warm-up"),
+        "weight_decay": nonnegative(doc="SGD weight decay"),
+        "constraint": Param("str", choices=CONSTRAINTS, doc="l2 (class-adaptive), balanced (lambda=1) or none (ZS-LP)"),
+        "lambda_scale": nonnegative(inf_ok=True, doc="multiplies every lambda_k; inf freezes the prototypes"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "random_state": Param("int", doc="set by --seeds"),
+    }
 
     def __init__(
         self,

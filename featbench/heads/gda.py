@@ -33,6 +33,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param, nonnegative
 
 #: the reference's alpha grid (mrflogs/ICLR24 main_few_shots.py)
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -49,6 +50,14 @@ class GDA(Head):
     feature_kind: ClassVar[str] = "features"
     # alpha is searched internally on the selection split (the paper's own search), nothing for the runner
     search_space: ClassVar[dict[str, list]] = {}
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "alpha": nonnegative(none_ok=True, doc="weight of the Gaussian logits; null = search it on the selection split"),
+        "alpha_grid": Param("floats", low=0, doc="values the alpha search tries (first best wins)"),
+        "default_alpha": nonnegative(doc="alpha without a selection split"),
+        "use_views": Param("bool", doc="estimate the Gaussians from the cached augmented views"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+    }
 
     def __init__(
         self,

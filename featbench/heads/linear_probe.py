@@ -42,6 +42,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
+from featbench.heads.spec import Param, positive
 
 SWEEP = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 N_STEPS = 8
@@ -95,6 +96,18 @@ class LinearProbe(Head):
     # C is searched internally by lpclip's own procedure on the selection split; an outer grid would only
     # repeat it, so the runner has nothing to add.
     search_space: dict = {}
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "C": positive(doc="inverse L2 strength when not searched (lpclip sweeps it on the selection split)"),
+        "search": Param("bool", doc="run lpclip's C search when a selection split is given"),
+        "solver": Param("str", choices=("torch", "sklearn"), doc="torch-driven L-BFGS-B or scikit-learn (the reference)"),
+        "max_iter": positive("int", doc="L-BFGS iterations per fit"),
+        "tol": positive(doc="L-BFGS gradient tolerance"),
+        "warm_start": Param("bool", doc="start each C from the nearest solved C (not lpclip's numbers)"),
+        "dtype": Param("str", choices=("auto", "float32", "float64"), doc="solver precision (auto: float64 for C < 1)"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "random_state": Param("int", doc="set by --seeds"),
+    }
 
     def __init__(self, C: float = 0.316, search: bool = True, solver: str = "torch", max_iter: int = 1000,
                  tol: float = 1e-4, warm_start: bool = False, dtype: str = "auto", device: str = "cpu",

@@ -37,6 +37,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param, nonnegative
 
 
 def lipschitz_step_sizes(F, T) -> tuple[float, float]:
@@ -64,6 +65,16 @@ class LPPlusPlus(Head):
     searches_internally: ClassVar[bool] = False
     feature_kind: ClassVar[str] = "features"
     search_space: ClassVar[dict[str, list]] = {}  # the paper's point: no hyperparameter search
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "n_iter": nonnegative("int", doc="full-batch gradient steps"),
+        "alpha_every": nonnegative("int", doc="update the text-blend weights every N steps (0 = never)"),
+        "momentum": Param("float", low=0, high=1, high_open=True, doc="heavy-ball momentum"),
+        "alpha_init_scale": nonnegative(doc="initial text-blend weight scale"),
+        "alpha_grad": Param("str", choices=("current", "accumulated"), doc="gradient used for the blend weights"),
+        "select_iter_on_val": Param("bool", doc="keep the iteration with the best selection-split accuracy"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+    }
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param, nonnegative, positive
 
 PRE_PROJECTION_HINT = "re-extract with `featbench extract --pre-projection`"
 
@@ -76,6 +77,14 @@ def tune_projection(P0, logits_fn, y, lam: float, epochs: int, lr: float, eps: f
 
 class ProjectionTuning(Head):
     """Shared hyperparameters of the projection-tuning heads (ProLIP, text-projection): one recipe, two sides."""
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "epochs": nonnegative("int", doc="full-batch training epochs"),
+        "lr": positive(doc="Adam learning rate"),
+        "lam": nonnegative(none_ok=True, doc="weight of ||W - W0||^2; null = 1 / shots per class"),
+        "eps": positive(doc="Adam epsilon"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+    }
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ class Param:
     choices  allowed values for ``str``
     none_ok  None is a valid value (e.g. "use the paper default" or "search it")
     length   required length for floats/ints
+    inf_ok   +/-inf is a meaningful float value (CLAP's lambda_scale=inf freezes the prototypes); NaN never is
     doc      one line for ``featbench heads NAME``
     """
 
@@ -38,6 +39,7 @@ class Param:
     choices: tuple | None = None
     none_ok: bool = False
     length: int | None = None
+    inf_ok: bool = False
     doc: str = ""
 
     def __post_init__(self):
@@ -60,6 +62,8 @@ class Param:
             text = kind
         if self.length is not None:
             text += f" (length {self.length})"
+        if self.inf_ok:
+            text += " or inf"
         if self.none_ok:
             text += " or null"
         return text
@@ -104,7 +108,7 @@ class Param:
             value = int(value)
         else:
             value = float(value)
-            if not math.isfinite(value):
+            if math.isnan(value) or (math.isinf(value) and not self.inf_ok):
                 raise FeatbenchError(f"{where}={_short(value)}: expects a finite number ({self.describe()})")
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             raise FeatbenchError(f"{where}={_short(value)}: out of range, expects {self.describe()}")

@@ -33,6 +33,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
+from featbench.heads.spec import Param, nonnegative, positive
 
 # per-dataset / per-shot defaults of the reference configs (data, not branches)
 TASKRES_LR: dict[str, float] = {"imagenet": 2e-4}
@@ -51,6 +52,21 @@ class TaskRes(Head):
     # alpha is the method's one knob (the paper ablates it around its 0.5 default, 1.0 on Flowers); lr and
     # epochs stay at the paper's recipe so a val search costs 4 fits, not a product grid.
     search_space = {"alpha": [0.25, 0.5, 1.0, 2.0]}
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "alpha": nonnegative(doc="scale of the learned residual (W = W0 + alpha X)"),
+        "lr": positive(doc="Adam learning rate"),
+        "epochs": nonnegative("int", doc="training epochs (0 = the base classifier alone)"),
+        "batch_size": positive("int", doc="images per batch"),
+        "weight_decay": nonnegative(doc="Adam (coupled L2) weight decay"),
+        "warmup_epochs": nonnegative("int", doc="constant warm-up epochs before the cosine schedule"),
+        "warmup_lr": nonnegative(doc="learning rate during warm-up"),
+        "base": Param("any", doc="base classifier: null (text), a head name, a .npy/.pt [C, D] file or an array"),
+        "base_norm": Param("str", choices=("text", "none"), doc="rescale a non-text base to the text W0's mean row norm"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "random_state": Param("int", doc="set by --seeds"),
+        "paper_context": Param("any", doc="(dataset, shots) for a named base head; set by the runner"),
+    }
     runtime_params = Head.runtime_params + ("paper_context",)
 
     def __init__(self, alpha: float = 0.5, lr: float = 2e-3, epochs: int = 100, batch_size: int = 256,

@@ -20,6 +20,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param, nonnegative, positive
 
 # dataset -> (search_scale [s_beta, s_alpha], init alpha); init beta = 1 everywhere (Tip-Adapter configs/*.yaml)
 TIP_DEFAULTS: dict[str, tuple[list[float], float]] = {
@@ -103,6 +104,16 @@ class TipAdapter(Head):
     searches_internally = True
     # alpha/beta are searched internally over the paper's 200x20 grid; an outer grid would duplicate it.
     search_space: dict = {}
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "alpha": nonnegative(doc="weight of the cache logits (initial value when searched)"),
+        "beta": nonnegative(doc="sharpness of the cache affinities (initial value when searched)"),
+        "search_scale": Param("floats", low=0, low_open=True, length=2, doc="[beta scale, alpha scale] of the search grid"),
+        "search_steps": Param("ints", low=1, length=2, doc="[beta steps, alpha steps] of the search grid"),
+        "search": Param("bool", doc="search alpha/beta on the selection split"),
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "random_state": Param("int", doc="set by --seeds"),
+    }
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, search_scale=(10.0, 10.0), search_steps=(200, 20),
                  search: bool = True, device: str = "cpu", random_state: int = 0):
@@ -236,6 +247,14 @@ class TipAdapterF(TipAdapter):
     name = "tip-adapter-f"
     # alpha/beta re-searched internally; epochs/lr are the paper's fixed recipe.
     search_space: dict = {}
+    hyperparams = {
+        **TipAdapter.hyperparams,
+        "epochs": nonnegative("int", doc="training epochs of the cache keys"),
+        "lr": positive(doc="AdamW learning rate"),
+        "eps": positive(doc="AdamW epsilon"),
+        "weight_decay": nonnegative(doc="AdamW decoupled weight decay"),
+        "batch_size": positive("int", doc="images per batch"),
+    }
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, search_scale=(10.0, 10.0), search_steps=(200, 20),
                  search: bool = True, epochs: int = 20, lr: float = 1e-3, eps: float = 1e-4,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from featbench.heads.base import Head, require
+from featbench.heads.spec import Param
 
 
 class ZeroShot(Head):
@@ -17,6 +18,11 @@ class ZeroShot(Head):
     searches_internally = False
     search_space: dict = {}  # nothing to tune
     scores_unseen_classes = True
+    #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
+    hyperparams = {
+        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "random_state": Param("int", doc="set by --seeds"),
+    }
 
     def __init__(self, device: str = "cpu", random_state: int = 0):
         self.device = device
