@@ -10,6 +10,7 @@ the command runs in, like the paths given on the command line.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -247,18 +248,72 @@ class Recipe:
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-def _yaml_loader():
+#: most values a YAML document may expand to through anchors and aliases (&a ... *a): a recipe has a few
+#: hundred; a 343-byte "billion laughs" recipe expands to billions (it reached 2.35 GB and a 600 MB error line)
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node, limit: int) -> int:
+    """How many values the node graph expands to (aliases counted each time they are used), up to `limit`."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        key = id(n)
+        if done:
+            active.discard(key)
+            if isinstance(n, yaml.SequenceNode):
+                kids = n.value
+            elif isinstance(n, yaml.MappingNode):
+                kids = [x for kv in n.value for x in kv]
+            else:
+                kids = []
+            total = 1 + sum(sizes[id(k)] for k in kids)
+            sizes[key] = min(total, limit + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it "
+                                              "(recursive anchor)", n.start_mark)
+        active.add(key)
+        stack.append((n, True))
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend((k, False) for k in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend((x, False) for kv in n.value for x in kv)
+    return sizes[id(node)]
+
+
+def _yaml_loader(max_values: int = MAX_YAML_VALUES):
+    """A SafeLoader that refuses duplicated keys and documents that expand past `max_values` values."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
-        """SafeLoader that refuses duplicated keys (PyYAML would silently keep the last)."""
+        """SafeLoader that refuses duplicated keys (PyYAML would silently keep the last) and alias bombs."""
+
+        def compose_document(self):
+            node = super().compose_document()
+            if node is not None and _expanded_size(node, max_values) > max_values:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the document expands to more than {max_values} values through anchors and "
+                    "aliases (&name / *name); write the values out instead", node.start_mark)
+            return node
 
     def construct_mapping(loader, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key!r}", key_node.start_mark)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key (a list or mapping used as a key)
+                raise yaml.constructor.ConstructorError(None, None, "a list or mapping used as a key",
+                                                        key_node.start_mark) from None
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicated key {_short(key)}", key_node.start_mark)
             seen.add(key)
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -266,10 +321,37 @@ def _yaml_loader():
     return StrictLoader
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file."""
+def safe_yaml_load(text: str, what: str):
+    """yaml.safe_load with duplicate keys, alias bombs and absurd nesting refused: one FeatbenchError line."""
     import yaml
 
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}"
+        problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+        raise FeatbenchError(f"{what}: not valid YAML{where}: {_cut(problem, 300)}") from None
+    except RecursionError:
+        raise FeatbenchError(f"{what}: YAML nested too deeply") from None
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """repr of a user value, cut so an error line never echoes a huge value back."""
+    from featbench.heads.spec import _short as short
+
+    return short(value, limit)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -277,21 +359,17 @@ def load_recipe(path: str | Path) -> Recipe:
             hint = f" (did you mean recipes/{path.name}?)"
         raise FeatbenchError(f"{path}: recipe file not found{hint}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise FeatbenchError(f"{path}: not valid YAML{where}: {problem}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FeatbenchError(f"{path}: a recipe must be UTF-8 text") from None
+    data = safe_yaml_load(text, str(path))
     return validate(data, source=path)
 
 
 def _unknown(key: str, allowed, source, prefix: str = "") -> FeatbenchError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
-    return FeatbenchError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    return FeatbenchError(f"{source}: unknown key '{prefix}{_cut(key)}'{hint}")
 
 
 def _check_fields(data: dict, schema: dict[str, Field], source, prefix: str = "") -> None:
@@ -305,7 +383,7 @@ def _check_fields(data: dict, schema: dict[str, Field], source, prefix: str = ""
             continue
         problem = spec.check(data[key])
         if problem:
-            raise FeatbenchError(f"{source}: key '{prefix}{key}' {problem} (got {data[key]!r}, {_type_name(data[key])})")
+            raise FeatbenchError(f"{source}: key '{prefix}{key}' {problem} (got {_short(data[key])}, {_type_name(data[key])})")
 
 
 def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
@@ -328,7 +406,7 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
             if name not in known_ds:
                 close = difflib.get_close_matches(name, known_ds, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_ds)}"
-                raise FeatbenchError(f"{source}: key '{key}' names unknown dataset '{name}'{hint}")
+                raise FeatbenchError(f"{source}: key '{key}' names unknown dataset '{_cut(name)}'{hint}")
     for name in data.get("roots", {}):
         if name not in data["datasets"] and name not in data.get("eval_on", []):
             raise FeatbenchError(f"{source}: key 'roots.{name}' names a dataset the recipe does not use")
@@ -337,20 +415,24 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
         if name not in known_heads:
             close = difflib.get_close_matches(name, known_heads, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_heads)}"
-            raise FeatbenchError(f"{source}: key 'heads' names unknown head '{name}'{hint}")
+            raise FeatbenchError(f"{source}: key 'heads' names unknown head '{_cut(name)}'{hint}")
     for key in ("sets", "grids"):
         for name in data.get(key, {}):
             head = name.rsplit(".", 1)[0]
             if head not in data["heads"]:
-                raise FeatbenchError(f"{source}: key '{key}.{name}' is for head '{head}', which the recipe's "
+                raise FeatbenchError(f"{source}: key '{key}.{_cut(name)}' is for head '{_cut(head)}', which the recipe's "
                                      f"heads ({', '.join(data['heads'])}) do not include")
     for key in ("sets", "grids"):
         for name in data.get(key, {}):
             head, param = name.rsplit(".", 1)
             names = _head_param_names(head)
             if names is not None and param not in names:
-                raise FeatbenchError(f"{source}: key '{key}.{name}': head '{head}' has no parameter '{param}'; "
+                raise FeatbenchError(f"{source}: key '{key}.{_cut(name)}': head '{head}' has no parameter '{_cut(param)}'; "
                                      f"it has: {', '.join(sorted(names))}")
+            values = data[key][name] if key == "grids" else [data[key][name]]
+            problem = _value_problem(head, param, values)
+            if problem:
+                raise FeatbenchError(f"{source}: key '{key}.{name}': {problem}")
     if set(data.get("eval_on", [])) & set(data["datasets"]):
         raise FeatbenchError(f"{source}: key 'eval_on' repeats a dataset from 'datasets'")
     if data.get("base_to_new") and ("eval_on" in data or "tables" in data):
@@ -366,6 +448,23 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
     recipe = Recipe(**kwargs)
     recipe.path = Path(source) if source != "<recipe>" else None
     return recipe
+
+
+def _value_problem(head: str, param: str, values: list) -> str | None:
+    """The first value that breaks the head's typed declaration (Head.hyperparams), as an error phrase."""
+    from featbench.heads import get_head_class
+    from featbench.heads.spec import check_params
+
+    try:
+        cls = get_head_class(head)
+    except Exception:
+        return None  # checked again at run time
+    for v in values:
+        try:
+            check_params(cls, {param: v})
+        except FeatbenchError as err:
+            return str(err)
+    return None
 
 
 def _head_param_names(head: str) -> list[str] | None:
@@ -492,9 +591,10 @@ def _output_folder(folder: Path) -> None:
 
 def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False,
                out: str | Path | None = None, progress: bool = True, echo: Callable[[str], None] = print,
-               overwrite: bool = False, plot_title: str | None = None) -> dict:
+               overwrite: bool = False, plot_title: str | None = None, max_cells: int | None = 10_000) -> dict:
     """Extract (reusing caches whose extraction covers the recipe's), fit the grid, write tables and plots.
-    ``overwrite`` rebuilds caches that cannot serve the recipe. Returns the output paths."""
+    ``overwrite`` rebuilds caches that cannot serve the recipe; a fit grid over ``max_cells`` is refused before
+    anything is extracted. Returns the output paths."""
     out_dir = Path(out) if out is not None else recipe.out_dir
     _output_folder(out_dir)
     results_path = out_dir / "results.jsonl"
@@ -537,7 +637,8 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
          f"{','.join(map(str, recipe.shots))} × seeds {','.join(map(str, recipe.seeds))} ({recipe.protocol} protocol)")
     fit_args = dict(heads=list(recipe.heads), shots=list(recipe.shots), seeds=list(recipe.seeds),
                     protocol=recipe.protocol, sets=dict(recipe.sets) or None, grids=dict(recipe.grids) or None,
-                    out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress)
+                    out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress,
+                    max_cells=max_cells, announce=echo)
     sources = [caches[ds] for ds in recipe.datasets]
     if recipe.base_to_new:
         run_fit(sources, base_to_new=True, **fit_args)

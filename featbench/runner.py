@@ -15,6 +15,7 @@ parallelism and an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,12 @@ RUNTIME_ONLY = ("random_state", "device")
 # --set / --grid
 # ----------------------------------------------------------------------------------------------------
 def _yaml_value(text: str, flag: str):
-    import yaml
+    from featbench.recipes import safe_yaml_load
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise FeatbenchError(f"{flag}: cannot parse value {text!r} (YAML scalars/lists like 0.5, true, [1,2])") from None
+        return safe_yaml_load(text, flag)
+    except FeatbenchError as err:
+        raise FeatbenchError(f"{err} (values are YAML scalars/lists like 0.5, true, [1,2])") from None
 
 
 def _split_assignment(item: str, flag: str) -> tuple[str, str]:
@@ -102,23 +103,40 @@ def _head_class(name: str):
         raise FeatbenchError(f"--heads {name}: the head is registered but could not be imported ({type(err).__name__}: {err})") from None
 
 
-def param_combos(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> list[dict]:
-    """The fixed-parameter dicts of one head: its --set values x the product of its --grid values."""
+def _head_axes(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> tuple[dict, list]:
     fixed = {k.split(".", 1)[1]: v for k, v in sets.items() if k.split(".", 1)[0] == head}
     axes = [(k.split(".", 1)[1], list(v)) for k, v in grids.items() if k.split(".", 1)[0] == head]
+    return fixed, axes
+
+
+def n_combos(head: str, grids: Mapping[str, list]) -> int:
+    """How many parameter settings `param_combos` yields for a head (arithmetic: nothing is expanded)."""
+    return math.prod(len(v) for k, v in grids.items() if k.split(".", 1)[0] == head)
+
+
+def iter_combos(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> Iterator[dict]:
+    """The fixed-parameter dicts of one head, lazily: its --set values x the product of its --grid values."""
+    fixed, axes = _head_axes(head, sets, grids)
     if not axes:
-        return [dict(fixed)]
-    out = []
+        yield dict(fixed)
+        return
     for values in itertools.product(*[v for _, v in axes]):
         combo = dict(fixed)
         combo.update({name: val for (name, _), val in zip(axes, values)})
-        out.append(combo)
-    return out
+        yield combo
+
+
+def param_combos(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> list[dict]:
+    """The fixed-parameter dicts of one head: its --set values x the product of its --grid values."""
+    return list(iter_combos(head, sets, grids))
 
 
 # ----------------------------------------------------------------------------------------------------
 # planning and validation
 # ----------------------------------------------------------------------------------------------------
+DEFAULT_MAX_CELLS = 10_000
+
+
 @dataclass
 class PlannedCell:
     cell: Any  # featbench.protocol.Cell
@@ -135,11 +153,96 @@ def _as_list(value, flag: str) -> list:
     return list(value)
 
 
+def _check_values(key: str, flag: str, values: Sequence) -> None:
+    """Every --set/--grid value against the head's typed declaration (Head.hyperparams), before any cell runs."""
+    from featbench.heads.spec import check_params
+
+    head, param = key.split(".", 1)
+    cls = _head_class(head)
+    for v in values:
+        try:
+            check_params(cls, {param: v})
+        except FeatbenchError as err:
+            raise FeatbenchError(f"{flag} {err}") from None
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    from featbench.heads.spec import _short as short
+
+    return short(text, limit) if not isinstance(text, str) else (text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+@dataclass
+class FitPlan:
+    """A validated grid, expanded lazily: ``count`` is arithmetic, iterating yields one PlannedCell at a time.
+
+    A 1000 x 1000 grid used to be expanded (and every cell's parameters built) before its first row; now the
+    count is known at once, ``run_fit`` refuses past ``--max-cells``, and cells are built as they are run.
+    """
+
+    caches: list[str]
+    heads: list[str]
+    shots: list[int]
+    seeds: list[int]
+    protocol: str
+    sets: dict
+    grids: dict
+    device: str
+    targets: list[str]
+    sources: dict  # cache path -> (dataset, fingerprint, content id)
+    target_names: list[str]
+    base_to_new: bool = False
+
+    @property
+    def count(self) -> int:
+        per_cache = sum(n_combos(h, self.grids) for h in self.heads)
+        return len(self.caches) * per_cache * len(self.shots) * len(self.seeds)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> str:
+        settings = sum(n_combos(h, self.grids) for h in self.heads)
+        what = f"{len(self.heads)} head(s)" + (f" ({settings} settings)" if settings != len(self.heads) else "")
+        return (f"{self.count} cell(s) = {len(self.caches)} cache(s) x {what} x {len(self.shots)} shot count(s) "
+                f"x {len(self.seeds)} seed(s)")
+
+    def __iter__(self) -> Iterator[PlannedCell]:
+        from featbench.protocol import Cell, head_target, planned_params
+
+        memo: dict[tuple, dict] = {}  # params do not depend on the seed: build each head once per setting
+        subsets = ("base", "new") if self.base_to_new else ("all",)
+        for path in self.caches:
+            dataset, fingerprint, content = self.sources[path]
+            datasets = self.target_names or [dataset]
+            for h in self.heads:
+                target = head_target(h)
+                for combo in iter_combos(h, self.sets, self.grids):
+                    combo_id = repr(sorted(combo.items(), key=lambda kv: kv[0]))
+                    for k in self.shots:
+                        for s in self.seeds:
+                            cell = Cell(cache=path, head=h, head_target=target, overrides=dict(combo),
+                                        protocol=self.protocol, shots=k, seed=s, device=str(self.device),
+                                        eval_on=tuple(self.targets), base_to_new=self.base_to_new)
+                            mkey = (h, combo_id, dataset, k)
+                            params = memo.get(mkey)
+                            if params is None:
+                                if len(memo) > 4096:
+                                    memo.clear()
+                                params = memo[mkey] = planned_params(cell, dataset)
+                            keys = [row_key({"fingerprint": fingerprint, "content": content, "source_dataset": dataset,
+                                             "dataset": d, "head": h, "params": params, "protocol": self.protocol,
+                                             "shots": k, "seed": s, "classes": c})
+                                    for d in datasets for c in subsets]
+                            yield PlannedCell(cell, keys)
+
+
 def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=None, device="cpu",
-             eval_on=None, base_to_new: bool = False) -> list[PlannedCell]:
-    """Validate the whole grid and return its cells with the row keys each will produce."""
+             eval_on=None, base_to_new: bool = False) -> FitPlan:
+    """Validate the whole grid (caches, heads, every --set/--grid value) and return it as a lazy FitPlan."""
     from featbench.cache import Cache, check_same_encoder
-    from featbench.protocol import PROTOCOLS, Cell, head_target, planned_params, target_mapping
+    from featbench.heads import list_heads
+    from featbench.protocol import PROTOCOLS, target_mapping
 
     if protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
@@ -157,37 +260,49 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
     except (TypeError, ValueError):
         raise FeatbenchError("--shots/--seeds expect integers like 1,2,4") from None
     if not shots or any(k < 1 for k in shots):
-        raise FeatbenchError(f"--shots {shots}: give positive shot counts like 1,2,4,8,16")
+        raise FeatbenchError(f"--shots {_short(shots)}: give positive shot counts like 1,2,4,8,16")
     if not seeds:
         raise FeatbenchError("--seeds is empty; give seeds like 1,2,3")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise FeatbenchError(f"--seeds {negative[0]}: negative seeds draw the same few-shot subset as {-negative[0]} "
+                             "(Python's random ignores the sign); use seeds >= 0")
+    shots, seeds = list(dict.fromkeys(shots)), list(dict.fromkeys(seeds))
     if str(device).split(":")[0] not in ("cpu", "cuda", "auto", "mps"):
-        raise FeatbenchError(f"--device {device}: use cpu, cuda, cuda:N or auto")
+        raise FeatbenchError(f"--device {_short(device)}: use cpu, cuda, cuda:N or auto")
+    for h in heads:
+        if h not in list_heads():
+            raise FeatbenchError(f"--heads {_short(h)}: unknown head; choose from: {', '.join(list_heads())}")
     sets = dict(sets or {})
     grids = {k: list(v) for k, v in dict(grids or {}).items()}
-    for key in sets:
-        _check_override(key, "--set")
+    for flag, keys in (("--set", sets), ("--grid", grids)):
+        for key in keys:
+            head, _ = _check_override(key, flag)
+            if head not in heads:
+                raise FeatbenchError(f"{flag} {_short(key, 80)}: head '{head}' is not in --heads "
+                                     f"({', '.join(heads)}); add it to --heads or drop the {flag}")
+    for key, value in sets.items():
+        _check_values(key, "--set", [value])
     for key, values in grids.items():
-        _check_override(key, "--grid")
         if not values:
             raise FeatbenchError(f"--grid {key}: no values; give HEAD.PARAM=V1,V2,...")
         if key in sets:
             raise FeatbenchError(f"--grid {key}: the same parameter is also fixed with --set; use one of them")
-    classes = {}
-    for h in heads:
-        from featbench.heads import list_heads
-
-        if h not in list_heads():
-            raise FeatbenchError(f"--heads {h}: unknown head; choose from: {', '.join(list_heads())}")
-        classes[h] = _head_class(h)
+        _check_values(key, "--grid", values)
+    classes = {h: _head_class(h) for h in heads}
     targets = [os.path.abspath(os.fspath(p)) for p in _as_list(eval_on, "--eval-on")]
     if base_to_new and targets:
         raise FeatbenchError("--base-to-new and --eval-on are separate protocols; run them as two fits")
 
-    planned: list[PlannedCell] = []
+    sources: dict[str, tuple[str, str]] = {}
+    target_names: list[str] = []
     for path in cache_paths:
         with Cache(path) as src:
             if not src.has_split("train"):
                 raise FeatbenchError(f"{path}: no train split to sample few-shot subsets from; use a cache extracted with --splits train,...")
+            if len(src.labels("train")) == 0 or len(src.feature_rows("train")) == 0:
+                raise FeatbenchError(f"{path}: the train split has no rows with features (/splits/train is empty); "
+                                     "re-extract it from a dataset with train images")
             if not targets and not src.has_split("test"):
                 raise FeatbenchError(f"{path}: no test split to evaluate on; extract it (--splits ...,test) or pass --eval-on")
             content = src.content_id
@@ -215,64 +330,77 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
                 kind = getattr(cls, "feature_kind", "features") or "features"
                 if kind != "features" and not src.has_dataset(f"/splits/train/{kind}"):
                     raise FeatbenchError(f"head '{h}' reads /splits/*/{kind} but cache {path} has none; re-extract with --pre-projection")
-                target = head_target(h)
-                for combo in param_combos(h, sets, grids):
-                    for k in shots:
-                        for s in seeds:
-                            cell = Cell(cache=path, head=h, head_target=target, overrides=dict(combo),
-                                        protocol=protocol, shots=k, seed=s, device=str(device), eval_on=tuple(targets),
-                                        base_to_new=bool(base_to_new))
-                            params = planned_params(cell, src.dataset)
-                            datasets = target_names or [src.dataset]
-                            subsets = ("base", "new") if base_to_new else ("all",)
-                            keys = [row_key({"fingerprint": src.fingerprint, "content": content, "source_dataset": src.dataset, "dataset": d,
-                                             "head": h, "params": params, "protocol": protocol, "shots": k, "seed": s,
-                                             "classes": c})
-                                    for d in datasets for c in subsets]
-                            planned.append(PlannedCell(cell, keys))
-    return planned
+            sources[path] = (src.dataset, src.fingerprint, content)
+    return FitPlan(caches=cache_paths, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets,
+                   grids=grids, device=str(device), targets=targets, sources=sources, target_names=target_names,
+                   base_to_new=bool(base_to_new))
 
 
-def _check_rows_available(todo: Sequence[PlannedCell]) -> None:
-    """Fail before running when a cell's few-shot/selection rows have no features in its cache."""
+def _check_rows_available(plan: FitPlan) -> None:
+    """Fail before running when a cell's few-shot/selection rows have no features in its cache.
+
+    Works per (cache, shots, seed, needs a selection split): a grid's parameter settings only matter through
+    whether they make the head search, so a large grid costs one cheap test per setting, not per cell.
+    """
     from featbench.cache import Cache
     from featbench.fewshot import fewshot_rows
-    from featbench.protocol import has_val, holdout_rows, needs_selection_split, resolve_head_class
+    from featbench.protocol import has_val, holdout_rows, needs_selection_split
 
-    by_cache: dict[str, list] = {}
-    for p in todo:
-        by_cache.setdefault(p.cell.cache, []).append(p.cell)
-    for path, cells in by_cache.items():
+    needs: dict[str, bool] = {}  # head -> some setting of it needs the selection split
+    for h in plan.heads:
+        cls = _head_class(h)
+        needs[h] = plan.protocol != "oracle" and any(
+            needs_selection_split(cls, plan.protocol, combo) for combo in iter_combos(h, plan.sets, plan.grids))
+    want_selection = any(needs.values())
+    for path in plan.caches:
         with Cache(path) as c:
             train_labels = c.labels("train")
             val_labels = c.labels("val") if has_val(c) else None
             have_train = set(int(r) for r in c.feature_rows("train"))
             have_val = set(int(r) for r in c.feature_rows("val")) if val_labels is not None else set()
-            seen: dict[tuple, Any] = {}
-            for cell in cells:
-                key = (cell.shots, cell.seed)
-                if key not in seen:
-                    seen[key] = fewshot_rows(train_labels, val_labels, cell.shots, cell.seed)
-                sub = seen[key]
-                if not all(r in have_train for r in sub.train):
-                    raise FeatbenchError(
-                        f"{path}: the {cell.shots}-shot seed-{cell.seed} train subset includes rows without features; "
-                        f"re-extract with --train-rows all or with these --shots/--seeds"
-                    )
-                cls = resolve_head_class(cell)
-                if cell.protocol == "oracle" or not needs_selection_split(cls, cell.protocol, cell.overrides):
-                    continue
-                if sub.val is not None:
-                    if not all(r in have_val for r in sub.val):
-                        raise FeatbenchError(f"{path}: the {cell.shots}-shot seed-{cell.seed} val subset includes rows without features; re-extract the val split")
-                else:
-                    rows = holdout_rows(train_labels, sub.train, cell.shots, cell.seed)
-                    if not rows or not all(r in have_train for r in rows):
+            for k in plan.shots:
+                for s in plan.seeds:
+                    sub = fewshot_rows(train_labels, val_labels, k, s)
+                    if not all(r in have_train for r in sub.train):
                         raise FeatbenchError(
-                            f"{path} has no val split and lacks features for the held-out train rows used for selection "
-                            f"(head {cell.head}, shots {cell.shots}, seed {cell.seed}); re-extract with --train-rows all, "
-                            f"or use --protocol paper with heads that do not search"
+                            f"{path}: the {k}-shot seed-{s} train subset includes rows without features; "
+                            f"re-extract with --train-rows all or with these --shots/--seeds"
                         )
+                    if not want_selection:
+                        continue
+                    head = next(h for h in plan.heads if needs[h])
+                    if sub.val is not None:
+                        if not all(r in have_val for r in sub.val):
+                            raise FeatbenchError(f"{path}: the {k}-shot seed-{s} val subset includes rows without features; re-extract the val split")
+                    else:
+                        rows = holdout_rows(train_labels, sub.train, k, s)
+                        if not rows or not all(r in have_train for r in rows):
+                            raise FeatbenchError(
+                                f"{path} has no val split and lacks features for the held-out train rows used for selection "
+                                f"(head {head}, shots {k}, seed {s}); re-extract with --train-rows all, "
+                                f"or use --protocol paper with heads that do not search"
+                            )
+
+
+def check_out(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse a results path that is a folder or cannot be written, before anything is computed."""
+    out = Path(out)
+    if out.is_dir():
+        raise FeatbenchError(f"{flag} {out} is a folder; give a results file such as {out / 'results.jsonl'}")
+    if out.exists():
+        if not out.is_file():
+            raise FeatbenchError(f"{flag} {out} is not a regular file; give a results file such as results/results.jsonl")
+        if not os.access(out, os.W_OK):
+            raise FeatbenchError(f"{flag} {out} is not writable; fix its permissions or give another --out")
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FeatbenchError(f"{flag} {out}: {parent} is a file, not a folder; give a results path inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FeatbenchError(f"{flag} {out}: cannot create it, folder {parent} is not writable; give another --out")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,11 +426,43 @@ def _run_serial(cells) -> Iterator[list[dict]]:
 def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
 
-    from featbench.protocol import run_cell_bounded
-
     threads = max(1, _cores() // jobs)
     parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads)
-    yield from parallel(delayed(run_cell_bounded)(cell, threads) for cell in cells)
+    parent = os.getpid()
+    yield from parallel(delayed(run_cell_watched)(cell, threads, parent) for cell in cells)
+
+
+_WATCHDOG_STARTED = False
+
+
+def run_cell_watched(cell, threads: int | None, parent_pid: int) -> list[dict]:
+    """run_cell_bounded in a worker that exits as soon as the process that started it dies.
+
+    loky keeps idle workers for minutes and a busy one computes to the end: after a `kill -9` of `fit
+    --jobs N`, N workers of several hundred MB each lingered ~6 minutes. A daemon thread polls the parent
+    pid (twice a second) and ends the worker when it is gone.
+    """
+    global _WATCHDOG_STARTED
+    if not _WATCHDOG_STARTED and os.getpid() != parent_pid:
+        _WATCHDOG_STARTED = True
+        start_parent_watchdog(parent_pid)
+    from featbench.protocol import run_cell_bounded
+
+    return run_cell_bounded(cell, threads)
+
+
+def start_parent_watchdog(parent_pid: int, interval: float = 0.5) -> None:
+    """Exit this process (os._exit, no cleanup: the parent is gone) once `parent_pid` is no longer its parent."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="featbench-parent-watchdog", daemon=True).start()
 
 
 def _run_ray(cells, address: str) -> Iterator[list[dict]]:
@@ -344,39 +504,70 @@ def _run_ray(cells, address: str) -> Iterator[list[dict]]:
 def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mapping | None = None,
             grids: Mapping | None = None, out: str | os.PathLike = DEFAULT_OUT, jobs: int = 1, device: str = "cpu",
             eval_on=None, progress: bool = True, ray_address: str | None = None, base_to_new: bool = False,
-            save_predictions: str | os.PathLike | None = None) -> list[dict]:
+            save_predictions: str | os.PathLike | None = None, max_cells: int | None = DEFAULT_MAX_CELLS,
+            announce=None) -> list[dict]:
     """Run every cell of the grid not already in `out`; return the rows this call appended (in cell order).
-    ``save_predictions``: a folder receiving each new row's test predictions (``<row hash>.npz``)."""
+
+    The cell count of a grid is announced (``announce``, default: a line on stderr) before anything runs, and a grid
+    larger than ``max_cells`` is refused (None: no limit). Cells are built lazily, as they are run.
+    ``save_predictions``: a folder receiving each new row's test predictions (``<row hash>.npz``).
+    """
     jobs = int(jobs)
     if jobs < 1:
         raise FeatbenchError(f"--jobs {jobs}: give 1 or more worker processes")
-    out = Path(out)
+    if max_cells is not None and int(max_cells) < 1:
+        raise FeatbenchError(f"--max-cells {max_cells}: give a positive number of cells")
+    out = check_out(out)
     check_results_file(out)  # a file that is not ours is refused before any planning or fitting
-    planned = plan_fit(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
-                       device=device, eval_on=eval_on, base_to_new=base_to_new)
+    plan = plan_fit(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
+                    device=device, eval_on=eval_on, base_to_new=base_to_new)
+    total = plan.count
+    if announce is None:
+        import sys
+
+        def announce(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
+    announce(f"fit: {plan.describe()}")
+    if max_cells is not None and total > int(max_cells):
+        raise FeatbenchError(f"the grid has {total} cells, more than --max-cells {int(max_cells)}; narrow "
+                             "--grid/--shots/--seeds/--heads, or raise the limit with --max-cells N (recipes: "
+                             "`featbench run --max-cells N`)")
     writer = ResultsWriter(out)
-    done = writer.keys
-    todo = [p for p in planned if not all(k in done for k in p.keys)]
-    if not todo:
+    done = writer.keys  # grows as rows are appended (by us or a concurrent identical sweep)
+    _check_rows_available(plan)
+    skipped = 0
+    predictions = os.path.abspath(os.fspath(save_predictions)) if save_predictions is not None else None
+
+    def todo_cells():
+        nonlocal skipped
+        for p in plan:
+            if all(k in done for k in p.keys):
+                skipped += 1
+                continue
+            if predictions is not None:
+                p.cell.save_predictions = predictions
+            yield p.cell
+
+    pending = todo_cells()
+    first = list(itertools.islice(pending, max(2, jobs)))
+    if not first:
         return []
-    _check_rows_available(todo)
-    cells = [p.cell for p in todo]
-    if save_predictions is not None:
-        for c in cells:
-            c.save_predictions = os.path.abspath(os.fspath(save_predictions))
+    cells = itertools.chain(first, pending)
     if ray_address is not None:
         stream = _run_ray(cells, ray_address)
-    elif jobs > 1 and len(cells) > 1:
-        stream = _run_joblib(cells, min(jobs, len(cells)))
+    elif jobs > 1 and len(first) > 1:
+        stream = _run_joblib(cells, min(jobs, len(first)) if len(first) < jobs else jobs)
     else:
         stream = _run_serial(cells)
 
     appended: list[dict] = []
-    bar = _progress(progress, len(cells), len(planned) - len(todo))
+    bar = _progress(progress, total, skipped)
+    ran = 0
     try:
         for rows in stream:
             appended.extend(writer.append(rows))  # skips rows another process appended meanwhile
-            bar.advance()
+            ran += 1
+            bar.set(ran + skipped)
     finally:
         bar.close()
         close = getattr(stream, "close", None)
@@ -386,7 +577,7 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
 
 
 class _NoBar:
-    def advance(self) -> None:
+    def set(self, completed: int) -> None:
         pass
 
     def close(self) -> None:
@@ -398,14 +589,14 @@ class _RichBar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        desc = "fit" + (f" ({skipped} done before, skipped)" if skipped else "")
+        desc = "fit"
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            TimeRemainingColumn(), console=Console(stderr=True), transient=False)
         self._p.start()
-        self._t = self._p.add_task(desc, total=total)
+        self._t = self._p.add_task(desc, total=total, completed=skipped)
 
-    def advance(self) -> None:
-        self._p.advance(self._t)
+    def set(self, completed: int) -> None:
+        self._p.update(self._t, completed=completed)
 
     def close(self) -> None:
         self._p.stop()
@@ -415,4 +606,5 @@ def _progress(enabled: bool, total: int, skipped: int):
     return _RichBar(total, skipped) if enabled else _NoBar()
 
 
-__all__ = ["run_fit", "plan_fit", "parse_sets", "parse_grids", "param_combos", "PlannedCell", "DEFAULT_OUT"]
+__all__ = ["run_fit", "plan_fit", "parse_sets", "parse_grids", "param_combos", "iter_combos", "n_combos", "FitPlan",
+           "PlannedCell", "DEFAULT_OUT", "DEFAULT_MAX_CELLS", "check_out", "start_parent_watchdog"]

@@ -36,6 +36,8 @@ def fit(
     base_to_new: bool = typer.Option(False, "--base-to-new", help="CoCoOp's base-to-new protocol: train on the first half of the sorted classes; rows 'classes': base and new."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for each new row's "
                                                     "test predictions and labels (<row hash>.npz, named in the row)."),
+    max_cells: int = typer.Option(10_000, "--max-cells", help="Refuse a grid of more cells than this (the count is "
+                                  "printed before anything runs); raise it for a bigger sweep."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
     from featbench.runner import parse_grids, parse_sets, run_fit
@@ -66,6 +68,7 @@ def fit(
         [str(c) for c in caches], heads=head_list, shots=shot_list, seeds=seed_list, protocol=protocol,
         sets=parse_sets(set_), grids=grids, out=out, jobs=jobs, device=device, eval_on=targets,
         progress=progress, ray_address=ray, base_to_new=base_to_new, save_predictions=save_predictions,
+        max_cells=max_cells,
     )
     if not rows:
         typer.echo(f"nothing to do: every cell is already in {out}", err=True)

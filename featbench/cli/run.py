@@ -25,6 +25,8 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild caches whose extraction cannot serve the "
                                    "recipe (a cache covering more views/seeds/splits is reused without it)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    max_cells: int = typer.Option(10_000, "--max-cells", help="Refuse a fit grid of more cells than this (the "
+                                  "count is printed before fitting); raise it for a bigger sweep."),
 ) -> None:
     """Run a recipe: extract (reusing caches that cover it), fit the grid, write tables (csv/tex/md) and plots."""
     from featbench.cli.app import parse_str_list
@@ -48,7 +50,7 @@ def run(
             typer.echo(line)
         return
     written = run_recipe(r, root=root, only_fit=only_fit, out=out, progress=progress, echo=typer.echo,
-                         overwrite=overwrite)
+                         overwrite=overwrite, max_cells=max_cells)
     first = next(iter(written["markdown"].values()), "")
     typer.echo("")
     typer.echo(first.rstrip())
