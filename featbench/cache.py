@@ -124,10 +124,15 @@ class Cache:
         self.path = Path(path)
         if not self.path.exists():
             raise FeatbenchError(f"cache file {self.path} does not exist; run `featbench extract` first or check the path")
+        if self.path.is_dir():
+            raise FeatbenchError(f"{self.path} is a folder, not a cache file; pass a .h5 cache (`featbench ls {self.path}` lists them)")
+        if not self.path.is_file():
+            raise FeatbenchError(f"{self.path} is not a regular file; pass a .h5 cache file")
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as err:
-            raise CacheContractError(f"{self.path} is not a readable HDF5 file ({err}); rebuild it with `featbench extract --overwrite`") from None
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            raise CacheContractError(f"{self.path} is not a readable HDF5 file ({reason}); rebuild it with `featbench extract --overwrite`") from None
         try:
             self._validate()
         except Exception:
@@ -156,6 +161,7 @@ class Cache:
         for key in REQUIRED_ATTRS:
             if key not in f.attrs:
                 raise self._missing(f"root attribute '{key}'")
+        _check_attr_types(self.path, f.attrs)
         schema = int(f.attrs["featbench_schema"])
         if schema != SCHEMA_VERSION:
             raise CacheContractError(f"{self.path}: featbench_schema={schema}, this featbench reads schema {SCHEMA_VERSION}")
@@ -170,6 +176,8 @@ class Cache:
             for name in ("paths", "labels", "features"):
                 if name not in g:
                     raise self._missing(f"/splits/{split}/{name}")
+            for name, kind in (("paths", "str"), ("labels", "int"), ("features", "float")):
+                _check_dtype(self.path, g[name], f"/splits/{split}/{name}", kind)
             n = g["paths"].shape[0]
             if g["labels"].shape != (n,):
                 raise CacheContractError(f"{self.path}: /splits/{split}/labels has shape {g['labels'].shape}, expected ({n},) like paths")
@@ -180,6 +188,7 @@ class Cache:
             if "rows" in g:
                 if g["rows"].shape != (m,):
                     raise CacheContractError(f"{self.path}: /splits/{split}/rows has shape {g['rows'].shape}, expected ({m},) like features")
+                _check_rows(self.path, g["rows"], f"/splits/{split}/rows", n)
             elif m != n:
                 raise CacheContractError(
                     f"{self.path}: /splits/{split}/features has {m} rows but the split index has {n}; add /splits/{split}/rows"
@@ -188,8 +197,10 @@ class Cache:
                 labels = g["labels"][()]
                 if labels.min() < 0 or labels.max() >= n_classes:
                     raise CacheContractError(f"{self.path}: /splits/{split}/labels outside [0, {n_classes}) (the number of classnames)")
+        _check_dtype(self.path, f["classnames"], "/classnames", "str")
         if "text" in f and "features" in f["text"]:
             t = f["text"]["features"]
+            _check_dtype(self.path, t, "/text/features", "float")
             if t.ndim != 3 or t.shape[1] != n_classes or t.shape[2] != d:
                 raise CacheContractError(f"{self.path}: /text/features has shape {t.shape}, expected [T, {n_classes}, {d}]")
         if "train" in f["splits"] and "views" in f["splits"]["train"]:
@@ -197,6 +208,8 @@ class Cache:
             if "view_rows" not in g:
                 raise self._missing("/splits/train/view_rows (needed with /splits/train/views)")
             v = g["views"]
+            _check_dtype(self.path, v, "/splits/train/views", "float")
+            _check_rows(self.path, g["view_rows"], "/splits/train/view_rows", g["paths"].shape[0])
             if v.ndim != 3 or v.shape[1] != g["view_rows"].shape[0] or v.shape[2] != d:
                 raise CacheContractError(f"{self.path}: /splits/train/views has shape {v.shape}, expected [V, K={g['view_rows'].shape[0]}, {d}]")
 
@@ -258,12 +271,32 @@ class Cache:
 
     @property
     def logit_scale(self) -> float:
-        return float(self._attr("logit_scale"))
+        return float(self._attr("logit_scale"))  # finite and > 0: checked on open
 
     @property
     def preprocess(self) -> dict:
         raw = self._f.attrs.get("preprocess", "{}")
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        try:
+            out = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValueError, TypeError):
+            return {}
+        return out if isinstance(out, dict) else {}
+
+    @property
+    def nonfinite(self) -> list[str] | None:
+        """Datasets that held NaN/Inf when the cache was written (attr `nonfinite`); None: not recorded."""
+        raw = self._f.attrs.get("nonfinite")
+        if raw is None:
+            return None
+        try:
+            out = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValueError, TypeError):
+            return None
+        return [str(x) for x in out] if isinstance(out, list) else None
+
+    def _finite(self, arr: np.ndarray, what: str) -> np.ndarray:
+        """Refuse NaN/Inf in what a fit reads: such values silently become plausible-looking results."""
+        return require_finite(arr, f"{self.path}: {what}")
 
     @property
     def extraction(self) -> dict:
@@ -303,14 +336,18 @@ class Cache:
         """[T, C, D] raw text-encoder outputs, float32."""
         if not self.has_text:
             raise self._missing("/text/features (class-prompt text embeddings)")
-        return np.asarray(self._f["text"]["features"][()], dtype=np.float32)
+        return self._finite(np.asarray(self._f["text"]["features"][()], dtype=np.float32), "/text/features")
 
     @property
     def templates(self) -> list[str]:
         if not self.has_text:
             return []
         raw = self._f["text"]["features"].attrs.get("templates", "[]")
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        try:
+            out = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValueError, TypeError):
+            return []
+        return [str(t) for t in out] if isinstance(out, list) else []
 
     # -- image features ------------------------------------------------------------------------------
     def index(self, split: str) -> SplitIndex:
@@ -340,9 +377,9 @@ class Cache:
             raise self._missing(f"/splits/{split}/{kind}" + (" (extract with --pre-projection)" if kind.endswith("_pre") else ""))
         ds = g[kind]
         if rows is None:
-            return np.asarray(ds[()], dtype=np.float32)
+            return self._finite(np.asarray(ds[()], dtype=np.float32), f"/splits/{split}/{kind}")
         pos = self._positions(self.feature_rows(split), rows, f"/splits/{split}/{kind}")
-        return _take(ds, pos)
+        return self._finite(_take(ds, pos), f"/splits/{split}/{kind}")
 
     def _positions(self, stored_rows: np.ndarray, wanted: Iterable[int], what: str) -> np.ndarray:
         wanted = np.asarray(list(wanted) if not isinstance(wanted, np.ndarray) else wanted, dtype=np.int64)
@@ -379,9 +416,9 @@ class Cache:
             raise self._missing(f"/splits/train/{kind}")
         ds = g[kind]
         if rows is None:
-            return np.asarray(ds[()], dtype=np.float32)
+            return self._finite(np.asarray(ds[()], dtype=np.float32), f"/splits/train/{kind}")
         pos = self._positions(self.view_rows(), rows, f"/splits/train/{kind}")
-        return _take(ds, pos, axis=1)
+        return self._finite(_take(ds, pos, axis=1), f"/splits/train/{kind}")
 
     # -- optional model tensors (pre-projection support) ---------------------------------------------
     def has_dataset(self, name: str) -> bool:
@@ -392,7 +429,9 @@ class Cache:
         if name not in self._f:
             raise self._missing(name)
         data = self._f[name][()]
-        return np.asarray(data, dtype=np.float32) if np.issubdtype(np.asarray(data).dtype, np.floating) else np.asarray(data)
+        if np.issubdtype(np.asarray(data).dtype, np.floating):
+            return self._finite(np.asarray(data, dtype=np.float32), name)
+        return np.asarray(data)
 
     @property
     def skipped(self) -> list[str]:
@@ -413,6 +452,7 @@ class Cache:
             "splits": {},
             "views": {"num_views": self.num_views, "rows": int(self.view_rows().shape[0])},
             "skipped": len(self.skipped),
+            "nonfinite": self.nonfinite,
         }
         for s in self.splits:
             g = self._split(s)
@@ -431,6 +471,89 @@ def _take(ds, pos: np.ndarray, axis: int = 0) -> np.ndarray:
         return np.take(ds[()], pos, axis=axis).astype(np.float32)  # convert after the gather: less memory
     block = ds[uniq.tolist()] if axis == 0 else ds[:, uniq.tolist()]
     return np.take(np.asarray(block, dtype=np.float32), inverse.reshape(-1), axis=axis)
+
+
+# ----------------------------------------------------------------------------------------------------
+# validation helpers: wrong types, out-of-range row indices and NaN/Inf are one clear line, not a traceback
+# ----------------------------------------------------------------------------------------------------
+REEXTRACT = "re-extract the cache (`featbench extract --overwrite`) or re-import the features"
+
+
+def require_finite(arr: np.ndarray, what: str) -> np.ndarray:
+    """`arr` if every value is finite, else a CacheContractError naming `what` (a cache and dataset path)."""
+    arr = np.asarray(arr)
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise CacheContractError(f"{what} holds {bad} NaN/Inf value(s); results from it would be meaningless; {REEXTRACT}")
+    return arr
+
+
+def _check_attr_types(path, attrs) -> None:
+    def bad(key: str, want: str) -> CacheContractError:
+        value = attrs[key]
+        text = repr(value.decode() if isinstance(value, bytes) else value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return CacheContractError(f"{path}: root attribute '{key}' = {text} must be {want}; {REEXTRACT}")
+
+    for key in ("featbench_schema", "embed_dim"):
+        v = attrs[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or (key == "embed_dim" and int(v) < 1):
+            raise bad(key, "a positive integer" if key == "embed_dim" else "an integer")
+    v = attrs["logit_scale"]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(float(v)) or float(v) <= 0:
+        raise bad("logit_scale", "a finite number > 0 (CLIP's exponentiated logit scale, e.g. 100)")
+    for key in ("model", "pretrained", "dataset", "fingerprint"):
+        if not isinstance(attrs[key], (str, bytes)):
+            raise bad(key, "a string")
+
+
+def _check_dtype(path, ds, name: str, kind: str) -> None:
+    dt = ds.dtype
+    if kind == "str":
+        ok = h5py.check_string_dtype(dt) is not None
+        want = "UTF-8 strings"
+    elif kind == "int":
+        ok = np.issubdtype(dt, np.integer)
+        want = "integers"
+    else:
+        ok = np.issubdtype(dt, np.floating)
+        want = "floating-point numbers"
+    if not ok:
+        raise CacheContractError(f"{path}: {name} holds {dt} values, expected {want}; {REEXTRACT}")
+
+
+def _check_rows(path, ds, name: str, n: int) -> None:
+    """Row indices must be integers in [0, n) without repeats (they index the split's image list)."""
+    _check_dtype(path, ds, name, "int")
+    rows = np.asarray(ds[()], dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise CacheContractError(f"{path}: {name} has indices outside [0, {n}) (the split's {n} images; found "
+                                 f"{int(rows.min())}..{int(rows.max())}); {REEXTRACT}")
+    if rows.size and np.unique(rows).size != rows.size:
+        raise CacheContractError(f"{path}: {name} repeats row indices; {REEXTRACT}")
+
+
+def scan_nonfinite(f, slab_bytes: int = 64 << 20) -> list[str]:
+    """Names of the float datasets in an open HDF5 file holding NaN/Inf (read slab by slab)."""
+    found: list[str] = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset) or not np.issubdtype(obj.dtype, np.floating) or obj.size == 0:
+            return
+        if name.startswith(PROGRESS_GROUP):
+            return
+        if obj.ndim == 0:
+            ok = bool(np.isfinite(obj[()]))
+        else:
+            per = max(1, obj.size // max(obj.shape[0], 1)) * obj.dtype.itemsize
+            step = max(1, slab_bytes // per)
+            ok = all(np.isfinite(obj[i:i + step]).all() for i in range(0, obj.shape[0], step))
+        if not ok:
+            found.append("/" + name)
+
+    f.visititems(visit)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -522,6 +645,7 @@ def write_cache(
             g.create_dataset("view_rows", data=np.asarray(view_rows, dtype=np.int64))
         for name, arr in (extra or {}).items():
             f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+        f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))
     os.replace(tmp, path)
     return path
 
@@ -840,6 +964,7 @@ class CacheWriter:
         stamp = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if not drops:  # nothing to drop: the partial is the cache
             del f[PROGRESS_GROUP]
+            f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))
             f.attrs["created"] = stamp
             f.flush()
             f.close()
@@ -857,6 +982,7 @@ class CacheWriter:
         try:
             with dst:
                 _write_compacted(f, dst, drops, skipped, stamp)
+                dst.attrs["nonfinite"] = json.dumps(scan_nonfinite(dst))
             _fsync(tmp)
             os.replace(tmp, self.path)
         except BaseException:

@@ -256,9 +256,19 @@ def resolve_weights(name: str, pretrained: str) -> Weights:
 # transforms
 # ----------------------------------------------------------------------------------------------------
 def load_rgb(path: str | os.PathLike):
-    """Decode an image fully (so corrupt/truncated files fail here, not later) and convert to RGB."""
+    """Decode an image fully (so corrupt/truncated files fail here, not later) and convert to RGB.
+
+    Only regular files are opened: a FIFO or device listed in a manifest would block `extract` forever.
+    """
+    import stat
+
     from PIL import Image
 
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) \
+            else "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise OSError(f"{kind}, not an image file")
     with Image.open(path) as im:
         im.load()
         return im.convert("RGB")

@@ -27,6 +27,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from featbench.errors import FeatbenchError
+
 VAL_SHOTS_CAP = 4
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -53,6 +55,42 @@ def sample_per_class(labels: Sequence[int], shots: int, rng: random.Random) -> l
     return picked
 
 
+def shortfall_notes(train_labels: Sequence[int], shots: int, classnames: Sequence[str] | None = None) -> list[str]:
+    """Row notes for a K-shot request the train split cannot honour (what the result row must say).
+
+    - a class with fewer than K train images: Dassl's sampler silently takes all of them (fewer shots);
+    - a class with no train image at all: the head never sees it (zero-shot heads still score it through
+      the text; image-only heads cannot predict it). A note, not an error: the number is still the
+      honest result for that split, and the test set is unchanged.
+    """
+    n_classes = len(classnames) if classnames is not None else 0
+    labels = np.asarray(train_labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=n_classes) if labels.size else np.zeros(n_classes, dtype=np.int64)
+
+    def name(c: int) -> str:
+        return repr(str(classnames[c])) if classnames is not None and c < len(classnames) else f"class {c}"
+
+    notes = []
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        notes.append(f"{empty.size} class(es) have no train images (e.g. {name(int(empty[0]))}): "
+                     "the head never saw them")
+    short = np.flatnonzero((counts > 0) & (counts < int(shots)))
+    if short.size:
+        eg = ", ".join(f"{name(int(c))}: {int(counts[c])}" for c in short[:3])
+        notes.append(f"{short.size} class(es) have fewer than {int(shots)} train images ({eg}"
+                     f"{', ...' if short.size > 3 else ''}): all their images were used")
+    return notes
+
+
+def check_seed(seed: int, flag: str = "--seeds") -> int:
+    """Seeds must be >= 0: random.Random(-s) draws exactly what random.Random(s) draws."""
+    if int(seed) < 0:
+        raise FeatbenchError(f"{flag} {int(seed)}: negative seeds draw the same few-shot subset as {-int(seed)} "
+                             "(Python's random ignores the sign); use seeds >= 0")
+    return int(seed)
+
+
 @dataclass(frozen=True)
 class FewShotRows:
     """Row indices (into the cache's split index) of one (shots, seed) subset."""
@@ -65,7 +103,7 @@ class FewShotRows:
 
 def fewshot_rows(train_labels: Sequence[int], val_labels: Sequence[int] | None, shots: int, seed: int) -> FewShotRows:
     """The K-shot train subset and min(K, 4)-shot val subset that CoOp picks for this seed."""
-    rng = random.Random(seed)
+    rng = random.Random(check_seed(seed))
     train = sample_per_class(list(train_labels), shots, rng)
     val = None
     if val_labels is not None and len(val_labels) > 0:

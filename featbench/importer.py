@@ -18,6 +18,33 @@ from featbench.cache import SPLITS, base_attrs, compute_fingerprint, write_cache
 from featbench.errors import FeatbenchError
 
 
+def _numeric(npz: Path, name: str, arr) -> np.ndarray:
+    """A float32 copy of a feature array, or one line naming the array that is not numbers or not finite."""
+    arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
+        raise FeatbenchError(f"{npz}: {name} holds {arr.dtype} values, expected numbers (float features)")
+    out = arr.astype(np.float32)
+    if out.size and not np.isfinite(out).all():
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        raise FeatbenchError(f"{npz}: {name} holds {bad} NaN/Inf value(s) (or values too large for float32); "
+                             "drop or fix those rows before importing")
+    return out
+
+
+def _labels(npz: Path, name: str, arr) -> np.ndarray:
+    """int64 labels 0..C-1, or one line saying what is wrong with them."""
+    arr = np.asarray(arr)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise FeatbenchError(f"{npz}: {name} must hold whole-number class indices 0..C-1")
+    elif not np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        raise FeatbenchError(f"{npz}: {name} holds {arr.dtype} values, expected integer class indices 0..C-1")
+    labels = arr.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise FeatbenchError(f"{npz}: {name} has negative labels (min {int(labels.min())}); labels are class indices 0..C-1")
+    return labels
+
+
 def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pretrained: str,
                logit_scale: float = 100.0, preprocess: str = "imported", dtype: str = "float16",
                overwrite: bool = False) -> Path:
@@ -38,10 +65,10 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
     for split in SPLITS:
         if f"{split}_features" not in arrays:
             continue
-        feats = np.asarray(arrays[f"{split}_features"], dtype=np.float32)
+        feats = _numeric(npz, f"{split}_features", arrays[f"{split}_features"])
         if f"{split}_labels" not in arrays:
             raise FeatbenchError(f"{npz}: has {split}_features but no {split}_labels")
-        labels = np.asarray(arrays[f"{split}_labels"], dtype=np.int64)
+        labels = _labels(npz, f"{split}_labels", arrays[f"{split}_labels"])
         if feats.ndim != 2 or labels.shape != (feats.shape[0],):
             raise FeatbenchError(f"{npz}: {split}_features must be [N, D] with N = len({split}_labels)")
         dim = dim or feats.shape[1]
@@ -61,17 +88,27 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
         raise FeatbenchError(f"{npz}: labels go up to {n_classes - 1} but classnames has {len(classnames)} entries")
 
     text = arrays.get("text_raw")
+    if text is not None:
+        text = _numeric(npz, "text_raw", text)
     templates = [str(t) for t in arrays["templates"]] if "templates" in arrays else None
     if text is not None and (text.ndim != 3 or text.shape[1:] != (len(classnames), dim)):
         raise FeatbenchError(f"{npz}: text_raw must be [T, {len(classnames)}, {dim}], got {list(text.shape)}")
 
     views = arrays.get("train_views")
+    if views is not None:
+        views = _numeric(npz, "train_views", views)
     view_rows = None
     if views is not None:
         if "train" not in splits or views.ndim != 3 or views.shape[1:] != splits["train"]["features"].shape:
             raise FeatbenchError(f"{npz}: train_views must be [V, N_train, D] aligned with train_features")
         view_rows = np.arange(views.shape[1])
 
+    try:
+        logit_scale = float(logit_scale)
+    except (TypeError, ValueError):
+        raise FeatbenchError(f"--logit-scale {logit_scale!r}: give a positive number such as 100") from None
+    if not np.isfinite(logit_scale) or logit_scale <= 0:
+        raise FeatbenchError(f"--logit-scale {logit_scale}: give a finite positive number such as 100 (CLIP's exp(logit_scale))")
     prep = {"source": "imported", "preprocess": preprocess}
     attrs = base_attrs(model=model, pretrained=pretrained, dataset=dataset, embed_dim=dim, logit_scale=logit_scale,
                        fingerprint=compute_fingerprint(model, pretrained, prep), preprocess=prep)

@@ -47,7 +47,7 @@ import numpy as np
 
 from featbench import __version__
 from featbench.errors import FeatbenchError
-from featbench.fewshot import fewshot_rows, holdout_rows
+from featbench.fewshot import fewshot_rows, holdout_rows, shortfall_notes
 from featbench.results import ROW_FIELDS, jsonable, now_iso
 
 PROTOCOLS = ("paper", "val", "oracle")
@@ -375,7 +375,7 @@ def run_cell(cell: Cell) -> list[dict]:
     val_labels = src.labels("val") if has_val(src) else None
     sub = fewshot_rows(train_labels, val_labels, int(cell.shots), int(cell.seed))
     X, y = _labelled(src, "train", kind, sub.train)
-    notes: list[str] = []
+    notes: list[str] = shortfall_notes(train_labels, int(cell.shots), src.classnames)
     halves = None
     if cell.base_to_new:  # sampled over all classes first (above), then cut to the base half
         from featbench import base_to_new as b2n

@@ -263,10 +263,10 @@ def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=
         raise FeatbenchError(f"--shots {_short(shots)}: give positive shot counts like 1,2,4,8,16")
     if not seeds:
         raise FeatbenchError("--seeds is empty; give seeds like 1,2,3")
-    negative = [s for s in seeds if s < 0]
-    if negative:
-        raise FeatbenchError(f"--seeds {negative[0]}: negative seeds draw the same few-shot subset as {-negative[0]} "
-                             "(Python's random ignores the sign); use seeds >= 0")
+    from featbench.fewshot import check_seed
+
+    for s in seeds:
+        check_seed(s)
     shots, seeds = list(dict.fromkeys(shots)), list(dict.fromkeys(seeds))
     if str(device).split(":")[0] not in ("cpu", "cuda", "auto", "mps"):
         raise FeatbenchError(f"--device {_short(device)}: use cpu, cuda, cuda:N or auto")

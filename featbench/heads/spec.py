@@ -9,6 +9,7 @@ recipes and ``get_head`` all pass values through ``Param.check``, so ``alpha=nan
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,8 @@ class Param:
                 raise FeatbenchError(f"{where}={_short(value)}: expects {self.describe()}")
             return value
         # numbers: bool is an int subclass in Python but never a valid number here
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not _is_number(value):
             raise FeatbenchError(f"{where}={_short(value)}: expects {self.describe()}")
         if kind == "int":
@@ -115,6 +118,9 @@ class Param:
         if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
             raise FeatbenchError(f"{where}={_short(value)}: out of range, expects {self.describe()}")
         return value
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _is_number(value: Any) -> bool:

@@ -41,6 +41,50 @@ TASKRES_ALPHA: dict[str, float] = {"oxford_flowers": 1.0}
 TASKRES_EPOCHS_BY_SHOTS: dict[int, int] = {1: 100, 2: 100, 4: 100, 8: 200, 16: 200}
 
 
+def _load_base_file(p: Path):
+    """The array in a .npy/.pt/.pth base file; pickles and anything but one numeric tensor are refused."""
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except ValueError as err:  # object arrays and pickled files need allow_pickle, which we never grant
+            why = "holds Python objects (a pickle or an object array)" if "pickle" in str(err) else str(err)[:120]
+            raise FeatbenchError(f"taskres.base={p}: {why}; save a numeric [C, D] array with np.save") from None
+        except (OSError, EOFError) as err:
+            raise FeatbenchError(f"taskres.base={p}: not a readable .npy file ({str(err)[:120]})") from None
+    import pickle
+
+    import torch
+
+    try:
+        w = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, ValueError) as err:
+        msg = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        raise FeatbenchError(f"taskres.base={p}: not a plain tensor file ({msg}); save one [C, D] tensor with "
+                             "torch.save") from None
+    if isinstance(w, dict):
+        if len(w) != 1:
+            raise FeatbenchError(f"taskres.base: {p} holds {len(w)} tensors; save a single [C, D] tensor")
+        w = next(iter(w.values()))
+    if not isinstance(w, torch.Tensor):
+        raise FeatbenchError(f"taskres.base={p} holds a {type(w).__name__}, not a tensor; save one [C, D] tensor")
+    return w.detach().float().numpy()
+
+
+def _base_array(w, what: str) -> np.ndarray:
+    """A finite float32 [C, D] base, or one line saying why not (object arrays, strings, ragged lists, NaN)."""
+    try:
+        arr = np.asarray(w)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError
+        arr = arr.astype(np.float32)
+    except (ValueError, TypeError):
+        raise FeatbenchError(f"{what}: expects numeric [C, D] class weights (a head name, a .npy/.pt file or a "
+                             "list of lists of numbers)") from None
+    if arr.size and not np.isfinite(arr).all():
+        raise FeatbenchError(f"{what}: the base classifier holds NaN/Inf values; give finite class weights")
+    return arr
+
+
 class TaskRes(Head):
     """Task residual on top of a frozen base classifier (CLIP text weights by default)."""
 
@@ -99,6 +143,8 @@ class TaskRes(Head):
     def hyperparameters(self):
         hp = super().hyperparameters()
         b = hp.get("base")
+        if isinstance(b, (list, tuple)):  # a literal from --set/recipes: checked here, before any cell runs
+            b = _base_array(b, "taskres.base")
         if b is not None and not isinstance(b, (str, int, float)):  # keep result rows JSON-friendly
             hp["base"] = type(b).__name__ if isinstance(b, Head) else f"array{tuple(np.shape(b))}"
         return hp
@@ -132,18 +178,8 @@ class TaskRes(Head):
             if p.suffix in (".npy", ".pt", ".pth"):
                 if not p.exists():
                     raise FeatbenchError(f"taskres.base: weight file {p} not found; pass an existing .npy/.pt file")
-                if p.suffix == ".npy":
-                    w = np.load(p)
-                else:
-                    import torch
-
-                    w = torch.load(p, map_location="cpu", weights_only=True)
-                    if isinstance(w, dict):
-                        if len(w) != 1:
-                            raise FeatbenchError(f"taskres.base: {p} holds {len(w)} tensors; save a single [C, D] tensor")
-                        w = next(iter(w.values()))
-                    w = w.float().numpy()
-                return np.asarray(w, np.float32), f"file {p}"
+                w = _load_base_file(p)
+                return _base_array(w, f"taskres.base={p}"), f"file {p}"
             from featbench.heads import get_head, get_head_class
 
             cls = get_head_class(str(base))  # raises a clear error for unknown names
@@ -153,7 +189,7 @@ class TaskRes(Head):
             head.fit(X, y, **context)
             self.base_head_ = head
             return np.asarray(head.class_weights(), np.float32), f"head {base}"
-        return np.asarray(base, np.float32), "array"
+        return _base_array(base, "taskres.base"), "array"
 
     # -- estimator API -----------------------------------------------------------------------------------
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
@@ -171,6 +207,10 @@ class TaskRes(Head):
         w0, base_desc = self._resolve_base(X, y, context)
         if w0.ndim != 2 or w0.shape[1] != X.shape[1]:
             raise FeatbenchError(f"taskres.base must be [C, D={X.shape[1]}] class weights (got shape {w0.shape})")
+        n_expected = len(classnames) if classnames is not None else (np.asarray(text).shape[-2] if text is not None else None)
+        if n_expected is not None and w0.shape[0] != n_expected:
+            raise FeatbenchError(f"taskres.base has {w0.shape[0]} class rows but the cache has {n_expected} classes; "
+                                 f"give a [{n_expected}, {X.shape[1]}] base")
         notes: list[str] = []
         if self.base is not None and self.base_norm == "text" and text is not None:
             t = np.asarray(text, np.float32)
