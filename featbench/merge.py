@@ -349,6 +349,9 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
                     if vnames:
                         _merge_axis(opened, f, split, vnames, "views", axis=1)
             _merge_skipped(opened, f)
+            from featbench.cache import scan_nonfinite
+
+            f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))  # the parts' flags say nothing about the whole
         for p in opened:
             p.close()
         opened = []
