@@ -497,7 +497,8 @@ def _check_attr_types(path, attrs) -> None:
 
     for key in ("featbench_schema", "embed_dim"):
         v = attrs[key]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or (key == "embed_dim" and int(v) < 1):
+        whole = isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer())
+        if isinstance(v, (bool, np.bool_)) or not whole or (key == "embed_dim" and int(v) < 1):
             raise bad(key, "a positive integer" if key == "embed_dim" else "an integer")
     v = attrs["logit_scale"]
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \

@@ -449,6 +449,7 @@ def test_fifo_in_a_manifest_fails_or_is_skipped(tmp_path):
 
     with Cache(tmp_path / "c.h5") as c:
         assert c.skipped == ["pipe.png"]
+        assert c.nonfinite == []  # extraction records its NaN/Inf scan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -469,6 +470,29 @@ def test_out_is_checked_before_anything_runs(tmp_path, cache):
             assert_one_line_error(fit(cache, ro / "r.jsonl"), "not writable")
         finally:
             ro.chmod(0o700)
+
+
+def test_run_out_that_is_a_file(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    recipe = _recipe(tmp_path, "")
+    assert_one_line_error(invoke("run", recipe, "--only-fit", "-o", afile), "is a file")
+
+
+def test_error_lines_are_bounded():
+    from featbench.cli.app import one_line
+
+    assert one_line("a\nb  c") == "a b c"
+    cut = one_line("x" * 10**6)
+    assert len(cut) < 2100 and cut.endswith("characters cut)")
+    from featbench.errors import FeatbenchError
+    from featbench.heads import get_head
+
+    with pytest.raises(FeatbenchError, match="at least one value"):
+        get_head("gda", alpha_grid=[])
+    with pytest.raises(FeatbenchError) as err:
+        get_head("taskres", alpha="y" * 10**6)
+    assert len(str(err.value)) < 200
 
 
 @pytest.mark.parametrize("arrays, needle", [

@@ -15,11 +15,20 @@ class _CleanErrorGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except FeatbenchError as err:
-            typer.echo(f"featbench: error: {err}", err=True)
+            typer.echo(f"featbench: error: {one_line(str(err))}", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("featbench: interrupted (partial work is kept; run the same command to resume)", err=True)
             raise typer.Exit(code=130) from None
+
+
+MAX_ERROR_CHARS = 2000
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error message as one bounded line: a value echoed back must never flood the terminal."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
 app = typer.Typer(

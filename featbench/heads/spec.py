@@ -83,6 +83,8 @@ class Param:
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise FeatbenchError(f"{where}={_short(value)}: expects a list of {self.describe()}")
             items = list(value)
+            if not items:
+                raise FeatbenchError(f"{where}=[]: expects at least one value ({self.describe()})")
             if self.length is not None and len(items) != self.length:
                 raise FeatbenchError(f"{where}={_short(value)}: expects {self.length} values ({self.describe()})")
             scalar = "float" if self.kind == "floats" else "int"
