@@ -321,10 +321,28 @@ def _yaml_loader(max_values: int = MAX_YAML_VALUES):
     return StrictLoader
 
 
+MAX_YAML_DEPTH = 100
+MAX_RECIPE_BYTES = 1 << 20
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest [ / { nesting (quotes ignored: an over-estimate at worst). PyYAML's scanner is quadratic in it."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def safe_yaml_load(text: str, what: str):
     """yaml.safe_load with duplicate keys, alias bombs and absurd nesting refused: one FeatbenchError line."""
     import yaml
 
+    if ("[" in text or "{" in text) and _flow_depth(text) > MAX_YAML_DEPTH:
+        raise FeatbenchError(f"{what}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
     try:
         return yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as err:
@@ -358,6 +376,9 @@ def load_recipe(path: str | Path) -> Recipe:
         if not path.is_absolute() and (Path("recipes") / path.name).is_file() and path.parent == Path("."):
             hint = f" (did you mean recipes/{path.name}?)"
         raise FeatbenchError(f"{path}: recipe file not found{hint}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise FeatbenchError(f"{path}: {path.stat().st_size} bytes; a recipe is a small YAML file (at most "
+                             f"{MAX_RECIPE_BYTES >> 20} MiB)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

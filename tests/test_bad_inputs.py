@@ -392,14 +392,16 @@ def test_yaml_alias_bomb_is_refused_small_and_fast(tmp_path):
     assert_one_line_error(res, "anchors and aliases")
     (tmp_path / "rec.yaml").write_text("a: &a [1, *a]\n")
     assert_one_line_error(invoke("run", tmp_path / "rec.yaml", "--check"), "recursive")
-    (tmp_path / "deep.yaml").write_text("x: " + "[" * 3000 + "]" * 3000 + "\n")
-    assert_one_line_error(invoke("run", tmp_path / "deep.yaml", "--check"))
+    (tmp_path / "deep.yaml").write_text("x: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert_one_line_error(invoke("run", tmp_path / "deep.yaml", "--check"), "nested")
+    (tmp_path / "big.yaml").write_text("# " + "x" * (2 << 20) + "\n")
+    assert_one_line_error(invoke("run", tmp_path / "big.yaml", "--check"), "bytes")
 
 
 def test_wide_values_are_cut_in_errors(tmp_path, cache):
     path = tmp_path / "wide.yaml"
     path.write_text("datasets: [caltech101]\nmodel: toy\npretrained: none\nheads: [zeroshot]\nshots: [1]\n"
-                    f"seeds: {list(range(-5, 50000))}\n")
+                    f"seeds: {list(range(-5, 5000))}\n")
     assert_one_line_error(invoke("run", path, "--check"), "seeds")
     bomb = "[&a [1,1,1,1,1,1,1,1,1], " + ", ".join(["[*a,*a,*a,*a,*a,*a,*a,*a,*a]"] * 3) + "]"
     out = tmp_path / "r.jsonl"
