@@ -423,6 +423,7 @@ def test_fifo_is_not_opened_as_an_image(tmp_path):
     assert time.perf_counter() - t0 < 1
 
 
+@pytest.mark.slow  # two real (tiny-model) extractions, ~10 s on a shared CPU
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifo_in_a_manifest_fails_or_is_skipped(tmp_path):
     from featbench.synthetic import class_image
