@@ -386,7 +386,7 @@ def check_out(out: str | os.PathLike, flag: str = "--out") -> Path:
     """Refuse a results path that is a folder or cannot be written, before anything is computed."""
     out = Path(out)
     if out.is_dir():
-        raise FeatbenchError(f"{flag} {out} is a folder; give a results file such as {out / 'results.jsonl'}")
+        raise FeatbenchError(f"{flag} {out} is a directory; pass a results file path such as {out / 'results.jsonl'}")
     if out.exists():
         if not out.is_file():
             raise FeatbenchError(f"{flag} {out} is not a regular file; give a results file such as results/results.jsonl")

@@ -440,7 +440,7 @@ def test_fifo_in_a_manifest_fails_or_is_skipped(tmp_path):
     os.mkfifo(root / "pipe.png")
     lines.append("pipe.png,c0,test")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    base = ["extract", "--dataset", "csv", "--root", root, "--model", "tiny-vit", "--pretrained", "none",
+    base = ["extract", "--dataset", "csv", "--name", "pipes", "--root", root, "--model", "tiny-vit", "--pretrained", "none",
             "--views", "0", "--no-progress", "--out", tmp_path / "c.h5", "--device", "cpu"]
     t0 = time.perf_counter()
     res = invoke(*base)
@@ -461,7 +461,7 @@ def test_fifo_in_a_manifest_fails_or_is_skipped(tmp_path):
 def test_out_is_checked_before_anything_runs(tmp_path, cache):
     folder = tmp_path / "results"
     folder.mkdir()
-    assert_one_line_error(fit(cache, folder), "is a folder")
+    assert_one_line_error(fit(cache, folder), "is a directory")
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_one_line_error(fit(cache, afile / "r.jsonl"), "not a folder")
