@@ -52,6 +52,8 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
     npz, out = Path(npz), Path(out)
     if not npz.exists():
         raise FeatbenchError(f"feature file {npz} not found; pass an .npz with <split>_features and <split>_labels arrays")
+    if not npz.is_file():
+        raise FeatbenchError(f"feature file {npz} is not a regular file; pass an .npz file")
     if out.exists() and not overwrite:
         raise FeatbenchError(f"{out} exists; pass --overwrite to replace it")
     try:

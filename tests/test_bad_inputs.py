@@ -423,6 +423,20 @@ def test_fifo_is_not_opened_as_an_image(tmp_path):
     assert time.perf_counter() - t0 < 1
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_as_base_or_import_file(tmp_path, cache):
+    os.mkfifo(tmp_path / "base.npy")
+    out = tmp_path / "r.jsonl"
+    res = fit(cache, out, "--set", f"taskres.base={tmp_path / 'base.npy'}", "--set", "taskres.epochs=1", heads="taskres")
+    assert_one_line_error(res, "taskres.base", "regular file")
+    os.mkfifo(tmp_path / "f.npz")
+    res = invoke("import", tmp_path / "f.npz", "--out", tmp_path / "i.h5", "--dataset", "x", "--model", "m",
+                 "--pretrained", "p")
+    assert_one_line_error(res, "regular file")
+    os.mkfifo(tmp_path / "c.h5.fifo")
+    assert_one_line_error(invoke("info", tmp_path / "c.h5.fifo"), "regular file")
+
+
 @pytest.mark.slow  # two real (tiny-model) extractions, ~10 s on a shared CPU
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifo_in_a_manifest_fails_or_is_skipped(tmp_path):

@@ -178,6 +178,8 @@ class TaskRes(Head):
             if p.suffix in (".npy", ".pt", ".pth"):
                 if not p.exists():
                     raise FeatbenchError(f"taskres.base: weight file {p} not found; pass an existing .npy/.pt file")
+                if not p.is_file():  # a folder, FIFO or device would fail late or block forever
+                    raise FeatbenchError(f"taskres.base: {p} is not a regular file; pass a .npy/.pt file")
                 w = _load_base_file(p)
                 return _base_array(w, f"taskres.base={p}"), f"file {p}"
             from featbench.heads import get_head, get_head_class
