@@ -350,7 +350,7 @@ def _check_rows_available(plan: FitPlan) -> None:
     for h in plan.heads:
         cls = _head_class(h)
         needs[h] = plan.protocol != "oracle" and any(
-            needs_selection_split(cls, plan.protocol, combo) for combo in iter_combos(h, plan.sets, plan.grids))
+            needs_selection_split(cls, plan.protocol, combo) for combo in _axis_samples(h, plan.sets, plan.grids))
     want_selection = any(needs.values())
     for path in plan.caches:
         with Cache(path) as c:
@@ -380,6 +380,18 @@ def _check_rows_available(plan: FitPlan) -> None:
                                 f"(head {head}, shots {k}, seed {s}); re-extract with --train-rows all, "
                                 f"or use --protocol paper with heads that do not search"
                             )
+
+
+def _axis_samples(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> Iterator[dict]:
+    """Every value of every --grid axis once (the others at their first value): 1 + sum of the axis lengths
+    settings instead of their product. Enough for the early row check (whether a setting makes the head search
+    depends on single parameters, e.g. TaskRes's base); run_cell checks each cell again anyway."""
+    fixed, axes = _head_axes(head, sets, grids)
+    first = dict(fixed, **{name: values[0] for name, values in axes})
+    yield first
+    for name, values in axes:
+        for v in values[1:]:
+            yield dict(first, **{name: v})
 
 
 def check_out(out: str | os.PathLike, flag: str = "--out") -> Path:
