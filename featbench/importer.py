@@ -23,7 +23,8 @@ def _numeric(npz: Path, name: str, arr) -> np.ndarray:
     arr = np.asarray(arr)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
         raise FeatbenchError(f"{npz}: {name} holds {arr.dtype} values, expected numbers (float features)")
-    out = arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused just below
+        out = arr.astype(np.float32)
     if out.size and not np.isfinite(out).all():
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise FeatbenchError(f"{npz}: {name} holds {bad} NaN/Inf value(s) (or values too large for float32); "

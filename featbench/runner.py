@@ -539,7 +539,8 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
 
         def announce(msg: str) -> None:
             print(msg, file=sys.stderr, flush=True)
-    announce(f"fit: {plan.describe()}")
+    if total > 1:  # a single cell needs no announcement
+        announce(f"fit: {plan.describe()}")
     if max_cells is not None and total > int(max_cells):
         raise FeatbenchError(f"the grid has {total} cells, more than --max-cells {int(max_cells)}; narrow "
                              "--grid/--shots/--seeds/--heads, or raise the limit with --max-cells N (recipes: "

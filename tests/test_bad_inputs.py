@@ -282,6 +282,7 @@ def test_taskres_base_files(tmp_path, cache, kind):
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_taskres_base_pt_pickles_and_lists(tmp_path, cache):
     torch = pytest.importorskip("torch")
     import pickle
