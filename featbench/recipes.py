@@ -620,6 +620,13 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
     _output_folder(out_dir)
     results_path = out_dir / "results.jsonl"
 
+    from featbench.runner import n_combos
+
+    cells = len(recipe.datasets) * sum(n_combos(h, recipe.grids) for h in recipe.heads) * len(recipe.shots) \
+        * len(recipe.seeds)
+    if max_cells is not None and cells > int(max_cells):  # before hours of extraction, not after
+        raise FeatbenchError(f"{recipe.path or 'the recipe'}: its fit grid has {cells} cells, more than --max-cells "
+                             f"{int(max_cells)}; narrow its grids/shots/seeds/heads or pass --max-cells N")
     caches: dict[str, Path] = {}
     if only_fit:
         caches = cache_paths(recipe)

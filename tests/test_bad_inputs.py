@@ -352,6 +352,13 @@ def test_huge_grid_is_counted_and_refused_at_once(tmp_path, cache):
     assert not out.exists()
 
 
+def test_recipe_grid_over_max_cells_is_refused_before_extraction(tmp_path):
+    recipe = _recipe(tmp_path, "grids: {taskres.alpha: [0.1, 0.2, 0.3]}\nroot: /nonexistent\n")
+    res = invoke("run", recipe, "--max-cells", "2")
+    assert_one_line_error(res, "3 cells", "--max-cells")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_max_cells_flag_and_lazy_plan(tmp_path, cache):
     out = tmp_path / "r.jsonl"
     res = invoke("fit", cache, "--heads", "zeroshot", "--shots", "1,2", "--seeds", "1,2", "--out", out,
