@@ -237,6 +237,13 @@ def test_rows_out_of_range_and_wrong_dtypes(tmp_path):
         del f["splits/test/labels"]
         f["splits/test"].create_dataset("labels", data=labels.astype(np.float32))
     assert_one_line_error(invoke("info", path3), "/splits/test/labels", "integers")
+    path4 = tiny_cache(tmp_path / "dup.h5")
+    with h5py.File(path4, "r+") as f:
+        n = f["splits/test/paths"].shape[0]
+        f["splits/test"].create_dataset("rows", data=np.r_[0, np.arange(n - 1)].astype(np.int64))
+    out = tmp_path / "r.jsonl"
+    assert_one_line_error(fit(path4, out), "/splits/test/rows", "repeats")
+    assert not out.exists()
 
 
 def test_zero_row_train_split_is_refused(tmp_path):
