@@ -13,6 +13,8 @@ This is the only module that imports h5py. Layout (D = embedding width, C = clas
     /splits/<split>/rows         [M] int64 indices into the split index; absent means all rows (M = N)
     /splits/train/views          [V, K, D] augmented-view features of the train rows in view_rows
     /splits/train/view_rows      [K] int64 indices into the train split index
+    /splits/train/views_2 ...    further view sets over the same view_rows (extract --view-scales), each
+                                 with attr scale [min, max] (RandomResizedCrop area), as /splits/train/views
 
 Optional, additive (pre-projection features, written by `extract --pre-projection`)::
 
@@ -57,6 +59,8 @@ from featbench import __version__
 from featbench.errors import CacheContractError, FingerprintMismatch, FeatbenchError
 
 SCHEMA_VERSION = 1
+#: augmented-view sets of the train split, each [V, K, D] over the same view_rows (attr ``scale``)
+VIEW_SET_NAMES = ("views", "views_2", "views_3", "views_4")
 SPLITS = ("train", "val", "test")
 REQUIRED_ATTRS = ("featbench_schema", "model", "pretrained", "dataset", "embed_dim", "logit_scale", "fingerprint")
 _STR = h5py.string_dtype(encoding="utf-8")
@@ -207,11 +211,14 @@ class Cache:
             g = f["splits"]["train"]
             if "view_rows" not in g:
                 raise self._missing("/splits/train/view_rows (needed with /splits/train/views)")
-            v = g["views"]
-            _check_dtype(self.path, v, "/splits/train/views", "float")
             _check_rows(self.path, g["view_rows"], "/splits/train/view_rows", g["paths"].shape[0])
-            if v.ndim != 3 or v.shape[1] != g["view_rows"].shape[0] or v.shape[2] != d:
-                raise CacheContractError(f"{self.path}: /splits/train/views has shape {v.shape}, expected [V, K={g['view_rows'].shape[0]}, {d}]")
+            for name in VIEW_SET_NAMES:
+                if name not in g:
+                    continue
+                v = g[name]
+                _check_dtype(self.path, v, f"/splits/train/{name}", "float")
+                if v.ndim != 3 or v.shape[1] != g["view_rows"].shape[0] or v.shape[2] != d:
+                    raise CacheContractError(f"{self.path}: /splits/train/{name} has shape {v.shape}, expected [V, K={g['view_rows'].shape[0]}, {d}]")
 
     # -- metadata ------------------------------------------------------------------------------------
     @property
@@ -405,6 +412,27 @@ class Cache:
             return np.zeros(0, dtype=np.int64)
         return np.asarray(self._f["splits"]["train"]["view_rows"][()], dtype=np.int64)
 
+    def view_sets(self) -> dict[str, tuple[float, float] | None]:
+        """The train split's augmented-view sets: dataset name ("views", "views_2", ...) -> crop area scale.
+
+        The scale comes from the dataset's ``scale`` attribute, else the cache's preprocess ``view_scales``
+        (one per set) or ``view_scale`` (the first set: caches from before view sets); None when unrecorded.
+        """
+        if not self.has_views:
+            return {}
+        g = self._f["splits"]["train"]
+        pp = self.preprocess
+        listed = pp.get("view_scales") or ([pp["view_scale"]] if pp.get("view_scale") else [])
+        out: dict[str, tuple[float, float] | None] = {}
+        for i, name in enumerate(VIEW_SET_NAMES):
+            if name not in g:
+                continue
+            scale = g[name].attrs.get("scale")
+            if scale is None and i < len(listed):
+                scale = listed[i]
+            out[name] = (float(scale[0]), float(scale[1])) if scale is not None else None
+        return out
+
     def covers_views(self, rows: Iterable[int]) -> bool:
         have = set(int(r) for r in self.view_rows())
         return all(int(r) in have for r in rows)
@@ -450,7 +478,8 @@ class Cache:
             "templates": len(self.templates),
             "has_text": self.has_text,
             "splits": {},
-            "views": {"num_views": self.num_views, "rows": int(self.view_rows().shape[0])},
+            "views": {"num_views": self.num_views, "rows": int(self.view_rows().shape[0]),
+                      "sets": {k: (list(v) if v else None) for k, v in self.view_sets().items()}},
             "skipped": len(self.skipped),
             "nonfinite": self.nonfinite,
         }
@@ -615,11 +644,15 @@ def write_cache(
     view_rows: Sequence[int] | None = None,
     extra: Mapping[str, np.ndarray] | None = None,
     dtype: str = "float16",
+    view_scale: Sequence[float] | None = None,
+    more_views: Mapping[str, tuple[np.ndarray, Sequence[float]]] | None = None,
 ) -> Path:
     """Write a complete schema-v1 cache atomically (temporary file, then rename).
 
     splits maps split name -> {"paths", "labels", "features"[, "rows"][, "features_pre"]}.
     extra maps absolute dataset names (e.g. "/model/image_projection") to arrays stored as float32.
+    view_scale is the crop scale of ``views`` (attr ``scale``); more_views maps further view-set names
+    ("views_2", ...) to (array [V, K, D] over the same view_rows, scale).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -648,6 +681,13 @@ def write_cache(
             g = sg["train"]
             write_array(g, "views", views, dtype)
             g.create_dataset("view_rows", data=np.asarray(view_rows, dtype=np.int64))
+            if view_scale is not None:
+                g["views"].attrs["scale"] = np.asarray(view_scale, dtype=np.float64)
+            for name, (arr, scale) in (more_views or {}).items():
+                if name not in VIEW_SET_NAMES[1:]:
+                    raise FeatbenchError(f"view set name {name!r}: use one of {', '.join(VIEW_SET_NAMES[1:])}")
+                write_array(g, name, arr, dtype)
+                g[name].attrs["scale"] = np.asarray(scale, dtype=np.float64)
         for name, arr in (extra or {}).items():
             f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
         f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))
@@ -894,6 +934,12 @@ class CacheWriter:
         self._f = h5py.File(self.partial, "r+")
         self.tasks = {t.name: t for t in tasks}
 
+    def set_attr(self, name: str, key: str, value) -> None:
+        """Set an attribute of an existing dataset of the partial (no-op when absent), e.g. a view set's scale."""
+        if name in self._f:
+            self._f[name].attrs[key] = np.asarray(value)
+            self._f.flush()
+
     # -- progress ------------------------------------------------------------------------------------
     def pending_blocks(self, task: str) -> list[int]:
         t = self.tasks[task]
@@ -1069,7 +1115,8 @@ def _write_compacted(src, dst, drops, skipped: Sequence[str], created: str) -> N
     for t, keep, rows_name, rows in drops:
         for target in t.targets:
             _compact_into(src[target], dst, target, keep, t.axis)
-        dst.create_dataset(rows_name, data=rows)
+        if rows_name not in dst:  # view sets share /splits/train/view_rows (the same bad images in each)
+            dst.create_dataset(rows_name, data=rows)
     if skipped:
         write_strings(dst, "skipped", skipped)
     dst.attrs["created"] = created

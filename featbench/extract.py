@@ -53,6 +53,25 @@ def parse_view_scale(value) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_view_scales(value) -> tuple[tuple[float, float], ...]:
+    """'0.5,1:0.08,1' (or a list of pairs) -> ((0.5, 1.0), (0.08, 1.0)): one view set per crop scale, in order;
+    the first is stored as /splits/train/views, the others as views_2, views_3, views_4."""
+    from featbench.cache import VIEW_SET_NAMES
+
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(":") if p]
+    else:
+        parts = list(value)
+    scales = tuple(parse_view_scale(p) for p in parts)
+    if not scales:
+        raise FeatbenchError(f"--view-scales expects crop scales like 0.5,1:0.08,1; got {value!r}")
+    if len(set(scales)) != len(scales):
+        raise FeatbenchError(f"--view-scales {value!r}: each scale once")
+    if len(scales) > len(VIEW_SET_NAMES):
+        raise FeatbenchError(f"--view-scales: at most {len(VIEW_SET_NAMES)} view sets (got {len(scales)})")
+    return scales
+
+
 def apply_shard(plan: "Plan", rank: int, world: int, feat_block: int, view_block: int) -> "Plan":
     """Restrict a plan to rank's disjoint, non-padded share of every row list, cut on block boundaries so
     the rank forms exactly the batches a single process forms (same numbers, bit for bit)."""
@@ -272,6 +291,7 @@ def extract(
     manifest=None,
     classname_style: str = "clean",
     view_scale=(0.5, 1.0),
+    view_scales=None,
     pre_projection: bool = False,
     templates: str | Path | Sequence[str] | None = None,
     classnames: str | Path | Sequence[str] | None = None,
@@ -290,6 +310,8 @@ def extract(
     shard=(rank, world): write only rank's share of the rows (a part file for `featbench.merge`).
     templates / classnames: a file (see featbench.prompts) or a list replacing the dataset's prompt templates /
     class names; both are part of the cache's fingerprint.
+    view_scales (e.g. "0.5,1:0.08,1"): one view set per crop scale (replaces view_scale): Tip-Adapter, GDA,
+    LP++ and ProLIP use (0.5, 1), TaskRes, CLAP and Tip-Adapter-F's training Dassl's (0.08, 1).
     """
     say = log or (print if progress else (lambda _m: None))
     # -- validate arguments (cheap, before any heavy import) -----------------------------------------
@@ -313,7 +335,8 @@ def extract(
     if not seeds:
         raise FeatbenchError("--seeds is empty; give comma-separated integers like 1,2,3")
     view_shots = expand_view_shots(view_shots)
-    view_scale = parse_view_scale(view_scale)
+    scales = parse_view_scales(view_scales) if view_scales is not None else (parse_view_scale(view_scale),)
+    view_scale = scales[0]
 
     from featbench.datasets import load_dataset
     from featbench.prompts import check_template, read_classnames, read_templates
@@ -345,9 +368,14 @@ def extract(
     import numpy as np
 
     from featbench import cache as C
-    from featbench.encoders import Encoder, sha256_json
+    from featbench.encoders import Encoder, ViewTransform, sha256_json
 
     enc = Encoder(model, pretrained, device, view_scale=view_scale, view_seed=view_seed)
+    # one view set per crop scale; the first is the encoder's (and /splits/train/views, as before view sets)
+    view_sets = [(C.VIEW_SET_NAMES[0], view_scale, enc.view_transform)]
+    for i, sc in enumerate(scales[1:], start=1):
+        vt = ViewTransform(enc.image_size, enc.mean, enc.std, scale=sc, base_seed=int(view_seed) + 7919 * i)
+        view_sets.append((C.VIEW_SET_NAMES[i], sc, vt))
     preprocess = {
         **enc.preprocess_info(),
         "classname_style": classname_style,
@@ -355,6 +383,8 @@ def extract(
     }
     if classnames is not None:  # user class names: another text side, another fingerprint
         preprocess["classnames_sha256"] = sha256_json(list(ds.classnames))
+    if len(scales) > 1:  # single-scale caches keep their fingerprint and job identity
+        preprocess["view_scales"] = [list(sc) for sc in scales]
     fingerprint = C.compute_fingerprint(enc.name, enc.pretrained_label, preprocess, enc.checkpoint_sha256)
     if pre_projection and not enc.supports_pre_projection():
         raise FeatbenchError(f"--pre-projection: not supported for {enc.name} (only open_clip ViT and ModifiedResNet image towers)")
@@ -373,6 +403,8 @@ def extract(
     }
     if getattr(ds.info, "border_crop", 0):
         job["border_crop"] = int(ds.info.border_crop)
+    if len(scales) > 1:
+        job["view_scales"] = [list(sc) for sc in scales]
     target = Path(out) if out else C.default_cache_path(cache_dir, enc.name, enc.pretrained_label, ds.name)
 
     # -- an existing final cache -----------------------------------------------------------------------
@@ -436,12 +468,13 @@ def extract(
         if plan.views and (plan.view_rows or shard is None):
             k = len(plan.view_rows)
             extra["/splits/train/view_rows"] = np.asarray(plan.view_rows, dtype=np.int64)
-            targets = ["/splits/train/views"]
-            arrays[targets[0]] = ((plan.views, k, d), dt)
-            if pre_projection:
-                targets.append("/splits/train/views_pre")
-                arrays[targets[1]] = ((plan.views, k, pre_dim), dt)
-            tasks.append(C.BlockTask(name="train/views", n=k, block=view_block, targets=tuple(targets), axis=1))
+            for vname, _, _ in view_sets:
+                targets = [f"/splits/train/{vname}"]
+                arrays[targets[0]] = ((plan.views, k, d), dt)
+                if pre_projection:
+                    targets.append(f"/splits/train/{vname}_pre")
+                    arrays[targets[1]] = ((plan.views, k, pre_dim), dt)
+                tasks.append(C.BlockTask(name=f"train/{vname}", n=k, block=view_block, targets=tuple(targets), axis=1))
         from featbench.texttower import cache_record
 
         tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
@@ -459,15 +492,20 @@ def extract(
             templates=ds.templates, text_features_pre=text_pre if pre_projection else None,
             arrays=arrays, extra=extra, tasks=tasks, dtype=dtype,
         )
+        for vname, sc, _ in view_sets:  # each view set records its crop scale
+            for suffix in ("", "_pre"):
+                writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
     else:
         say(f"resuming {writer.partial}")
 
     # -- encode the pending blocks ----------------------------------------------------------------------
     try:
         _run_tasks(writer, enc, ds, plan, workers=int(workers), skip_bad_images=skip_bad_images,
-                   pre_projection=pre_projection, progress=progress, after_block=_after_block)
+                   pre_projection=pre_projection, progress=progress, after_block=_after_block,
+                   view_transforms={vname: vt for vname, _, vt in view_sets})
         row_sets = {f"{s}/features": (f"/splits/{s}/rows", s) for s in plan.splits}
-        row_sets["train/views"] = ("/splits/train/view_rows", "train")
+        for vname, _, _ in view_sets:
+            row_sets[f"train/{vname}"] = ("/splits/train/view_rows", "train")
         path, skipped = writer.finalize(row_sets=row_sets)
     finally:
         writer.close()
@@ -476,31 +514,33 @@ def extract(
     return path
 
 
-def _run_tasks(writer, enc, ds, plan: Plan, *, workers, skip_bad_images, pre_projection, progress, after_block):
+def _run_tasks(writer, enc, ds, plan: Plan, *, workers, skip_bad_images, pre_projection, progress, after_block,
+               view_transforms=None):
     from torch.utils.data import DataLoader
 
     jobs = []
     for s in plan.splits:
         name = f"{s}/features"
         rel = [plan.splits[s][r][0] for r in plan.feature_row_list(s)]
-        jobs.append((name, rel, 0))
-    if "train/views" in writer.tasks:
-        rel = [plan.splits["train"][r][0] for r in plan.view_rows]
-        jobs.append(("train/views", rel, plan.views))
-    pending = {name: writer.pending_blocks(name) for name, _, _ in jobs}
+        jobs.append((name, rel, 0, None))
+    for vname, vt in (view_transforms or {"views": enc.view_transform}).items():
+        if f"train/{vname}" in writer.tasks:
+            rel = [plan.splits["train"][r][0] for r in plan.view_rows]
+            jobs.append((f"train/{vname}", rel, plan.views, vt))
+    pending = {name: writer.pending_blocks(name) for name, _, _, _ in jobs}
     total = 0
-    for name, rel, v in jobs:
+    for name, rel, v, _ in jobs:
         t = writer.tasks[name]
         total += sum(t.bounds(b)[1] - t.bounds(b)[0] for b in pending[name]) * max(v, 1)
     bar = _Progress(total, enabled=progress)
     try:
-        for name, rel, v in jobs:
+        for name, rel, v, vt in jobs:
             task = writer.tasks[name]
             blocks = pending[name]
             if not blocks:
                 continue
             bar.describe(name)
-            source = _Blocks(ds.root, rel, task, blocks, enc.test_transform, enc.view_transform if v else None,
+            source = _Blocks(ds.root, rel, task, blocks, enc.test_transform, vt if v else None,
                              views=v, image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0)
             loader = DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
                                 worker_init_fn=_worker_init if workers else None,

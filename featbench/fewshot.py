@@ -101,28 +101,36 @@ class FewShotRows:
     val: list[int] | None  # None where the dataset has no val split (ImageNet)
 
 
-def fewshot_rows(train_labels: Sequence[int], val_labels: Sequence[int] | None, shots: int, seed: int) -> FewShotRows:
-    """The K-shot train subset and min(K, 4)-shot val subset that CoOp picks for this seed."""
+def fewshot_rows(train_labels: Sequence[int], val_labels: Sequence[int] | None, shots: int, seed: int,
+                 val_per_class: int | None = None) -> FewShotRows:
+    """The K-shot train subset and min(K, 4)-shot val subset that CoOp picks for this seed.
+
+    ``val_per_class`` draws another number of val images per class from the same generator: LP++ and ProLIP
+    (``generate_fewshot_dataset_(K, split="val")`` right after the train draw) use K. The train rows are the same.
+    """
     rng = random.Random(check_seed(seed))
     train = sample_per_class(list(train_labels), shots, rng)
     val = None
     if val_labels is not None and len(val_labels) > 0:
-        val = sample_per_class(list(val_labels), val_shots(shots), rng)
+        per = val_shots(shots) if val_per_class is None else int(val_per_class)
+        val = sample_per_class(list(val_labels), per, rng)
     return FewShotRows(shots=int(shots), seed=int(seed), train=train, val=val)
 
 
-def holdout_rows(train_labels: Sequence[int], fewshot_train: Sequence[int], shots: int, seed: int) -> list[int]:
+def holdout_rows(train_labels: Sequence[int], fewshot_train: Sequence[int], shots: int, seed: int,
+                 per_class: int | None = None) -> list[int]:
     """featbench's selection split for a dataset with no val split (ImageNet in CoOp).
 
     min(K, 4) images per class drawn, with the same per-class sampler, from the train rows that are *not*
     in the K-shot subset, using a generator of its own (``random.Random("featbench-val-holdout:<seed>")``)
     so the CoOp train picks are untouched. Deterministic, disjoint from the training images, never test.
+    ``per_class`` overrides min(K, 4) (LP++'s ImageNet script holds out K more train images per class).
     """
     taken = set(int(r) for r in fewshot_train)
     candidates = [r for r in range(len(train_labels)) if r not in taken]
     cand_labels = [int(train_labels[r]) for r in candidates]
     rng = random.Random(f"featbench-val-holdout:{int(seed)}")
-    picked = sample_per_class(cand_labels, val_shots(shots), rng)
+    picked = sample_per_class(cand_labels, val_shots(shots) if per_class is None else int(per_class), rng)
     return [candidates[i] for i in picked]
 
 
@@ -137,7 +145,7 @@ def union_rows(
     """Sorted unions of the train and val rows over every (shots, seed) pair — what extraction must cover.
 
     with_holdout adds, for a dataset without a val split, the held-out train rows ``holdout_rows`` picks as
-    the selection split (they need plain features, not augmented views).
+    the selection split, min(K, 4) and K per class (they need plain features, not augmented views).
     """
     train: set[int] = set()
     val: set[int] = set()
@@ -150,4 +158,5 @@ def union_rows(
                 val.update(sub.val)
             if with_holdout and no_val:
                 train.update(holdout_rows(train_labels, sub.train, k, s))
+                train.update(holdout_rows(train_labels, sub.train, k, s, per_class=k))  # LP++/ProLIP: K per class
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)

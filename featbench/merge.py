@@ -34,7 +34,7 @@ from featbench.errors import FeatbenchError
 #: datasets indexed by split row along axis 0 (merged), per split group
 ROW_DATASETS = ("features", "features_pre")
 #: datasets indexed by train row along axis 1 (merged), in /splits/train
-VIEW_DATASETS = ("views", "views_pre")
+VIEW_DATASETS = ("views", "views_pre", "views_2", "views_2_pre", "views_3", "views_3_pre", "views_4", "views_4_pre")
 #: attributes a single-process cache would not have (a part's own bookkeeping); dropped on merge
 PART_ATTRS = ("shard", "shard_rank", "shard_world", "part_of")
 #: root attributes that must agree between parts (beyond the fingerprint)

@@ -4,8 +4,12 @@ Protocols (recorded on every row):
 
 - ``paper``  — the head with its paper's defaults for this dataset and shot count (``get_head``), no
   protocol search. Heads whose paper *defines* a search on the validation split (``searches_internally``:
-  lpclip's C sweep, Tip-Adapter's alpha/beta grid) receive the few-shot val split as ``X_val``/``y_val``
-  because that search is the paper's procedure.
+  lpclip's C sweep, Tip-Adapter's alpha/beta grid, GDA's alpha, LP++'s best step) receive, as
+  ``X_val``/``y_val``, the split their reference searches on (``Head.paper_selection``, see
+  featbench.heads.paper): CoOp's few-shot val (lpclip), the full val split (Tip-Adapter, GDA), K val images
+  per class (LP++, ProLIP). A head whose paper searches its ``search_space`` (``paper_search``: ProLIP's
+  lr x lambda grid) gets that search on that split. The paper's templates (``paper_templates``), view set
+  (``paper_view_scale``) and class-name style are applied or noted on the row.
 - ``val``    — additionally grid-search the head's ``search_space`` (minus parameters the user fixed with
   ``--set``/``--grid``) on the few-shot val split (min(K, 4) images per class), keep the best val accuracy
   (the *first* best in ``itertools.product`` order of the search space on ties), report test accuracy of
@@ -13,8 +17,8 @@ Protocols (recorded on every row):
 - ``oracle`` — the same searches scored on the (source) test split. It exists only to reproduce papers that
   selected on test (Tip-Adapter's ImageNet); rows say ``"protocol": "oracle"`` and carry a note.
 
-Selection split for datasets without a val split (ImageNet in CoOp): min(K, 4) images per class drawn from the
-train rows *not* in the K-shot subset, classes in first-appearance order, with a private generator
+Selection split for datasets without a val split (ImageNet in CoOp): min(K, 4) (K for ``kshot_val``) images
+per class drawn from the train rows *not* in the K-shot subset, classes in first-appearance order, with a private generator
 ``random.Random(f"featbench-val-holdout:{seed}")`` (``holdout_rows``). It is deterministic, disjoint from the
 training images, never touches test, and the row notes it. `featbench.fewshot.holdout_rows` draws them and
 extraction with `--train-rows fewshot` covers them.
@@ -48,11 +52,12 @@ import numpy as np
 from featbench import __version__
 from featbench.errors import FeatbenchError
 from featbench.fewshot import fewshot_rows, holdout_rows, shortfall_notes
+from featbench.paper_setup import (FULL_VAL_NOTE, HOLDOUT_NOTE, KSHOT_VAL_NOTE, paper_inputs, selection_kind,
+                                   selection_rows)
 from featbench.results import ROW_FIELDS, jsonable, now_iso
 
 PROTOCOLS = ("paper", "val", "oracle")
 SEARCHED = "searched"
-HOLDOUT_NOTE = "selection split: held-out train rows (dataset has no val split)"
 ORACLE_NOTE = "oracle protocol: hyperparameters selected on the test split (not a valid few-shot result)"
 NO_VIEWS_NOTE = "no augmented views in cache for these rows: trained on plain features"
 EVAL_CHUNK = 8192
@@ -137,8 +142,9 @@ def has_val(cache) -> bool:
 
 
 def effective_search_space(head_cls, protocol: str, fixed: Mapping) -> dict[str, list]:
-    """The protocol search grid: the head's search_space minus params fixed by --set/--grid (none under paper)."""
-    if protocol == "paper":
+    """The protocol search grid: the head's search_space minus params fixed by --set/--grid (under paper only
+    for heads whose paper itself searches that grid, ``paper_search``)."""
+    if protocol == "paper" and not getattr(head_cls, "paper_search", False):
         return {}
     space = dict(getattr(head_cls, "search_space", {}) or {})
     return {k: list(v) for k, v in space.items() if k not in fixed and len(list(v)) > 0}
@@ -340,10 +346,6 @@ def _labelled(cache, split: str, kind: str, rows: Sequence[int] | None) -> tuple
     return cache.features(split, rows, kind=kind), labels[rows]
 
 
-def _views_kind(kind: str) -> str:
-    return "views" if kind == "features" else "views" + kind[len("features"):]
-
-
 def _extra_arrays(cache) -> dict:
     """Optional model tensors for heads that work before the projection (ProLIP, text-projection)."""
     out = {}
@@ -383,27 +385,22 @@ def run_cell(cell: Cell) -> list[dict]:
         halves = b2n.class_halves(y)
         X, y, _ = b2n.restrict(X, y, halves.base)
 
-    views = None
-    if getattr(cls, "uses_views", False):
-        vkind = _views_kind(kind)
-        if src.has_views and src.has_dataset(f"/splits/train/{vkind}") and src.covers_views(sub.train):
-            views = src.views(sub.train, kind=vkind)
-            if halves is not None:
-                views = views[:, np.isin(train_labels[np.asarray(sub.train)], halves.base)]
+    # the paper's templates, view set and class-name style (applied, or noted on the row)
+    text, extra, views, view_scale, head_setup = paper_inputs(cls, src, dataset, text, _extra_arrays(src), sub.train, kind)
+    if halves is not None and views is not None:
+        views = views[:, np.isin(train_labels[np.asarray(sub.train)], halves.base)]
 
     # the selection split (never test, except under oracle where that is the point)
     space = effective_search_space(cls, cell.protocol, cell.overrides)
     selection: _Split | None = None
     if needs_selection_split(cls, cell.protocol, cell.overrides):
-        if cell.protocol == "oracle":
-            Xs, ys = _labelled(src, "test", kind, None)
-            selection = _Split(Xs, ys, "test")
+        how = selection_kind(cls, cell.protocol)
+        split, rows, snote = selection_rows(how, train_labels, val_labels, int(cell.shots), int(cell.seed), sub)
+        if how == "test":
             notes.append(ORACLE_NOTE if not cell.eval_on else ORACLE_NOTE.replace("the test split", "the source's test split"))
-        elif sub.val is not None:
-            Xs, ys = _labelled(src, "val", kind, sub.val)
-            selection = _Split(Xs, ys, "val")
-        else:
-            rows = holdout_rows(train_labels, sub.train, int(cell.shots), int(cell.seed))
+            if dataset in getattr(cls, "reference_selects_on_test", ()):
+                notes.append(f"oracle reproduces the reference, which selects on the test split for {dataset}")
+        if split == "train":
             if not rows:
                 raise FeatbenchError(f"{src.path}: no train rows outside the {cell.shots}-shot subset to hold out for selection (dataset has no val split)")
             stored = set(int(r) for r in src.feature_rows("train"))
@@ -413,9 +410,16 @@ def run_cell(cell: Cell) -> list[dict]:
                     f"(shots {cell.shots}, seed {cell.seed}); re-extract with --train-rows all, or use --protocol paper "
                     f"with heads that do not search"
                 )
-            Xs, ys = _labelled(src, "train", kind, rows)
-            selection = _Split(Xs, ys, "holdout")
-            notes.append(HOLDOUT_NOTE)
+            if dataset in getattr(cls, "reference_selects_on_test", ()) and cell.protocol == "paper":
+                snote += f"; the reference selects on test for {dataset} (--protocol oracle reproduces that)"
+        elif split == "val" and rows is None and len(src.feature_rows("val")) != len(src.labels("val")):
+            raise FeatbenchError(f"{src.path}: head {cell.head}'s paper selects on the full val split, but only "
+                                 f"{len(src.feature_rows('val'))} of {len(src.labels('val'))} val images have features; "
+                                 f"re-extract the val split, or use --protocol val")
+        Xs, ys = _labelled(src, split, kind, rows)
+        selection = _Split(Xs, ys, "holdout" if split == "train" else split)
+        if snote:
+            notes.append(snote)
 
     if halves is not None and selection is not None:
         Xs, ys, _ = b2n.restrict(selection.X, selection.y, halves.base)
@@ -425,7 +429,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "views": views,
         "logit_scale": src.logit_scale,
         "classnames": src.classnames,
-        "extra": _extra_arrays(src),
+        "extra": extra,
     }
     if getattr(cls, "needs_text_tower", False):  # prompt learners: the tower that made the cache (memoised)
         from featbench.texttower import load_for_cache
@@ -462,6 +466,9 @@ def run_cell(cell: Cell) -> list[dict]:
     views_used = info.get("views_used")
     if views_used is None:
         views_used = int(views.shape[0]) if views is not None else 0
+    if not views_used:
+        view_scale = None
+    head_notes = head_setup + head_notes
     params = planned_params(cell, dataset)
 
     base_row = {
@@ -479,6 +486,7 @@ def run_cell(cell: Cell) -> list[dict]:
         "seed": int(cell.seed),
         "fit_seconds": round(fit_seconds, 4),
         "views_used": jsonable(views_used),
+        "views_scale": list(view_scale) if view_scale else None,
         "notes": head_notes + notes,
         "featbench_version": __version__,
     }
@@ -536,7 +544,8 @@ def run_cell_bounded(cell: Cell, threads: int | None) -> list[dict]:
 
 
 __all__ = [
-    "PROTOCOLS", "Cell", "run_cell", "run_cell_bounded", "holdout_rows", "effective_search_space",
+    "PROTOCOLS", "Cell", "run_cell", "run_cell_bounded", "holdout_rows", "effective_search_space", "selection_kind",
+    "selection_rows", "FULL_VAL_NOTE", "KSHOT_VAL_NOTE",
     "needs_selection_split", "planned_params", "target_columns", "accuracy", "mean_per_class_recall",
     "open_cached", "close_cached", "head_target", "HOLDOUT_NOTE", "ORACLE_NOTE",
 ]

@@ -156,6 +156,8 @@ EXTRACT_SCHEMA: dict[str, Field] = {
     "device": Field(lambda v: _device(v), "auto | cpu | cuda | cuda:N"),
     "dtype": Field(_choice(DTYPES), "on-disk feature dtype"),
     "pre_projection": Field(_bool, "also store pre-projection features (needed by prolip, text-projection)"),
+    "view_scale": Field(_str, "RandomResizedCrop area scale of the views, min,max (default 0.5,1)"),
+    "view_scales": Field(_str, "one view set per crop scale, e.g. '0.5,1:0.08,1' (each head uses its paper's)"),
     "skip_bad_images": Field(_bool, "skip unreadable images instead of failing"),
     "templates": Field(_str, "prompt templates file for every dataset (see `featbench extract --templates`)"),
 }

@@ -344,7 +344,7 @@ def _check_rows_available(plan: FitPlan) -> None:
     """
     from featbench.cache import Cache
     from featbench.fewshot import fewshot_rows
-    from featbench.protocol import has_val, holdout_rows, needs_selection_split
+    from featbench.protocol import has_val, needs_selection_split, selection_kind, selection_rows
 
     needs: dict[str, bool] = {}  # head -> some setting of it needs the selection split
     for h in plan.heads:
@@ -352,6 +352,11 @@ def _check_rows_available(plan: FitPlan) -> None:
         needs[h] = plan.protocol != "oracle" and any(
             needs_selection_split(cls, plan.protocol, combo) for combo in _axis_samples(h, plan.sets, plan.grids))
     want_selection = any(needs.values())
+    # where each searching head selects (the paper protocol's split differs per head): one check per kind
+    kinds: dict[str, str] = {}
+    for h in plan.heads:
+        if needs[h]:
+            kinds.setdefault(selection_kind(_head_class(h), plan.protocol), h)
     for path in plan.caches:
         with Cache(path) as c:
             train_labels = c.labels("train")
@@ -368,13 +373,18 @@ def _check_rows_available(plan: FitPlan) -> None:
                         )
                     if not want_selection:
                         continue
-                    head = next(h for h in plan.heads if needs[h])
-                    if sub.val is not None:
-                        if not all(r in have_val for r in sub.val):
-                            raise FeatbenchError(f"{path}: the {k}-shot seed-{s} val subset includes rows without features; re-extract the val split")
-                    else:
-                        rows = holdout_rows(train_labels, sub.train, k, s)
-                        if not rows or not all(r in have_train for r in rows):
+                    for how, head in kinds.items():
+                        split, rows, _ = selection_rows(how, train_labels, val_labels, k, s, sub)
+                        if split == "val" and rows is None:
+                            if len(have_val) != len(val_labels):
+                                raise FeatbenchError(
+                                    f"{path}: head {head}'s paper selects on the full val split, but only "
+                                    f"{len(have_val)} of {len(val_labels)} val images have features; re-extract "
+                                    f"the val split, or use --protocol val")
+                        elif split == "val":
+                            if not all(r in have_val for r in rows):
+                                raise FeatbenchError(f"{path}: the {k}-shot seed-{s} val subset includes rows without features; re-extract the val split")
+                        elif not rows or not all(r in have_train for r in rows):
                             raise FeatbenchError(
                                 f"{path} has no val split and lacks features for the held-out train rows used for selection "
                                 f"(head {head}, shots {k}, seed {s}); re-extract with --train-rows all, "

@@ -51,6 +51,7 @@ def extract(
     views: int = typer.Option(10, "--views", help="augmented views per few-shot train image (0: none)"),
     view_shots: str = typer.Option("1,2,4,8,16", "--view-shots", help="shot counts whose few-shot rows get views; one K = every standard count <= K"),
     view_scale: str = typer.Option("0.5,1", "--view-scale", help="RandomResizedCrop area scale min,max (Tip-Adapter 0.5,1; Dassl 0.08,1)"),
+    view_scales: Optional[str] = typer.Option(None, "--view-scales", help="several view sets, one per scale, e.g. 0.5,1:0.08,1 (replaces --view-scale; each head trains on its paper's)"),
     seeds: str = typer.Option("1,2,3", "--seeds", help="few-shot seeds whose rows get views"),
     train_rows: str = typer.Option("all", "--train-rows", help="all | fewshot: which train rows get plain features"),
     all_views: bool = typer.Option(False, "--all-views", help="views for every train row"),
@@ -86,15 +87,16 @@ def extract(
     dtype = _choice(dtype, "--dtype", ("float16", "float32"))
     classname_style = _choice(classname_style, "--classname-style", ("clean", "raw"))
 
-    from featbench.extract import expand_view_shots, extract as run_extract, parse_view_scale
+    from featbench.extract import expand_view_shots, extract as run_extract, parse_view_scale, parse_view_scales
 
     scale = parse_view_scale(view_scale)
+    scales = parse_view_scales(view_scales) if view_scales is not None else None
     kwargs = dict(
         model=model, pretrained=pretrained, splits=tuple(split_list), views=views,
         view_shots=expand_view_shots(shots), seeds=tuple(seed_list), train_rows=train_rows, all_views=all_views,
         batch_size=batch_size, workers=workers, dtype=dtype, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-        manifest=manifest, classname_style=classname_style, view_scale=scale, pre_projection=pre_projection,
-        templates=templates, classnames=classnames,
+        manifest=manifest, classname_style=classname_style, view_scale=scale, view_scales=scales,
+        pre_projection=pre_projection, templates=templates, classnames=classnames,
         progress=not no_progress, log=lambda m: typer.echo(m, err=True), name=name,
     )
     from featbench.distributed import dist_env
@@ -139,7 +141,8 @@ def info(
     for s, d in summary["splits"].items():
         lines.append(f"split {s:<5} {d['rows']} rows, {d['with_features']} with features")
     v = summary["views"]
-    lines.append(f"views       {v['num_views']} x {v['rows']} train rows" if v["num_views"] else "views       none")
+    sets = ", ".join(f"{k} scale {sc}" for k, sc in (v.get("sets") or {}).items())
+    lines.append(f"views       {v['num_views']} x {v['rows']} train rows ({sets})" if v["num_views"] else "views       none")
     if summary.get("skipped"):
         lines.append(f"skipped     {summary['skipped']} unreadable image(s)")
     lines.append(f"created     {summary.get('created', '?')}")
@@ -152,8 +155,8 @@ def _preprocess_line(pp: dict) -> str:
         imported = isinstance(pp, dict) and pp.get("source") == "imported"
         return "preprocess  n/a (" + ("imported features: " if imported else "") + "not recorded in the cache)"
     text = f"preprocess  {pp['image_size']}px {pp.get('interpolation', '')} {pp.get('resize_mode', '')}".rstrip()
-    if pp.get("view_scale") is not None:
-        text += f", views scale {pp['view_scale']}"
+    if pp.get("view_scales") or pp.get("view_scale") is not None:
+        text += f", views scale {pp.get('view_scales') or pp['view_scale']}"
     return text
 
 

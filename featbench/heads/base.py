@@ -7,7 +7,8 @@
     text         [T, C, D] raw text-encoder outputs per template (not normalised)
     views        [V, N, D] augmented-view features of the N train rows (aligned with X), or None
     logit_scale  float, CLIP's exponentiated logit scale (100 for OpenAI CLIP)
-    X_val, y_val the selection split: few-shot val under the `val`/`paper` protocols, test under `oracle`
+    X_val, y_val the selection split: few-shot val under `val`; under `paper` the split the head's reference
+                 searches on (``paper_selection``); test under `oracle`
     classnames   list of C class names
     extra        dict of optional arrays (pre-projection features, projections, ...)
 - ``decision_function(X)`` returns logits [N, C]; ``predict_proba``, ``predict`` and ``score`` (top-1
@@ -52,6 +53,13 @@ class Head:
     hyperparams: ClassVar[dict] = {}
     #: a fitted head can score classes it never saw from their text features (see ``for_classes``)
     scores_unseen_classes: ClassVar[bool] = False
+    # -- what the head's reference code used (featbench.heads.paper explains each; the protocol reads them) --
+    paper_selection: ClassVar[str] = "fewshot_val"
+    paper_search: ClassVar[bool] = False
+    paper_templates: ClassVar[dict] = {}
+    paper_classname_style: ClassVar[str | None] = None
+    paper_view_scale: ClassVar[tuple | None] = None
+    reference_selects_on_test: ClassVar[tuple] = ()
 
     # -- scikit-learn parameter protocol ---------------------------------------------------------------
     @classmethod

@@ -10,14 +10,20 @@ experiments/experiment_CLAP.txt: init ``ZS``, constraint ``l2``). Following the 
 - lambda_k = the zero-shot softmax probability of class k averaged over the support samples of class k
   (every augmented view counts as a sample, as in the reference), computed once before training;
 - the training pool is the cached augmented views (the paper uses 20 per image; featbench uses what the cache
-  has, else the plain features, noted); each epoch reshuffles the V*N pool and takes ceil(N / batch) batches,
-  as the reference does (its batch count comes from the image loader, its rows from the feature pool);
+  has, else the plain features, noted; the paper's views are Dassl's RandomResizedCrop scale (0.08, 1));
+  each epoch reshuffles the V*N pool and takes as many batches as the reference's image loader yields: Dassl
+  drops the last incomplete batch when N >= batch, so floor(N / batch) batches, else one
+  (``clap_batches_per_epoch``); each batch takes the next ``batch`` rows of the shuffled pool, as its
+  ``run_epoch`` does;
 - SGD lr 0.1, momentum 0.9, no weight decay, batch 256, 300 epochs, cosine over epochs after one warm-up epoch
   at a constant 1e-5 (Dassl); the last epoch's prototypes are the model. No validation set is used.
 
 ``lambda_scale`` multiplies every lambda_k (1 = the paper); ``inf`` freezes W at t (the lambda -> infinity
 limit, exactly zero-shot). ``constraint="balanced"`` uses lambda_k = 1 and ``"none"`` gives ZS-LP, the
 paper's unconstrained zero-shot-initialised probe.
+
+Templates and class names follow the reference's CoOp code base: the 8 ImageNet templates (7 + "a photo of a
+{}.") and class names with underscores kept (rows note a cache extracted with the other style).
 """
 
 from __future__ import annotations
@@ -30,8 +36,15 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8
 
 CONSTRAINTS = ("l2", "balanced", "none")
+
+
+def clap_batches_per_epoch(n_images: int, batch_size: int) -> int:
+    """Batches per epoch of the reference's Dassl train loader (drop_last when n_images >= batch_size)."""
+    n, b = int(n_images), int(batch_size)
+    return n // b if n >= b else 1
 
 
 class CLAP(Head):
@@ -59,6 +72,9 @@ class CLAP(Head):
         "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
         "random_state": Param("int", doc="set by --seeds"),
     }
+    paper_templates: ClassVar[dict] = TEMPLATES_8
+    paper_classname_style: ClassVar[str] = "raw"
+    paper_view_scale: ClassVar[tuple] = DASSL_SCALE
 
     def __init__(
         self,
@@ -148,7 +164,7 @@ class CLAP(Head):
             epochs = int(self.epochs)
         gen = T.generator(self.random_state)
         batch = int(self.batch_size)
-        n_batches = max(1, math.ceil(n_images / batch))
+        n_batches = clap_batches_per_epoch(n_images, batch)
         buf = None
         for epoch in range(epochs):
             lr = T.cosine_with_warmup(epoch, float(self.lr), epochs, int(self.warmup_epochs), float(self.warmup_lr))

@@ -11,8 +11,9 @@ mrflogs/ICLR24, main_few_shots.py). What it computes, following the reference:
 - w_k = P mu_k, b_k = log(1/K) - mu_k^T P mu_k / 2 (uniform prior);
 - logits = s * norm(f) T^T + alpha * (norm(f) W^T + b), T the zero-shot text weights, s = logit_scale.
 
-alpha: the reference grid-searches [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100] on the validation split and keeps the
-first best (strict improvement). featbench does the same on (X_val, y_val) when the runner gives a selection
+alpha: the reference grid-searches [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100] on the (whole) validation split and
+keeps the first best (strict improvement); ``--protocol paper`` hands it the full val split, ``val`` CoOp's
+min(K, 4) per class. featbench does the same on (X_val, y_val) when the runner gives a selection
 split; without one it uses ``default_alpha`` = 0.01. The paper fixes no value (it always searches); 0.01 is
 the value its search picks on held-out ImageNet train rows of the real ViT-B/32 fixtures at 2 shots. The best
 alpha scales roughly with (n - 1)/D (P shrinks as the sample grows), so this fallback is a weak spot: prefer
@@ -34,6 +35,7 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 from featbench.heads.spec import Param, nonnegative
+from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
 
 #: the reference's alpha grid (mrflogs/ICLR24 main_few_shots.py)
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -58,6 +60,13 @@ class GDA(Head):
         "use_views": Param("bool", doc="estimate the Gaussians from the cached augmented views"),
         "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
     }
+    # main_few_shots.py: alpha searched on every val feature; Tip-Adapter's templates, names and (0.5, 1) views;
+    # its ImageNet script searches on test
+    paper_selection: ClassVar[str] = FULL_VAL
+    paper_templates: ClassVar[dict] = TEMPLATES_7
+    paper_classname_style: ClassVar[str] = "clean"
+    paper_view_scale: ClassVar[tuple] = TIP_SCALE
+    reference_selects_on_test: ClassVar[tuple] = ("imagenet",)
 
     def __init__(
         self,

@@ -108,6 +108,7 @@ class LinearProbe(Head):
         "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
         "random_state": Param("int", doc="set by --seeds"),
     }
+    reference_selects_on_test = ("imagenet",)  # CoOp's ImageNet sets val = test (only `oracle` reproduces it)
 
     def __init__(self, C: float = 0.316, search: bool = True, solver: str = "torch", max_iter: int = 1000,
                  tol: float = 1e-4, warm_start: bool = False, dtype: str = "auto", device: str = "cpu",

@@ -18,7 +18,8 @@ The recipe reproduces the reference trainer on Dassl:
   feature-cache stand-in for Dassl's fresh random crop + flip); without views the plain features are used
   and ``fit_info_['notes']`` says so.
 
-Enhanced base (TaskRes*): ``base`` replaces W0 by another classifier — an array [C, D], a .npy/.pt/.pth file,
+Enhanced base (TaskRes*): ``base`` replaces W0 by another classifier — a Dassl checkpoint ``model.pth.tar`` with
+a tuned text projection as the authors publish them (``dassl_projection_base``), an array [C, D], a .npy/.pt/.pth file,
 a registered head name (fitted first on the same data and context) or a Head instance (used as is when
 fitted, else fitted). With ``base_norm="text"`` (default) a non-text base is rescaled so its mean row norm
 equals that of the raw-text W0 when text is available: row directions (hence the base's own cosine
@@ -34,6 +35,7 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
 from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8
 
 # per-dataset / per-shot defaults of the reference configs (data, not branches)
 TASKRES_LR: dict[str, float] = {"imagenet": 2e-4}
@@ -85,6 +87,86 @@ def _base_array(w, what: str) -> np.ndarray:
     return arr
 
 
+#: globals a Dassl checkpoint pickles besides tensors: optimizer/scheduler objects (replaced by inert stubs,
+#: never constructed) and plain containers; anything else means code would run, and is refused
+_INERT_PREFIXES = ("torch.optim.", "dassl.")
+_CONTAINERS = {"dict": dict, "list": list, "set": set, "tuple": tuple, "collections.OrderedDict": None,
+               "collections.defaultdict": None}
+
+
+class _Inert:
+    """Stands in for an optimizer/scheduler object of a checkpoint: keeps no state, runs no code."""
+
+    def __setstate__(self, state):
+        pass
+
+
+def _load_torch_file(p: Path):
+    """torch.load(weights_only=True): no pickled code runs. A Dassl checkpoint's optimizer and scheduler
+    objects (``torch.optim.*``, ``dassl.*``) load as inert stubs; any other object is a one-line error."""
+    import collections
+    import pickle
+    import re
+
+    import torch
+
+    allowed: list = []
+    for _ in range(64):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+            if found is None:  # not a pickle torch can read at all
+                raise FeatbenchError(f"taskres.base: {p} is not a readable torch file; pass a .npy, .pt or Dassl "
+                                     f"model.pth.tar file") from None
+            name = found.group(1)
+            if name in _CONTAINERS:
+                allowed.append(_CONTAINERS[name] or getattr(collections, name.rpartition(".")[2]))
+            elif name.startswith(_INERT_PREFIXES):
+                module, _, qual = name.rpartition(".")
+                allowed.append(type(qual, (_Inert,), {"__module__": module, "__qualname__": qual}))
+            else:
+                raise FeatbenchError(f"taskres.base: {p} needs pickled code to load ({name}); featbench loads "
+                                     f"weights only: re-save it as torch.save({{'state_dict': {{'weight': W}}}}, path)") from None
+        except Exception as err:  # not a torch file at all (zip errors, truncated files)
+            raise FeatbenchError(f"taskres.base: {p} is not a readable torch file ({type(err).__name__}); pass a .npy, "
+                                 f".pt or Dassl model.pth.tar file") from None
+    raise FeatbenchError(f"taskres.base: {p} pickles too many objects to load safely; re-save its weights alone")
+
+
+def dassl_projection_base(ckpt: dict, p: Path, text_pre, dim: int) -> np.ndarray:
+    """TaskRes*'s enhanced base from a Dassl checkpoint holding a tuned text projection.
+
+    TaskRes (trainers/taskres.py, ``_get_enhanced_base_text_features``) sets the text encoder's projection to
+    ``state_dict['weight'].t()`` — the weight of an nn.Linear(Q, D), shape [D, Q] — and averages the projected
+    template outputs: W0 = mean_T(text_pre) @ weight^T, [C, D], not normalised. ``text_pre`` [T, C, Q] are the
+    cache's pre-projection text features. A [Q, D] weight (the projection itself) is accepted when Q != D.
+    """
+    sd = ckpt.get("state_dict")
+    w = sd.get("weight") if isinstance(sd, dict) else None
+    if w is None or not hasattr(w, "float"):
+        raise FeatbenchError(f"taskres.base: {p} is a checkpoint without state_dict['weight'] (a tuned text "
+                             f"projection); pass TaskRes's released model.pth.tar or a [C, D] weight file")
+    if text_pre is None:
+        raise FeatbenchError(f"taskres.base: {p} is a tuned text projection; it needs the cache's pre-projection text "
+                             f"features: re-extract with `featbench extract --pre-projection`")
+    w = w.float().numpy().astype(np.float32)
+    t = np.asarray(text_pre, np.float32)
+    t = t if t.ndim == 2 else t.mean(0)  # [C, Q]
+    q = t.shape[1]
+    if w.ndim == 2 and w.shape == (dim, q):
+        proj = w.T
+    elif w.ndim == 2 and w.shape == (q, dim):
+        proj = w
+    else:
+        raise FeatbenchError(f"taskres.base: {p} state_dict['weight'] has shape {tuple(w.shape)}; a text projection "
+                             f"for this cache is [{dim}, {q}] (nn.Linear weight, as TaskRes saves it)")
+    if not np.isfinite(w).all():
+        raise FeatbenchError(f"taskres.base: {p} state_dict['weight'] holds NaN or inf values; use another checkpoint")
+    return (t @ proj).astype(np.float32)
+
+
 class TaskRes(Head):
     """Task residual on top of a frozen base classifier (CLIP text weights by default)."""
 
@@ -112,6 +194,10 @@ class TaskRes(Head):
         "paper_context": Param("any", doc="(dataset, shots) for a named base head; set by the runner"),
     }
     runtime_params = Head.runtime_params + ("paper_context",)
+    # trainers/taskres.py: ImageNet's 7 select templates + "a photo of a {}.", raw class names, Dassl crops
+    paper_templates = TEMPLATES_8
+    paper_classname_style = "raw"
+    paper_view_scale = DASSL_SCALE
 
     def __init__(self, alpha: float = 0.5, lr: float = 2e-3, epochs: int = 100, batch_size: int = 256,
                  weight_decay: float = 5e-4, warmup_epochs: int = 1, warmup_lr: float = 1e-5, base=None,
@@ -175,11 +261,16 @@ class TaskRes(Head):
             return np.asarray(base.class_weights(), np.float32), f"head instance {base.name}"
         if isinstance(base, (str, Path)):
             p = Path(base)
-            if p.suffix in (".npy", ".pt", ".pth"):
+            if p.suffix in (".npy", ".pt", ".pth", ".tar"):
                 if not p.exists():
                     raise FeatbenchError(f"taskres.base: weight file {p} not found; pass an existing .npy/.pt file")
                 if not p.is_file():  # a folder, FIFO or device would fail late or block forever
                     raise FeatbenchError(f"taskres.base: {p} is not a regular file; pass a .npy/.pt file")
+                if p.suffix != ".npy":
+                    ckpt = _load_torch_file(p)
+                    if isinstance(ckpt, dict) and "state_dict" in ckpt:  # a Dassl checkpoint (TaskRes* published bases)
+                        return dassl_projection_base(ckpt, p, (context.get("extra") or {}).get("text_features_pre"),
+                                                     X.shape[1]), f"Dassl checkpoint {p} (tuned text projection)"
                 w = _load_base_file(p)
                 return _base_array(w, f"taskres.base={p}"), f"file {p}"
             from featbench.heads import get_head, get_head_class
@@ -214,7 +305,8 @@ class TaskRes(Head):
             raise FeatbenchError(f"taskres.base has {w0.shape[0]} class rows but the cache has {n_expected} classes; "
                                  f"give a [{n_expected}, {X.shape[1]}] base")
         notes: list[str] = []
-        if self.base is not None and self.base_norm == "text" and text is not None:
+        text_scale = base_desc.startswith("Dassl checkpoint")  # already the paper's raw-text W0 scale
+        if self.base is not None and self.base_norm == "text" and text is not None and not text_scale:
             t = np.asarray(text, np.float32)
             ref = np.linalg.norm(t if t.ndim == 2 else t.mean(0), axis=1).mean()
             cur = np.linalg.norm(w0, axis=1).mean()

@@ -21,6 +21,7 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
 
 # dataset -> (search_scale [s_beta, s_alpha], init alpha); init beta = 1 everywhere (Tip-Adapter configs/*.yaml)
 TIP_DEFAULTS: dict[str, tuple[list[float], float]] = {
@@ -114,6 +115,13 @@ class TipAdapter(Head):
         "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
         "random_state": Param("int", doc="set by --seeds"),
     }
+    # the reference's main.py: search_hp on every val feature, ImageNet's 7 templates, clean class names,
+    # cache keys from views at RandomResizedCrop scale (0.5, 1); its ImageNet search runs on test
+    paper_selection = FULL_VAL
+    paper_templates = TEMPLATES_7
+    paper_classname_style = "clean"
+    paper_view_scale = TIP_SCALE
+    reference_selects_on_test = ("imagenet",)
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, search_scale=(10.0, 10.0), search_steps=(200, 20),
                  search: bool = True, device: str = "cpu", random_state: int = 0):
@@ -245,7 +253,8 @@ class TipAdapterF(TipAdapter):
     """
 
     name = "tip-adapter-f"
-    # alpha/beta re-searched internally; epochs/lr are the paper's fixed recipe.
+    # alpha/beta re-searched internally; epochs/lr are the paper's fixed recipe. The reference trains on the
+    # same (0.5, 1) crops its cache is built from (main.py: train_loader_F uses train_tranform).
     search_space: dict = {}
     hyperparams = {
         **TipAdapter.hyperparams,
