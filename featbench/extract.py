@@ -311,7 +311,7 @@ def extract(
     templates / classnames: a file (see featbench.prompts) or a list replacing the dataset's prompt templates /
     class names; both are part of the cache's fingerprint.
     view_scales (e.g. "0.5,1:0.08,1"): one view set per crop scale (replaces view_scale): Tip-Adapter, GDA,
-    LP++ and ProLIP use (0.5, 1), TaskRes, CLAP and Tip-Adapter-F's training Dassl's (0.08, 1).
+    LP++ and ProLIP use (0.5, 1), TaskRes, CLAP, CoOp and CLIP-Adapter Dassl's (0.08, 1).
     """
     say = log or (print if progress else (lambda _m: None))
     # -- validate arguments (cheap, before any heavy import) -----------------------------------------

@@ -61,6 +61,8 @@ class CLIPAdapter(Head):
     uses_views = True
     searches_internally = False
     scores_unseen_classes = True
+    paper_view_scale = (0.08, 1.0)  # CoOp's Dassl training crops (featbench.heads.paper.DASSL_SCALE)
+    paper_classname_style = "clean"
     # the paper tunes the residual ratio per dataset; under --protocol val it is searched on the few-shot val split
     search_space = {"ratio": [0.2, 0.4, 0.6, 0.8]}
     hyperparams: ClassVar[dict] = {

@@ -80,6 +80,8 @@ class CoOp(Head):
     uses_views: ClassVar[bool] = True
     searches_internally: ClassVar[bool] = False
     search_space: ClassVar[dict] = {}  # CoOp has no validation search
+    paper_view_scale: ClassVar[tuple] = (0.08, 1.0)  # Dassl's RandomResizedCrop (featbench.heads.paper.DASSL_SCALE)
+    paper_classname_style: ClassVar[str] = "clean"  # CoOp's datasets replace "_" with " "
     #: the classifier is the learned context + any class names through the tower (base-to-new: ``for_classes``)
     scores_unseen_classes: ClassVar[bool] = True
     hyperparams: ClassVar[dict] = dict(_COMMON_PARAMS)
