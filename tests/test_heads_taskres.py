@@ -63,7 +63,7 @@ def test_gradients_touch_only_the_residual(monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", SpyAdam)
     h = TaskRes(**FAST).fit(X, y, text=text, views=views)
     (params, kw), = seen
-    assert len(params) == 1 and params[0].shape == (6, 16)
+    assert len(params) == 1 and params[0].shape == (1, 6, 16)  # runs stacked: [R, C, D]
     assert kw["betas"] == (0.9, 0.999) and kw["weight_decay"] == 5e-4
     assert params[0].grad is not None and float(params[0].grad.abs().sum()) > 0
     assert not h.W0_.requires_grad and h.W0_.grad is None
@@ -174,3 +174,55 @@ def test_named_base_gets_the_datasets_paper_defaults():
     head.fit(X, y, text=text)
     assert head.base_head_.alpha == 10 and list(head.base_head_.search_scale) == [50, 50]  # Flowers' Tip defaults
     assert "paper_context" not in head.hyperparameters()
+
+
+def _autograd_reference(h, X, y, text, views):
+    """The straightforward loop (autograd, normalise W, torch Adam): what the hand-written kernel must equal."""
+    import torch.nn.functional as F
+
+    from featbench.heads import _torch as T
+
+    W0 = torch.as_tensor(text.mean(0))
+    res = torch.nn.Parameter(torch.zeros_like(W0))
+    opt = torch.optim.Adam([res], lr=h.lr, betas=(0.9, 0.999), weight_decay=h.weight_decay)
+    gen = T.generator(h.random_state)
+    n = len(y)
+    yt = torch.as_tensor(y)
+    for epoch in range(h.epochs):
+        T.set_lr(opt, cosine_with_warmup(epoch, h.lr, h.epochs, h.warmup_epochs, h.warmup_lr))
+        vidx = T.draw_view_indices(views.shape[0], n, gen).numpy()
+        feats = T.l2norm(torch.as_tensor(views[vidx, np.arange(n)]))
+        for idx in T.minibatches(n, h.batch_size, gen, drop_last=n >= h.batch_size):
+            w = T.l2norm(W0 + h.alpha * res)
+            loss = F.cross_entropy(100.0 * feats[idx] @ w.T, yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return res.detach().numpy()
+
+
+@pytest.mark.parametrize("bs", [16, 1000])
+def test_hand_written_kernel_equals_autograd(bs):
+    text, X, y, views, _ = _data(7, T=2)
+    h = TaskRes(epochs=6, batch_size=bs, lr=1e-2, alpha=0.7, random_state=5).fit(X, y, text=text, views=views)
+    ref = _autograd_reference(h, X, y, text, views)
+    np.testing.assert_allclose(h.residual_.numpy(), ref, atol=2e-5 * max(1.0, np.abs(ref).max()), rtol=1e-4)
+
+
+def test_batched_runs_equal_one_at_a_time():
+    """Seeds x alphas with different data per run (as different few-shot subsets) in one stacked fit."""
+    runs = []
+    for seed in range(3):
+        text, X, y, views, (Xt, _) = _data(10 + seed)
+        for alpha in (0.25, 1.0):
+            runs.append((dict(FAST, alpha=alpha, random_state=seed), X, y, dict(text=text, views=views), Xt))
+    heads = [TaskRes(**kw) for kw, *_ in runs]
+    keys = {h.batch_key(X, y, ctx) for h, (_, X, y, ctx, _) in zip(heads, runs)}
+    assert len(keys) == 1 and None not in keys
+    TaskRes.fit_batched([(h, X, y, ctx) for h, (_, X, y, ctx, _) in zip(heads, runs)])
+    for h, (kw, X, y, ctx, Xt) in zip(heads, runs):
+        alone = TaskRes(**kw).fit(X, y, **ctx)
+        np.testing.assert_allclose(h.decision_function(Xt), alone.decision_function(Xt), atol=1e-4)
+        assert h.fit_info_ == alone.fit_info_ and h.lrs_ == alone.lrs_
+    assert TaskRes(base="zeroshot").batch_key(X, y, runs[0][3]) is None  # a fitted base head: one at a time
+    assert TaskRes(lr=0.1).batch_key(X, y, runs[0][3]) != TaskRes().batch_key(X, y, runs[0][3])

@@ -18,6 +18,12 @@
 - ``scores_unseen_classes`` (class attribute) says whether a fitted head can score classes it never trained
   on, given their text features: then ``for_classes(text, classnames, extra)`` returns a fitted copy whose
   logits cover exactly those classes (base-to-new evaluation). Heads with per-class parameters cannot.
+- Batched multi-run fitting (optional): ``batch_key(X, y, context)`` returns a hashable key, or None when
+  this run cannot be batched; runs of the same head class with equal keys may be fitted together by the
+  classmethod ``fit_batched([(head, X, y, context), ...])``, which fits every head in place and must give the
+  same fitted state as calling ``fit`` on each (stacked parameters, batched matmuls, each run's own RNG
+  stream). The default key is None and the default ``fit_batched`` fits one at a time.
+  ``featbench.batching`` groups the runs of a grid (seeds, sweep points, a protocol search) for it.
 - ``class_weights()`` returns [C, D] class weights in the image-feature space where the head has them
   (zero-shot text weights, a linear probe's coefficients): TaskRes can use them as its base classifier.
 
@@ -99,6 +105,15 @@ class Head:
     # -- estimator API -----------------------------------------------------------------------------------
     def fit(self, X, y, **context) -> "Head":  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def batch_key(self, X, y, context: dict):
+        """A hashable key under which this run can share a batched fit with others (None: fit alone)."""
+        return None
+
+    @classmethod
+    def fit_batched(cls, fits: list) -> list["Head"]:
+        """Fit ``[(head, X, y, context), ...]`` (equal batch_key) together; returns the fitted heads, in order."""
+        return [head.fit(X, y, **context) for head, X, y, context in fits]
 
     def decision_function(self, X) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -285,17 +285,12 @@ class TaskRes(Head):
         return _base_array(base, "taskres.base"), "array"
 
     # -- estimator API -----------------------------------------------------------------------------------
-    def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
-            extra=None) -> "TaskRes":
-        import torch
-        import torch.nn.functional as F
-
+    def _setup(self, X, y, context):
+        """Validation, base resolution and the training source; everything fit needs before the loop."""
         from featbench.heads import _torch as T
 
-        context = dict(text=text, views=views, logit_scale=logit_scale, X_val=X_val, y_val=y_val,
-                       classnames=classnames, extra=extra)
         X, y = T.check_xy(X, y)
-        dev = T.resolve_device(self.device)
+        text, views = context.get("text"), context.get("views")
         self.base_head_ = None  # set by _resolve_base when base names a head (no stale one from an earlier fit)
         w0, base_desc = self._resolve_base(X, y, context)
         if w0.ndim != 2 or w0.shape[1] != X.shape[1]:
@@ -315,14 +310,7 @@ class TaskRes(Head):
                 notes.append(f"base rescaled by {ref / cur:.4g} to the raw-text W0's mean row norm")
         elif self.base_norm not in ("text", "none"):
             raise FeatbenchError(f"taskres.base_norm must be 'text' or 'none' (got {self.base_norm!r})")
-        n_classes = w0.shape[0]
-        T.check_xy(X, y, n_classes)
-        self.logit_scale_ = float(logit_scale)
-        self.W0_ = T.as_tensor(w0, dev)  # frozen: never requires grad
-        residual = torch.nn.Parameter(torch.zeros_like(self.W0_))
-        alpha = float(self.alpha)
-        epochs = int(self.epochs)
-        bs = int(self.batch_size)
+        T.check_xy(X, y, w0.shape[0])
         if views is not None:
             src = np.asarray(views)
             if src.ndim != 3 or src.shape[1] != X.shape[0]:
@@ -331,42 +319,71 @@ class TaskRes(Head):
         else:
             src = np.asarray(X)[None]
             views_used = 0
-            if epochs:
+            if int(self.epochs):
                 notes.append("no augmented views in cache: trained on plain features")
-        n = X.shape[0]
-        yt = T.as_labels(y, dev)
-        opt = T.make_optimizer(torch.optim.Adam, [residual], lr=float(self.lr), betas=(0.9, 0.999),
-                               weight_decay=float(self.weight_decay))
-        gen = T.generator(self.random_state)
-        drop_last = n >= bs
-        lrs = []
-        for epoch in range(epochs):
-            lr = T.cosine_with_warmup(epoch, float(self.lr), epochs, int(self.warmup_epochs), float(self.warmup_lr))
-            T.set_lr(opt, lr)
-            lrs.append(lr)
-            vidx = T.draw_view_indices(src.shape[0], n, gen).numpy()
-            feats = T.l2norm(T.as_tensor(src[vidx, np.arange(n)], dev))
-            for idx in T.minibatches(n, bs, gen, drop_last=drop_last):
-                idx = idx.to(dev)
-                w = self.W0_ + alpha * residual
-                # s * f . w / |w| with the 1/|w| applied to the [B, C] logits: the same value as normalising
-                # W first, with one pass less over the [C, D] matrix forward and backward
-                inv = self.logit_scale_ / w.norm(dim=1).clamp_min(1e-12)
-                loss = F.cross_entropy((feats[idx] @ w.T) * inv, yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        self.residual_ = residual.detach()
-        self.alpha_ = alpha
-        self.weights_ = T.l2norm(self.W0_ + alpha * self.residual_)
-        self.n_classes_ = n_classes
-        self.lrs_ = lrs
+        self.logit_scale_ = float(context.get("logit_scale", 100.0))
+        return dict(w0=np.asarray(w0, np.float32), src=src, y=np.asarray(y), notes=notes, base_desc=base_desc,
+                    views_used=views_used)
+
+    def _finish(self, prep, W0, residual, lrs):
+        from featbench.heads import _torch as T
+
+        self.W0_ = W0  # frozen: never requires grad
+        self.residual_ = residual
+        self.alpha_ = float(self.alpha)
+        self.weights_ = T.l2norm(self.W0_ + self.alpha_ * self.residual_)
+        self.n_classes_ = int(W0.shape[0])
+        self.lrs_ = list(lrs)
         base_head = getattr(self, "base_head_", None)
         base_selected = dict(getattr(base_head, "fit_info_", {}).get("selected") or {}) if base_head is not None else {}
-        self.fit_info_ = {"selected": {f"base.{k}": v for k, v in base_selected.items()}, "views_used": views_used, "notes": notes, "base": base_desc,
-                          "trainable": ["residual"], "epochs": epochs,
+        self.fit_info_ = {"selected": {f"base.{k}": v for k, v in base_selected.items()},
+                          "views_used": prep["views_used"], "notes": prep["notes"], "base": prep["base_desc"],
+                          "trainable": ["residual"], "epochs": int(self.epochs),
                           "lr_first_last": [lrs[0], lrs[-1]] if lrs else []}
         return self
+
+    def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
+            extra=None) -> "TaskRes":
+        context = dict(text=text, views=views, logit_scale=logit_scale, X_val=X_val, y_val=y_val,
+                       classnames=classnames, extra=extra)
+        type(self).fit_batched([(self, X, y, context)])
+        return self
+
+    # -- batched multi-run fitting (featbench.heads.base.Head.fit_batched) ------------------------------
+    _SCHEDULE = ("lr", "epochs", "batch_size", "weight_decay", "warmup_epochs", "warmup_lr")
+
+    def batch_key(self, X, y, context):
+        """Runs with the same schedule and shapes share one stacked training loop (alpha, seed, data may differ)."""
+        if self.base is not None:  # a base head is fitted per run (its own search): not batched
+            return None
+        v = context.get("views")
+        return (tuple(float(getattr(self, k)) for k in self._SCHEDULE), np.shape(X), np.shape(v) if v is not None else None,
+                np.shape(context.get("text")), float(context.get("logit_scale", 100.0)), str(self.device))
+
+    @classmethod
+    def fit_batched(cls, fits):
+        """Train R residuals as one problem: [R, C, D] residuals, bmm's, one fused Adam step for all.
+
+        Each run keeps its own generator and draw order (views, then the permutation, per epoch), so every
+        run sees exactly the minibatches it would see alone; the rows equal one-at-a-time fits.
+        """
+        import torch
+
+        from featbench.heads import _torch as T
+
+        heads = [f[0] for f in fits]
+        preps = [h._setup(X, y, ctx) for h, X, y, ctx in fits]
+        h0 = heads[0]
+        dev = T.resolve_device(h0.device)
+        W0 = torch.stack([T.as_tensor(p["w0"], dev) for p in preps])
+        res, lrs = train_residuals(
+            W0, [p["src"] for p in preps], [p["y"] for p in preps], [float(h.alpha) for h in heads],
+            [T.generator(h.random_state) for h in heads], scale=h0.logit_scale_, lr=float(h0.lr),
+            epochs=int(h0.epochs), batch_size=int(h0.batch_size), weight_decay=float(h0.weight_decay),
+            warmup_epochs=int(h0.warmup_epochs), warmup_lr=float(h0.warmup_lr))
+        for r, (h, p) in enumerate(zip(heads, preps)):
+            h._finish(p, W0[r], res[r], lrs)
+        return heads
 
     def decision_function(self, X) -> np.ndarray:
         from featbench.heads import _torch as T
@@ -381,3 +398,76 @@ class TaskRes(Head):
         from featbench.heads import _torch as T
 
         return T.to_numpy(self.W0_ + self.alpha_ * self.residual_)
+
+
+def train_residuals(W0, srcs, ys, alphas, gens, *, scale, lr, epochs, batch_size, weight_decay, warmup_epochs,
+                    warmup_lr):
+    """The TaskRes training loop for R stacked runs; returns (residuals [R, C, D], per-epoch lrs).
+
+    Kernel (same maths as autograd on ``CE(s * f.w_c / |w_c|)``, written out so a step is two bmm's plus
+    O(C D) elementwise work and no allocation of [C, D] temporaries):
+      W = W0 + alpha X;  z = s (F W^T) / |w|;  G = (softmax(z) - onehot) / B
+      dL/dW = (G s/|w|)^T F - diag(sum_b G z / |w|^2) W;  dL/dX = alpha dL/dW
+    followed by torch's fused Adam (coupled L2) on the stacked residual. Each epoch's features are gathered
+    once in minibatch order (view draw, then permutation, from each run's own generator), so a step reads a
+    contiguous [R, B, D] slice.
+    """
+    import torch
+
+    from featbench.heads import _torch as T
+
+    dev = W0.device
+    R, C, D = W0.shape
+    n = int(np.shape(ys[0])[0])
+    residual = torch.zeros_like(W0, requires_grad=True)
+    opt = T.make_optimizer(torch.optim.Adam, [residual], lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    if epochs == 0 or n == 0:
+        return residual.detach(), []
+    bs = int(batch_size)
+    drop_last = n >= bs
+    stop = (n // bs) * bs if drop_last else n
+    alpha = torch.tensor(alphas, dtype=W0.dtype, device=dev).view(R, 1, 1)
+    pin = dev.type == "cuda"
+    host = torch.empty(R, n, D, pin_memory=pin)  # the per-epoch gather happens on the host (views stay there)
+    host_y = torch.empty(R, n, dtype=torch.long, pin_memory=pin)
+    feats = host if dev.type == "cpu" else torch.empty(R, n, D, device=dev)
+    labels = host_y if dev.type == "cpu" else torch.empty(R, n, dtype=torch.long, device=dev)
+    ys_t = [torch.as_tensor(np.asarray(y), dtype=torch.long) for y in ys]
+    W = torch.empty_like(W0)
+    grad = torch.empty_like(W0)
+    inv = torch.empty(R, C, device=dev)
+    ar = np.arange(n)
+    lrs = []
+    with torch.no_grad():
+        for epoch in range(epochs):
+            lr_e = T.cosine_with_warmup(epoch, lr, epochs, warmup_epochs, warmup_lr)
+            T.set_lr(opt, lr_e)
+            lrs.append(lr_e)
+            for r in range(R):
+                vidx = T.draw_view_indices(srcs[r].shape[0], n, gens[r]).numpy()
+                perm = torch.randperm(n, generator=gens[r]).numpy()
+                host[r] = torch.from_numpy(np.ascontiguousarray(srcs[r][vidx[perm], ar[perm]], dtype=np.float32))
+                host_y[r] = ys_t[r][perm]
+            if feats is not host:  # one asynchronous upload per epoch from pinned memory, none per step
+                feats.copy_(host, non_blocking=True)
+                labels.copy_(host_y, non_blocking=True)
+            feats.div_(torch.linalg.vector_norm(feats, dim=2, keepdim=True).clamp_min_(1e-12))
+            for s0 in range(0, stop, bs):
+                F_ = feats[:, s0:s0 + bs]
+                yb = labels[:, s0:s0 + bs]
+                B = F_.shape[1]
+                torch.addcmul(W0, alpha, residual, out=W)
+                torch.linalg.vector_norm(W, dim=2, out=inv)
+                inv.clamp_min_(1e-12).reciprocal_()  # 1/|w_c|
+                z = torch.bmm(F_, W.transpose(1, 2))  # [R, B, C]
+                z.mul_(inv.unsqueeze(1).mul(scale))
+                g = torch.softmax(z, dim=2)
+                g.scatter_add_(2, yb.unsqueeze(2), torch.full((R, B, 1), -1.0, device=dev)).div_(B)  # (P - Y) / B
+                k = (g * z).sum(1).mul_(inv).mul_(inv).neg_()  # [R, C]: -sum_b G z / |w|^2
+                torch.mul(W, k.unsqueeze(2), out=grad)
+                g.mul_(inv.unsqueeze(1).mul(scale))
+                grad.baddbmm_(g.transpose(1, 2), F_)
+                grad.mul_(alpha)
+                residual.grad = grad
+                opt.step()
+    return residual.detach(), lrs
