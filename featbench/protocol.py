@@ -44,6 +44,7 @@ import itertools
 import os
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -356,8 +357,28 @@ def _extra_arrays(cache) -> dict:
     return out
 
 
+@dataclass
+class FitRequest:
+    """The fits a cell needs (one head per search point, all on the same data): what `cell_steps` yields."""
+
+    heads: list
+    X: np.ndarray
+    y: np.ndarray
+    context: dict
+
+
 def run_cell(cell: Cell) -> list[dict]:
     """Fit one cell and return its rows: one for the source test split, or one per --eval-on target."""
+    from featbench.batching import drive
+
+    return drive([cell_steps(cell)])[0]
+
+
+def cell_steps(cell: Cell):
+    """run_cell as a generator: yields one FitRequest, receives (fitted heads, seconds), returns the rows.
+
+    The split lets featbench.batching fit the requests of several cells (seeds, search points) together.
+    """
     if cell.protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol {cell.protocol}: choose one of {', '.join(PROTOCOLS)}")
     src = open_cached(cell.cache)
@@ -442,18 +463,17 @@ def run_cell(cell: Cell) -> list[dict]:
         context["X_val"], context["y_val"] = selection.X, selection.y
 
     combos = [dict(zip(space, values)) for values in itertools.product(*space.values())] if space else [{}]
+    heads, fit_seconds = yield FitRequest([build_head(cell, dataset, combo) for combo in combos], X, y, context)
     t0 = time.perf_counter()
     best_head, best_combo, best_score = None, {}, -1.0
-    for combo in combos:
-        head = build_head(cell, dataset, combo)
-        head.fit(X, y, **context)
+    for combo, head in zip(combos, heads):
         if len(combos) == 1:
             best_head, best_combo = head, combo
             break
         score = accuracy(predict(head, selection.X), selection.y)
         if score > best_score:  # strict: the first best wins ties
             best_head, best_combo, best_score = head, combo, score
-    fit_seconds = time.perf_counter() - t0
+    fit_seconds += time.perf_counter() - t0
     if len(combos) > 1:
         notes.append(f"{cell.protocol} search over {len(combos)} settings on the {selection.name} split: best {best_score:.2f}%")
 
@@ -529,8 +549,16 @@ def run_cell(cell: Cell) -> list[dict]:
 
 def run_cell_bounded(cell: Cell, threads: int | None) -> list[dict]:
     """run_cell with torch and BLAS limited to `threads` (parallel workers must not oversubscribe cores)."""
-    if not threads:
+    with bounded_threads(threads):
         return run_cell(cell)
+
+
+@contextmanager
+def bounded_threads(threads: int | None):
+    """Limit torch and BLAS to `threads` inside the block (no limit when threads is falsy)."""
+    if not threads:
+        yield
+        return
     from threadpoolctl import threadpool_limits
 
     import sys
@@ -540,12 +568,12 @@ def run_cell_bounded(cell: Cell, threads: int | None) -> list[dict]:
     else:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
     with threadpool_limits(limits=int(threads)):
-        return run_cell(cell)
+        yield
 
 
 __all__ = [
-    "PROTOCOLS", "Cell", "run_cell", "run_cell_bounded", "holdout_rows", "effective_search_space", "selection_kind",
-    "selection_rows", "FULL_VAL_NOTE", "KSHOT_VAL_NOTE",
+    "PROTOCOLS", "Cell", "FitRequest", "run_cell", "cell_steps", "run_cell_bounded", "holdout_rows",
+    "effective_search_space", "selection_kind", "selection_rows", "FULL_VAL_NOTE", "KSHOT_VAL_NOTE",
     "needs_selection_split", "planned_params", "target_columns", "accuracy", "mean_per_class_recall",
     "open_cached", "close_cached", "head_target", "HOLDOUT_NOTE", "ORACLE_NOTE",
 ]

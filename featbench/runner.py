@@ -436,11 +436,12 @@ def _cores() -> int:
 
 
 def _run_serial(cells) -> Iterator[list[dict]]:
-    from featbench.protocol import close_cached, run_cell
+    from featbench.batching import cell_groups, run_cells
+    from featbench.protocol import close_cached
 
     try:
-        for cell in cells:
-            yield run_cell(cell)
+        for group in cell_groups(cells):  # cells that differ only by seed train as one batched problem
+            yield from run_cells([cells[i] for i in group])
     finally:
         close_cached()
 
@@ -448,10 +449,15 @@ def _run_serial(cells) -> Iterator[list[dict]]:
 def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
 
+    from featbench.batching import cell_groups
+
     threads = max(1, _cores() // jobs)
-    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads)
+    groups = cell_groups(cells)  # cells that differ only by seed train as one batched problem
+    parallel = Parallel(n_jobs=min(jobs, len(groups)), backend="loky", return_as="generator",
+                        inner_max_num_threads=threads)
     parent = os.getpid()
-    yield from parallel(delayed(run_cell_watched)(cell, threads, parent) for cell in cells)
+    for rows in parallel(delayed(run_cells_watched)([cells[i] for i in g], threads, parent) for g in groups):
+        yield from rows
 
 
 _WATCHDOG_STARTED = False
@@ -471,6 +477,17 @@ def run_cell_watched(cell, threads: int | None, parent_pid: int) -> list[dict]:
     from featbench.protocol import run_cell_bounded
 
     return run_cell_bounded(cell, threads)
+
+
+def run_cells_watched(cells, threads: int | None, parent_pid: int) -> list[list[dict]]:
+    """run_cell_watched for a group of cells fitted together (featbench.batching)."""
+    global _WATCHDOG_STARTED
+    if not _WATCHDOG_STARTED and os.getpid() != parent_pid:
+        _WATCHDOG_STARTED = True
+        start_parent_watchdog(parent_pid)
+    from featbench.batching import run_cells_bounded
+
+    return run_cells_bounded(cells, threads)
 
 
 def start_parent_watchdog(parent_pid: int, interval: float = 0.5) -> None:

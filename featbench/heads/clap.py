@@ -110,8 +110,14 @@ class CLAP(Head):
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "CLAP":
+        context = dict(text=text, views=views, logit_scale=logit_scale, X_val=X_val, y_val=y_val,
+                       classnames=classnames, extra=extra)
+        type(self).fit_batched([(self, X, y, context)])
+        return self
+
+    def _setup(self, X, y, text=None, views=None, logit_scale=100.0, **_):
+        """Validation, the training pool and the class-adaptive multipliers (everything before the loop)."""
         import torch
-        import torch.nn.functional as Fn
 
         from featbench.heads import _torch as T
 
@@ -156,37 +162,38 @@ class CLAP(Head):
         lam = lam * float(self.lambda_scale) if math.isfinite(self.lambda_scale) else lam
         self.lambdas_ = lam
 
-        W = base.clone().requires_grad_(True)
         if self.constraint != "none" and math.isinf(self.lambda_scale):
             notes.append("lambda_scale=inf: prototypes frozen at the zero-shot weights")
             epochs = 0
         else:
             epochs = int(self.epochs)
-        gen = T.generator(self.random_state)
-        batch = int(self.batch_size)
-        n_batches = clap_batches_per_epoch(n_images, batch)
-        buf = None
-        for epoch in range(epochs):
-            lr = T.cosine_with_warmup(epoch, float(self.lr), epochs, int(self.warmup_epochs), float(self.warmup_lr))
-            perm = torch.randperm(pool.shape[0], generator=gen).to(dev)
-            for i in range(n_batches):
-                rows = perm[i * batch:(i + 1) * batch]
-                if len(rows) == 0:
-                    break
-                loss = Fn.cross_entropy(self._logits(pool[rows], W, scale), pool_y[rows])
-                if self.constraint != "none":
-                    loss = loss + (lam * (W - base).pow(2).sum(dim=1)).mean()
-                (g,) = torch.autograd.grad(loss, (W,))
-                with torch.no_grad():
-                    if self.weight_decay:
-                        g = g + self.weight_decay * W
-                    buf = g.clone() if buf is None else self.momentum * buf + g
-                    W -= lr * buf
-        self.prototypes_ = W.detach()
-        self.base_ = base
-        self.scale_ = scale
-        self.fit_info_ = {"selected": {}, "views_used": views_used, "notes": notes}
-        return self
+        return dict(base=base, pool=pool, pool_y=pool_y, lam=lam, epochs=epochs, n_images=n_images, notes=notes,
+                    views_used=views_used, scale=scale, dev=dev)
+
+    # -- batched multi-run fitting (featbench.heads.base.Head.fit_batched) ------------------------------
+    _SCHEDULE = ("lr", "momentum", "batch_size", "warmup_epochs", "warmup_lr", "weight_decay")
+
+    def batch_key(self, X, y, context):
+        """Runs with equal schedule and pool shape train as one stacked problem (lambdas, seeds, data may differ)."""
+        v = context.get("views")
+        frozen = self.constraint != "none" and not math.isfinite(float(self.lambda_scale))
+        return (tuple(float(getattr(self, k)) for k in self._SCHEDULE), 0 if frozen else int(self.epochs),
+                np.shape(X), np.shape(v) if v is not None else None, np.shape(context.get("text")),
+                float(context.get("logit_scale", 100.0)), str(self.device))
+
+    @classmethod
+    def fit_batched(cls, fits):
+        """Train R runs' prototypes stacked ([R, C, D], bmm, one momentum-SGD step for all)."""
+        heads = [f[0] for f in fits]
+        preps = [h._setup(X, y, **ctx) for h, X, y, ctx in fits]
+        W = train_prototypes(heads, preps)
+        for r, (h, p) in enumerate(zip(heads, preps)):
+            h.lambdas_ = p["lam"]
+            h.prototypes_ = W[r]
+            h.base_ = p["base"]
+            h.scale_ = p["scale"]
+            h.fit_info_ = {"selected": {}, "views_used": p["views_used"], "notes": p["notes"]}
+        return heads
 
     def decision_function(self, X) -> np.ndarray:
         import torch
@@ -197,3 +204,53 @@ class CLAP(Head):
     def class_weights(self) -> np.ndarray:
         """The learned prototypes (raw scale, like the text weights they started from)."""
         return self.prototypes_.cpu().numpy()
+
+
+def train_prototypes(heads, preps):
+    """CLAP's training loop for R runs at once; returns the prototypes [R, C, D].
+
+    Each run draws its own pool permutation per epoch from its own generator; the summed loss gives each
+    run's prototypes exactly its own gradient and momentum SGD is elementwise, so each run follows the
+    trajectory it follows alone.
+    """
+    import torch
+    import torch.nn.functional as Fn
+
+    from featbench.heads import _torch as T
+
+    h0, p0 = heads[0], preps[0]
+    dev, epochs, scale = p0["dev"], p0["epochs"], p0["scale"]
+    R = len(heads)
+    base = torch.stack([p["base"] for p in preps])  # [R, C, D]
+    lam = torch.stack([p["lam"] for p in preps])  # [R, C]
+    W = base.clone().requires_grad_(True)
+    batch = int(h0.batch_size)
+    n_batches = clap_batches_per_epoch(p0["n_images"], batch)
+    P, D = p0["pool"].shape
+    used = min(P, n_batches * batch)  # pool rows an epoch reads
+    feats = torch.empty(R, used, D, device=dev)
+    labels = torch.empty(R, used, dtype=torch.long, device=dev)
+    gens = [T.generator(h.random_state) for h in heads]
+    pools = [T.l2norm(p["pool"]) for p in preps]  # normalised once: the rows are only ever read normalised
+    buf = None
+    for epoch in range(epochs):
+        lr = T.cosine_with_warmup(epoch, float(h0.lr), epochs, int(h0.warmup_epochs), float(h0.warmup_lr))
+        for r, h in enumerate(heads):
+            perm = torch.randperm(P, generator=gens[r]).to(dev)[:used]
+            torch.index_select(pools[r], 0, perm, out=feats[r])
+            labels[r] = preps[r]["pool_y"][perm]
+        for i in range(n_batches):
+            f = feats[:, i * batch:(i + 1) * batch]
+            if f.shape[1] == 0:
+                break
+            logits = scale * torch.bmm(f, T.l2norm(W).transpose(1, 2))  # [R, B, C]
+            ce = Fn.cross_entropy(logits.reshape(-1, logits.shape[2]), labels[:, i * batch:(i + 1) * batch].reshape(-1),
+                                  reduction="none").view(R, -1).mean(1)
+            pen = (lam * (W - base).pow(2).sum(dim=2)).mean(1)  # zero lambdas for constraint "none"
+            (g,) = torch.autograd.grad((ce + pen).sum(), (W,))
+            with torch.no_grad():
+                if h0.weight_decay:
+                    g = g + h0.weight_decay * W
+                buf = g.clone() if buf is None else h0.momentum * buf + g
+                W -= lr * buf
+    return W.detach()

@@ -463,11 +463,11 @@ def train_residuals(W0, srcs, ys, alphas, gens, *, scale, lr, epochs, batch_size
                 z.mul_(inv.unsqueeze(1).mul(scale))
                 g = torch.softmax(z, dim=2)
                 g.scatter_add_(2, yb.unsqueeze(2), torch.full((R, B, 1), -1.0, device=dev)).div_(B)  # (P - Y) / B
-                k = (g * z).sum(1).mul_(inv).mul_(inv).neg_()  # [R, C]: -sum_b G z / |w|^2
+                # d/dX = alpha dL/dW: alpha folded into the small [R, C] and [R, B, C] factors
+                k = (g * z).sum(1).mul_(inv).mul_(inv).mul_(-alpha.view(R, 1))  # -alpha sum_b G z / |w|^2
                 torch.mul(W, k.unsqueeze(2), out=grad)
-                g.mul_(inv.unsqueeze(1).mul(scale))
+                g.mul_(inv.unsqueeze(1).mul(alpha.view(R, 1, 1) * scale))
                 grad.baddbmm_(g.transpose(1, 2), F_)
-                grad.mul_(alpha)
                 residual.grad = grad
                 opt.step()
     return residual.detach(), lrs

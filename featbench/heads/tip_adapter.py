@@ -285,52 +285,113 @@ class TipAdapterF(TipAdapter):
 
     def fit(self, X, y, *, text=None, views=None, logit_scale=100.0, X_val=None, y_val=None, classnames=None,
             extra=None) -> "TipAdapterF":
-        import torch
-        import torch.nn.functional as F
+        context = dict(text=text, views=views, logit_scale=logit_scale, X_val=X_val, y_val=y_val,
+                       classnames=classnames, extra=extra)
+        type(self).fit_batched([(self, X, y, context)])
+        return self
 
+    # -- batched multi-run fitting (featbench.heads.base.Head.fit_batched) ------------------------------
+    def batch_key(self, X, y, context):
+        """Runs with equal schedule, shapes and class balance train as one stacked problem."""
         from featbench.heads import _torch as T
 
-        keys0, views_used, notes = self._prepare(X, y, text, views, logit_scale)
-        dev = self.device_
-        X, y = T.check_xy(X, y)
-        # training inputs in the same class-grouped order as the keys (the order of rows does not matter)
-        order = self._order
-        src = np.asarray(views) if views is not None else np.asarray(X)[None]  # [V, N, D], original row order
-        yt = self.labels_
-        n = yt.shape[0]
-        keys = torch.nn.Parameter(keys0.clone())
-        opt = T.make_optimizer(torch.optim.AdamW, [keys], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
-        gen = T.generator(self.random_state)
-        steps_per_epoch = -(-n // int(self.batch_size))
-        total = int(self.epochs) * steps_per_epoch
-        alpha0, beta0 = float(self.alpha), float(self.beta)
-        step = 0
-        for _epoch in range(int(self.epochs)):
-            vidx = T.draw_view_indices(src.shape[0], n, gen).numpy()
-            feats = T.l2norm(T.as_tensor(src[vidx, order], dev))  # one normalised view per image
-            for idx in T.minibatches(n, int(self.batch_size), gen):
-                idx = idx.to(dev)
-                T.set_lr(opt, T.cosine_per_step(step, self.lr, total))
-                f = feats[idx]
-                aff = f @ keys.T
-                cache = T.class_sum(((-1.0) * (beta0 - beta0 * aff)).exp(), self.values_, self.n_classes_, self.k_)
-                zs = self.logit_scale_ * f @ self.w_zs_.T  # frozen text weights
-                loss = F.cross_entropy(zs + alpha0 * cache, yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-        self.keys_ = keys.detach()
-        if self.epochs:
-            notes.append("last epoch kept (the reference picks the epoch on test; featbench does not)")
-        if views is None:
-            notes.append("no augmented views: trained on the plain features")
-        ab = (alpha0, beta0)
-        selected: dict = {}
-        if self.search and X_val is not None and y_val is not None and len(y_val):
-            ab, selected = self._search(self.keys_, X_val, y_val, ab)
-        elif self.search:
-            notes.append("no selection split: paper's initial alpha/beta used without search")
-        self.alpha_, self.beta_ = ab
-        self.fit_info_ = {"selected": selected, "views_used": views_used, "notes": notes, "iterations": total}
-        return self
+        v = context.get("views")
+        text = context.get("text")
+        if text is None or np.ndim(y) != 1:
+            return None  # fit raises the clear error
+        k = T.class_sorted_order(np.asarray(y), int(np.shape(text)[-2]))[1]
+        return (int(self.epochs), float(self.lr), float(self.eps), float(self.weight_decay), int(self.batch_size),
+                np.shape(X), np.shape(v) if v is not None else None, np.shape(context.get("text")), k,
+                float(context.get("logit_scale", 100.0)), str(self.device))
+
+    @classmethod
+    def fit_batched(cls, fits):
+        """Train the cache keys of R runs stacked ([R, N, D], bmm, one fused AdamW step), then search each."""
+        heads = [f[0] for f in fits]
+        preps = []
+        for h, X, y, ctx in fits:
+            keys0, views_used, notes = h._prepare(X, y, ctx.get("text"), ctx.get("views"), ctx.get("logit_scale", 100.0))
+            views = ctx.get("views")
+            src = np.asarray(views) if views is not None else np.asarray(X)[None]  # [V, N, D], original row order
+            preps.append((keys0, views_used, notes, src))
+        keys, total = train_keys(heads, [p[0] for p in preps], [p[3] for p in preps])
+        for r, ((h, X, y, ctx), (_, views_used, notes, _src)) in enumerate(zip(fits, preps)):
+            h.keys_ = keys[r]
+            if h.epochs:
+                notes.append("last epoch kept (the reference picks the epoch on test; featbench does not)")
+            if ctx.get("views") is None:
+                notes.append("no augmented views: trained on the plain features")
+            ab = (float(h.alpha), float(h.beta))
+            selected: dict = {}
+            X_val, y_val = ctx.get("X_val"), ctx.get("y_val")
+            if h.search and X_val is not None and y_val is not None and len(y_val):
+                ab, selected = h._search(h.keys_, X_val, y_val, ab)
+            elif h.search:
+                notes.append("no selection split: paper's initial alpha/beta used without search")
+            h.alpha_, h.beta_ = ab
+            h.fit_info_ = {"selected": selected, "views_used": views_used, "notes": notes, "iterations": total}
+        return heads
+
+
+def train_keys(heads, keys0, srcs):
+    """Tip-Adapter-F's key training for R runs at once; returns (keys [R, N, D], iterations per run).
+
+    Every run keeps its own generator and draw order (views, then the permutation, per epoch); the summed
+    loss gives each run's keys exactly its own gradient, and AdamW is elementwise, so each run follows the
+    trajectory it follows alone.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from featbench.heads import _torch as T
+
+    h0 = heads[0]
+    dev = h0.device_
+    R = len(heads)
+    n, D = keys0[0].shape
+    C, k = h0.n_classes_, h0.k_
+    bs = int(h0.batch_size)
+    steps_per_epoch = -(-n // bs)
+    total = int(h0.epochs) * steps_per_epoch
+    keys = torch.nn.Parameter(torch.stack(keys0))
+    opt = T.make_optimizer(torch.optim.AdamW, [keys], lr=h0.lr, eps=h0.eps, weight_decay=h0.weight_decay)
+    gens = [T.generator(h.random_state) for h in heads]
+    w_zs = torch.stack([h.w_zs_ for h in heads])  # [R, C, D] frozen text weights
+    values = None if k is not None else torch.stack([h.values_ for h in heads])  # [R, N, C]
+    labels = torch.stack([h.labels_ for h in heads])  # [R, N] class-grouped
+    alpha0 = torch.tensor([float(h.alpha) for h in heads], device=dev).view(R, 1, 1)
+    beta0 = torch.tensor([float(h.beta) for h in heads], device=dev).view(R, 1, 1)
+    scale = h0.logit_scale_
+    pin = dev.type == "cuda"
+    host = torch.empty(R, n, D, pin_memory=pin)
+    feats = host if dev.type == "cpu" else torch.empty(R, n, D, device=dev)
+    perms = torch.empty(R, n, dtype=torch.long)
+    step = 0
+    for _epoch in range(int(h0.epochs)):
+        for r, h in enumerate(heads):
+            vidx = T.draw_view_indices(srcs[r].shape[0], n, gens[r]).numpy()
+            perm = torch.randperm(n, generator=gens[r])
+            p = perm.numpy()
+            host[r] = torch.from_numpy(np.ascontiguousarray(srcs[r][vidx[p], h._order[p]], dtype=np.float32))
+            perms[r] = perm
+        if feats is not host:
+            feats.copy_(host, non_blocking=True)
+        feats.div_(torch.linalg.vector_norm(feats, dim=2, keepdim=True).clamp_min_(1e-12))
+        yb_all = torch.gather(labels, 1, perms.to(dev))
+        for s0 in range(0, n, bs):
+            T.set_lr(opt, T.cosine_per_step(step, h0.lr, total))
+            f = feats[:, s0:s0 + bs]  # [R, B, D]
+            yb = yb_all[:, s0:s0 + bs]
+            aff = torch.bmm(f, keys.transpose(1, 2))  # [R, B, N]
+            E = ((-1.0) * (beta0 - beta0 * aff)).exp()
+            cache = E.reshape(R, -1, C, k).sum(-1) if k is not None else torch.bmm(E, values)
+            with torch.no_grad():
+                zs = scale * torch.bmm(f, w_zs.transpose(1, 2))
+            logits = zs + alpha0 * cache  # [R, B, C]
+            # sum of the runs' mean losses: each run's keys get exactly their own gradient
+            loss = F.cross_entropy(logits.reshape(-1, C), yb.reshape(-1), reduction="none").view(R, -1).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return keys.detach(), total
