@@ -1,0 +1,416 @@
+"""What the seed's paper grid costs on this machine, against the FLOP floor of the work it does.
+
+    python benchmarks/grid_cost.py [--datasets caltech101,oxford_pets] [--quick] [--backbone rn50|vitb16]
+                                   [--jobs 1] [--no-targets]
+
+For each chosen CoOp dataset a synthetic feature cache with the dataset's real shape is written (classes,
+train/val/test sizes, D = 1024 for RN50 or 512 for ViT-B/16, 10 augmented views; features are stored only for
+the train rows the grid samples, as `extract --train-rows fewshot` does), and the seed grid runs on it through
+the real runner: heads zeroshot, linear-probe, tip-adapter, tip-adapter-f, taskres x shots 1/2/4/8/16 x seeds
+1/2/3, protocol paper. Printed per dataset and in total:
+
+- wall: seconds of the grid (`run_fit`, this process, torch using every core it is given);
+- GFLOP: the arithmetic of the work done, counted from what the fitted heads report (optimiser steps,
+  L-BFGS evaluations, search sizes) with a per-head model (matmuls 2mnk; exp counted separately);
+- floor: GFLOP / the `torch.mm` peak + exp count / the `torch.exp` peak, both measured in this run;
+- ratio wall / floor.
+
+Then the targets of issue 12 in one run (``--no-targets`` skips them): the TaskRes training kernel against
+`torch.mm` on its own shapes at ImageNet shape, one linear-probe L-BFGS evaluation at ImageNet shape
+against its matmul floor, and the linear probe against scikit-learn's lpclip protocol on the real
+Caltech101/OxfordPets ViT-B/32 fixtures (when present).
+
+``--quick``: ImageNet runs one seed at 16 shots with epochs / L-BFGS iterations cut (the ratio wall/floor is
+of the work actually done; the grid's wall time is extrapolated from it and says so); the other datasets run
+their full grid. ``FEATBENCH_BATCH=0`` runs the same grid with cross-cell batching off (the before/after
+comparison in one environment). Report the machine load next to the figures: the script prints `uptime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# CoOp splits (split_zhou_*.json; ImageNet: the ILSVRC train set, no val, 50k test): classes, train, val, test
+SHAPES = {
+    "imagenet": (1000, 1_281_167, 0, 50_000),
+    "caltech101": (100, 4_128, 1_649, 2_465),
+    "oxford_pets": (37, 2_944, 736, 3_669),
+    "stanford_cars": (196, 6_509, 1_635, 8_041),
+    "oxford_flowers": (102, 4_093, 1_633, 2_463),
+    "food101": (101, 50_500, 20_200, 30_300),
+    "fgvc_aircraft": (100, 3_334, 3_333, 3_333),
+    "sun397": (397, 15_880, 3_970, 19_850),
+    "dtd": (47, 2_820, 1_128, 1_692),
+    "eurosat": (10, 13_500, 5_400, 8_100),
+    "ucf101": (101, 7_639, 1_898, 3_783),
+}
+HEADS = ["zeroshot", "linear-probe", "tip-adapter", "tip-adapter-f", "taskres"]
+SHOTS = [1, 2, 4, 8, 16]
+SEEDS = [1, 2, 3]
+DIMS = {"rn50": 1024, "vitb16": 512}
+VIEWS = 10
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic caches with real shapes
+# --------------------------------------------------------------------------------------------------
+def make_cache(path: Path, dataset: str, dim: int, shots, seeds, seed: int = 0) -> Path:
+    from featbench.cache import base_attrs, write_cache
+    from featbench.fewshot import fewshot_rows, holdout_rows
+
+    C, n_train, n_val, n_test = SHAPES[dataset]
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(C, dim)).astype(np.float32)
+    mu = t + rng.normal(size=(C, dim)).astype(np.float32)
+    labels = {s: np.arange(n) % C for s, n in (("train", n_train), ("val", n_val), ("test", n_test)) if n}
+    for s in labels:
+        labels[s] = labels[s][rng.permutation(len(labels[s]))]
+    need: set[int] = set()
+    need_val: set[int] = set()
+    for k in shots:
+        for sd in seeds:
+            sub = fewshot_rows(labels["train"], labels.get("val"), k, sd)
+            need.update(sub.train)
+            if sub.val is not None:
+                need_val.update(sub.val)
+            else:
+                need.update(holdout_rows(labels["train"], sub.train, k, sd))
+
+    def feats(y):
+        return (mu[y] + 4.0 * rng.normal(size=(len(y), dim)).astype(np.float32)).astype(np.float32)
+
+    splits = {}
+    rows = np.array(sorted(need), dtype=np.int64)
+    splits["train"] = {"paths": [f"train/{i}.jpg" for i in range(n_train)], "labels": labels["train"],
+                       "features": feats(labels["train"][rows]), "rows": rows}
+    if n_val:
+        vrows = np.array(sorted(need_val), dtype=np.int64)
+        splits["val"] = {"paths": [f"val/{i}.jpg" for i in range(n_val)], "labels": labels["val"],
+                         "features": feats(labels["val"][vrows]), "rows": vrows}
+    splits["test"] = {"paths": [f"test/{i}.jpg" for i in range(n_test)], "labels": labels["test"],
+                      "features": feats(labels["test"])}
+    base = splits["train"]["features"]
+    views = np.empty((VIEWS,) + base.shape, np.float16)
+    for v in range(VIEWS):
+        views[v] = base + 0.5 * rng.normal(size=base.shape).astype(np.float32)
+    attrs = base_attrs(model="synthetic", pretrained="none", dataset=dataset, embed_dim=dim, logit_scale=100.0,
+                       fingerprint=f"grid-cost-{dataset}-{dim}")
+    return write_cache(path, attrs=attrs, classnames=[f"c{i}" for i in range(C)], splits=splits,
+                       text_features=(3 * t)[None], templates=["{}"], views=views, view_rows=rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# peaks and the per-head FLOP model
+# --------------------------------------------------------------------------------------------------
+def mm_peak(m=2048, k=1024, n=1024, reps=10) -> float:
+    """FLOP/s of torch.mm at a large square-ish shape (the floor's matmul rate)."""
+    import torch
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def exp_peak(n=1 << 23, reps=5) -> float:
+    import torch
+
+    x, out = torch.randn(n), torch.empty(n)
+    torch.exp(x, out=out)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.exp(x, out=out)
+    return n * reps / (time.perf_counter() - t0)
+
+
+def head_work(head, X, y, context, n_test: int) -> tuple[float, float]:
+    """(matmul FLOPs, exp count) of fitting this head on (X, y, context) and evaluating n_test rows."""
+    name = type(head).__name__
+    N, D = np.shape(X)
+    text = context.get("text")
+    C = int(np.shape(text)[-2]) if text is not None else int(np.max(y)) + 1
+    Xv = context.get("X_val")
+    nv = 0 if Xv is None else int(np.shape(Xv)[0])
+    info = getattr(head, "fit_info_", {}) or {}
+    mm = ex = 0.0
+    evalmm = 2.0 * n_test * D * C
+    if name == "LinearProbe":
+        evals = info.get("evaluations")
+        if evals is None:  # an older featbench without the count: lower bound from the kept fit
+            evals = int(getattr(head, "n_iter_", 0)) * max(1, (info.get("search") or {}).get("n_fits", 1))
+        fits = max(1, (info.get("search") or {}).get("n_fits", 1))
+        mm = evals * 4.0 * N * D * C + fits * 2.0 * nv * D * C
+    elif name in ("TipAdapter", "TipAdapterF"):
+        nb, na = (int(s) for s in head.search_steps)
+        if nv:
+            mm += 2.0 * nv * N * D + 2.0 * nv * D * C
+            ex += nb * nv * N
+        mm += 2.0 * n_test * N * D
+        ex += n_test * N
+        if name == "TipAdapterF":
+            steps = int(info.get("iterations", 0))
+            B = min(int(head.batch_size), N)
+            mm += steps * (4.0 * B * N * D + 2.0 * B * D * C)
+            ex += steps * B * N
+    elif name == "TaskRes":
+        B = min(int(head.batch_size), N)
+        steps = int(head.epochs) * (N // B)
+        mm = steps * 4.0 * B * D * C
+    mm += evalmm
+    return mm, ex
+
+
+class WorkMeter:
+    """Counts the work of every head the runner fits in this process (patches the fit entry points)."""
+
+    def __init__(self):
+        self.mm = 0.0
+        self.exp = 0.0
+        self.n_test = 0
+
+    def __enter__(self):
+        from featbench import protocol
+
+        self._patched = []
+        try:
+            from featbench import batching
+        except ImportError:  # an older featbench: count through build_head instead
+            batching = None
+        if batching is not None:
+            orig = batching.fit_all
+
+            def fit_all(fits):
+                out = orig(fits)
+                for h, X, y, ctx in fits:
+                    self.add(h, X, y, ctx)
+                return out
+
+            batching.fit_all = fit_all
+            self._patched.append((batching, "fit_all", orig))
+        else:
+            orig_build = protocol.build_head
+
+            def build_head(*a, **kw):
+                h = orig_build(*a, **kw)
+                fit = h.fit
+
+                def counted(X, y, **ctx):
+                    out = fit(X, y, **ctx)
+                    self.add(h, X, y, ctx)
+                    return out
+
+                h.fit = counted
+                return h
+
+            protocol.build_head = build_head
+            self._patched.append((protocol, "build_head", orig_build))
+        return self
+
+    def add(self, h, X, y, ctx):
+        mm, ex = head_work(h, X, y, ctx, self.n_test)
+        self.mm += mm
+        self.exp += ex
+
+    def __exit__(self, *exc):
+        for mod, name, orig in self._patched:
+            setattr(mod, name, orig)
+
+
+# --------------------------------------------------------------------------------------------------
+# the grid
+# --------------------------------------------------------------------------------------------------
+def run_dataset(dataset, dim, tmp, quick, peaks, jobs):
+    from featbench.runner import run_fit
+
+    C, n_train, n_val, n_test = SHAPES[dataset]
+    shots, seeds, sets = SHOTS, SEEDS, {}
+    scale_note = ""
+    big = dataset == "imagenet"
+    if big and quick:
+        # one cell per head at 16 shots with the work cut; the grid's time is extrapolated from it
+        shots, seeds = [16], [1]
+        sets = {"taskres.epochs": 2, "tip-adapter-f.epochs": 1, "linear-probe.max_iter": 2,
+                "tip-adapter.search_steps": [20, 20], "tip-adapter-f.search_steps": [20, 20]}
+        scale_note = "quick: 16-shot seed 1 with cut epochs/iterations/betas"
+    t0 = time.perf_counter()
+    path = make_cache(Path(tmp) / f"{dataset}.h5", dataset, dim, shots, seeds)
+    build_s = time.perf_counter() - t0
+    meter = WorkMeter()
+    meter.n_test = n_test
+    with meter:
+        t0 = time.perf_counter()
+        rows = run_fit([path], heads=HEADS, shots=shots, seeds=seeds, protocol="paper", sets=sets,
+                       out=Path(tmp) / f"{dataset}.jsonl", progress=False, jobs=jobs)
+        wall = time.perf_counter() - t0
+    floor = meter.mm / peaks["mm"] + meter.exp / peaks["exp"]
+    mean_acc = {h: np.mean([r["acc"] for r in rows if r["head"] == h]) for h in HEADS}
+    os.unlink(path)
+    return dict(dataset=dataset, cells=len(rows), wall=wall, gflop=meter.mm / 1e9, gexp=meter.exp / 1e9, floor=floor,
+                build=build_s, note=scale_note, acc=mean_acc)
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernel targets
+# --------------------------------------------------------------------------------------------------
+def taskres_kernel_ratio(dim=1024, C=1000, N=16000, epochs=1):
+    """TaskRes training GFLOP/s (4 B D C per step) over torch.mm [B, D] x [D, C] measured alongside."""
+    from featbench.heads.taskres import TaskRes
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, dim)).astype(np.float32)
+    y = np.arange(N) % C
+    views = X[None]
+    text = rng.normal(size=(1, C, dim)).astype(np.float32)
+    TaskRes(epochs=1).fit(X[:512], y[:512] % C, text=text, views=views[:, :512])  # warm-up
+    t0 = time.perf_counter()
+    TaskRes(epochs=epochs, lr=2e-4).fit(X, y, text=text, views=views)
+    fit_s = time.perf_counter() - t0
+    steps = epochs * (N // 256)
+    import torch
+
+    a, b = torch.randn(256, dim), torch.randn(dim, C)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    mm = 2 * 256 * dim * C * 20 / (time.perf_counter() - t0)
+    return steps * 4 * 256 * dim * C / fit_s / mm, fit_s / steps
+
+
+def lp_iteration_ratio(dim=1024, C=1000, N=16000, iters=3):
+    """Seconds per linear-probe L-BFGS evaluation at ImageNet shape over its matmul floor (4 N D C / mm peak)."""
+    import torch
+
+    from featbench.heads import _torch as T
+    from featbench.heads.linear_probe import LinearProbe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, dim)).astype(np.float32)
+    y = np.arange(N) % C
+    lp = LinearProbe(max_iter=iters)
+    Xt, yt = T.as_tensor(X), T.as_labels(y)
+    t0 = time.perf_counter()
+    _, _, _, nfev = lp._fit_torch(Xt, yt, 1.0, C)[:4] if False else (*lp._fit_torch(Xt, yt, 1.0, C)[:3], None)
+    dt = time.perf_counter() - t0
+    nfev = lp.last_evaluations_ if hasattr(lp, "last_evaluations_") else iters
+    a, b = torch.randn(N, dim), torch.randn(dim, C)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    mm_s = (time.perf_counter() - t0) / 3
+    per_eval = dt / max(nfev, 1)
+    return per_eval / (2 * mm_s), per_eval, nfev
+
+
+def lp_vs_sklearn(fixtures: Path, shots=(4, 16), seed=1):
+    """Our lpclip search vs scikit-learn's (solver='sklearn', the same protocol) on real ViT-B/32 features."""
+    from featbench.fewshot import fewshot_rows
+    from featbench.heads.linear_probe import LinearProbe
+
+    out = []
+    for name in ("caltech101", "oxford_pets"):
+        f = fixtures / f"{name}.npz"
+        if not f.exists():
+            continue
+        d = np.load(f)
+        Xtr, ytr = d["train_features"].astype(np.float32), d["train_labels"]
+        Xva, yva = d["val_features"].astype(np.float32), d["val_labels"]
+        Xte, yte = d["test_features"].astype(np.float32), d["test_labels"]
+        for k in shots:
+            sub = fewshot_rows(ytr, yva, k, seed)
+            X, y = Xtr[sub.train], ytr[sub.train]
+            Xv, yv = Xva[sub.val], yva[sub.val]
+            res = {}
+            for solver in ("torch", "sklearn"):
+                t0 = time.perf_counter()
+                h = LinearProbe(solver=solver).fit(X, y, X_val=Xv, y_val=yv)
+                res[solver] = (time.perf_counter() - t0, h.C_, 100 * h.score(Xte, yte))
+            out.append((name, k, res))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default=",".join(SHAPES))
+    ap.add_argument("--backbone", choices=list(DIMS), default="rn50")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="runner workers (work is only counted with 1)")
+    ap.add_argument("--no-targets", action="store_true")
+    ap.add_argument("--no-grid", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in datasets if d not in SHAPES]
+    if bad:
+        ap.error(f"unknown dataset(s) {bad}; choose from {', '.join(SHAPES)}")
+    dim = DIMS[args.backbone]
+    print(f"uptime: {os.popen('uptime').read().strip()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batching "
+          f"{'off' if os.environ.get('FEATBENCH_BATCH', '1') == '0' else 'on'}; backbone {args.backbone} (D={dim})")
+    peaks = {"mm": mm_peak(), "exp": exp_peak()}
+    print(f"peaks measured now: torch.mm {peaks['mm'] / 1e9:.1f} GFLOP/s, torch.exp {peaks['exp'] / 1e9:.2f} Gexp/s")
+    results = []
+    if not args.no_grid:
+        print(f"{'dataset':16s} {'cells':>5s} {'wall s':>8s} {'GFLOP':>9s} {'Gexp':>7s} {'floor s':>8s} {'wall/floor':>10s}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for ds in datasets:
+                r = run_dataset(ds, dim, tmp, args.quick, peaks, args.jobs)
+                results.append(r)
+                note = f"  ({r['note']})" if r["note"] else ""
+                print(f"{ds:16s} {r['cells']:5d} {r['wall']:8.1f} {r['gflop']:9.1f} {r['gexp']:7.2f} {r['floor']:8.2f} "
+                      f"{r['wall'] / r['floor']:10.1f}{note}", flush=True)
+        full = [r for r in results if not r["note"]]
+        if full:
+            w, fl = sum(r["wall"] for r in full), sum(r["floor"] for r in full)
+            print(f"{'total (measured)':16s} {sum(r['cells'] for r in full):5d} {w:8.1f} "
+                  f"{sum(r['gflop'] for r in full):9.1f} {sum(r['gexp'] for r in full):7.2f} {fl:8.2f} {w / fl:10.1f}")
+    if not args.no_targets:
+        print("targets (issue 12):")
+        by = {r["dataset"]: r for r in results}
+        if "caltech101" in by:
+            print(f"  Caltech101-shaped 75-cell seed grid: {by['caltech101']['wall']:.1f} s wall (target <= 15 s; "
+                  f"before: 52 s with --jobs 2 on an idle machine)")
+        rest = [r for r in results if r["dataset"] != "imagenet"]
+        if len(rest) == 10:
+            print(f"  10 non-ImageNet datasets' seed grid: {sum(r['wall'] for r in rest) / 60:.1f} min (target <= 3 min)")
+        if "imagenet" in by:
+            r = by["imagenet"]
+            print(f"  ImageNet-shaped grid: wall/floor {r['wall'] / r['floor']:.1f} of the work done"
+                  f"{' (' + r['note'] + ')' if r['note'] else ''} (target <= 2)")
+        ratio, per_step = taskres_kernel_ratio()
+        print(f"  TaskRes training at ImageNet shape: {ratio:.2f} of torch.mm on the same shapes "
+              f"({per_step * 1e3:.0f} ms/step; target >= 0.6)")
+        r_lp, per_eval, nfev = lp_iteration_ratio()
+        print(f"  linear-probe L-BFGS evaluation at ImageNet shape: {per_eval:.2f} s = {r_lp:.2f}x its matmul floor "
+              f"({nfev} evaluations timed; target <= 2)")
+        fixtures = Path(os.environ.get("FEATBENCH_REAL_FIXTURES", "/work/shared/fixtures/real-vitb32"))
+        rows = lp_vs_sklearn(fixtures) if fixtures.exists() else []
+        if not rows:
+            print(f"  linear probe vs sklearn: real fixtures not found at {fixtures} (skipped)")
+        tot_t = tot_s = 0.0
+        for name, k, res in rows:
+            (tt, ct, at), (ts, cs, as_) = res["torch"], res["sklearn"]
+            tot_t += tt
+            tot_s += ts
+            print(f"  linear probe {name} {k}-shot: ours {tt:6.2f} s C={ct:.4g} acc {at:.2f} | sklearn lpclip "
+                  f"{ts:6.2f} s C={cs:.4g} acc {as_:.2f} | x{ts / tt:.1f}{'' if math.isclose(ct, cs, rel_tol=1e-6) else '  C DIFFERS'}")
+        if rows:
+            print(f"  linear probe vs sklearn lpclip, all: x{tot_s / tot_t:.1f} (target >= 5 at equal C, acc +-0.3)")
+    print(f"uptime: {os.popen('uptime').read().strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
