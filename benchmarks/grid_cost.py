@@ -406,8 +406,14 @@ def main(argv=None):
         ap.error(f"unknown dataset(s) {bad}; choose from {', '.join(SHAPES)}")
     dim = DIMS[args.backbone]
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batching "
-          f"{'off' if os.environ.get('FEATBENCH_BATCH', '1') == '0' else 'on'}; backbone {args.backbone} (D={dim})")
+    try:
+        from featbench.batching import batching_enabled
+
+        batching = "on" if batching_enabled() else "off (FEATBENCH_BATCH=0)"
+    except ImportError:
+        batching = "not available (featbench without featbench.batching)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.jobs} worker(s); batching {batching}; "
+          f"backbone {args.backbone} (D={dim})")
     peaks = {"mm": mm_peak(), "exp": exp_peak()}
     print(f"peaks measured now: torch.mm {peaks['mm'] / 1e9:.1f} GFLOP/s, torch.exp {peaks['exp'] / 1e9:.2f} Gexp/s")
     results = []

@@ -15,9 +15,11 @@ Two interchangeable solvers of the same objective, C * sum_i CE_i + 1/2 ||W||^2 
 (multinomial; scikit-learn minimises it divided by C*n, whose minimiser is the same):
 - ``solver="torch"`` (default): the same full-batch L-BFGS-B driver scikit-learn uses (scipy, history 10,
   maxls 50, gtol = tol on max|grad| of the mean-scaled objective, ftol 64 eps, max_iter), with the objective and
-  gradient computed by torch: float32 matmuls (float64 for C < 1, where the loss decrease at strong
-  regularisation falls below float32's resolution of the CE's log K constant and the line search stalls), on
-  ``device`` (CPU or CUDA). Fits are memoised across the search (15 fits instead of lpclip's 23).
+  a hand-written gradient computed by torch on ``device`` (CPU or CUDA): float32 matmuls, and the [N, C]
+  logits, loss sum, penalty and gradient assembly in float64 (at strong regularisation the loss decrease
+  falls below float32's resolution of the CE's log K constant and the line search would stall; the matmuls
+  themselves do not need float64; ``dtype="float64"`` forces float64 matmuls). Fits are memoised across the
+  search (15 fits instead of lpclip's 23).
   Why not torch.optim.LBFGS with warm starts across C (the first design): lpclip's large-C fits do not
   converge (max_iter / tolerance hit), so the protocol's answer depends on the optimiser's *trajectory from
   zero*. Measured on real ViT-B/32 features (caltech101 4-shot, seed 1): warm-started torch L-BFGS stopped

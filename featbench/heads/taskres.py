@@ -12,8 +12,10 @@ The recipe reproduces the reference trainer on Dassl:
   ``batch_size`` images (``drop_last = is_train and len(data) >= batch_size``); reproduced with the head's own
   generator.
 - The last epoch's residual is evaluated (no validation-based selection).
-- Speed, same maths: torch's fused Adam kernel where available, and the 1/|w_c| of the cosine applied to the
-  [B, C] logits instead of normalising the [C, D] matrix (one pass less forward and backward).
+- Speed, same maths: a hand-written gradient (two matmuls per step, the 1/|w_c| of the cosine applied to the
+  [B, C] logits instead of normalising the [C, D] matrix, no autograd graph, preallocated buffers) and torch's
+  fused Adam; runs with the same schedule and shapes (seeds, alphas of a search) train stacked as one
+  [R, C, D] problem (``fit_batched``; see ``train_residuals``), each with its own generator.
 - Augmentation: each epoch every image contributes one of its cached augmented views, drawn at random (the
   feature-cache stand-in for Dassl's fresh random crop + flip); without views the plain features are used
   and ``fit_info_['notes']`` says so.
