@@ -243,9 +243,11 @@ def _work_of_group(cells, n_test, threads):
     """One worker's share: fit a group of cells (batched) and count its work in that process."""
     from featbench.batching import run_cells_bounded
 
+    c0 = time.process_time()
     with WorkMeter() as meter:
         meter.n_test = n_test
         rows = run_cells_bounded(cells, threads)
+    meter.by_head["cpu_s"] = time.process_time() - c0  # this worker's CPU seconds (all its threads)
     return rows, meter.mm, meter.exp, meter.by_head
 
 
@@ -298,6 +300,7 @@ def run_dataset(dataset, dim, tmp, quick, peaks, jobs):
         mm = ex = float("nan")
         by_head = {}
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    cpu += by_head.pop("cpu_s", 0.0)
     meter = WorkMeter()
     meter.mm, meter.exp = mm, ex
     floor = meter.mm / peaks["mm"] + meter.exp / peaks["exp"]
@@ -414,18 +417,18 @@ def main(argv=None):
         batching = "not available (featbench without featbench.batching)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.jobs} worker(s); batching {batching}; "
           f"backbone {args.backbone} (D={dim})")
-    peaks = {"mm": mm_peak(), "exp": exp_peak()}
+    peaks = {"mm": mm_peak(), "exp": exp_peak(), "threads": torch.get_num_threads()}
     print(f"peaks measured now: torch.mm {peaks['mm'] / 1e9:.1f} GFLOP/s, torch.exp {peaks['exp'] / 1e9:.2f} Gexp/s")
     results = []
     if not args.no_grid:
-        print(f"{'dataset':16s} {'cells':>5s} {'wall s':>8s} {'GFLOP':>9s} {'Gexp':>7s} {'floor s':>8s} {'wall/floor':>10s} {'cpu s':>7s}  fit s per head")
+        print(f"{'dataset':16s} {'cells':>5s} {'wall s':>8s} {'GFLOP':>9s} {'Gexp':>7s} {'floor s':>8s} {'wall/floor':>10s} {'cpu s':>7s} {'cpu/(cores*floor)':>17s}  fit s per head")
         with tempfile.TemporaryDirectory() as tmp:
             for ds in datasets:
                 r = run_dataset(ds, dim, tmp, args.quick, peaks, args.jobs)
                 results.append(r)
                 note = f"  ({r['note']})" if r["note"] else ""
                 print(f"{ds:16s} {r['cells']:5d} {r['wall']:8.1f} {r['gflop']:9.1f} {r['gexp']:7.2f} {r['floor']:8.2f} "
-                      f"{r['wall'] / r['floor']:10.1f} {r['cpu']:7.1f}  "
+                      f"{r['wall'] / r['floor']:10.1f} {r['cpu']:7.1f} {r['cpu'] / (peaks['threads'] * r['floor']):17.1f}  "
                       + " ".join(f"{h} {t:.1f}" for h, t in r["per_head"].items()) + note, flush=True)
                 if r["by_head"]:
                     print(" " * 17 + "GFLOP per head: " + " ".join(f"{h} {v / 1e9:.1f}" for h, v in r["by_head"].items()))
@@ -447,9 +450,13 @@ def main(argv=None):
             r = by["imagenet"]
             print(f"  ImageNet-shaped grid: wall/floor {r['wall'] / r['floor']:.1f} of the work done"
                   f"{' (' + r['note'] + ')' if r['note'] else ''} (target <= 2)")
-        ratio, per_step = taskres_kernel_ratio()
-        print(f"  TaskRes training at ImageNet shape: {ratio:.2f} of torch.mm on the same shapes "
-              f"({per_step * 1e3:.0f} ms/step; target >= 0.6)")
+        n_threads = torch.get_num_threads()
+        for th in sorted({1, n_threads}):
+            torch.set_num_threads(th)
+            ratio, per_step = taskres_kernel_ratio()
+            print(f"  TaskRes training at ImageNet shape, {th} thread(s): {ratio:.2f} of torch.mm on the same shapes "
+                  f"({per_step * 1e3:.0f} ms/step; target >= 0.6)", flush=True)
+        torch.set_num_threads(n_threads)
         r_lp, per_eval, nfev = lp_iteration_ratio()
         print(f"  linear-probe L-BFGS evaluation at ImageNet shape: {per_eval:.2f} s = {r_lp:.2f}x its matmul floor "
               f"({nfev} evaluations timed; target <= 2)")
