@@ -98,9 +98,13 @@ def run_cells_bounded(cells: Sequence, threads: int | None) -> list[list[dict]]:
         return run_cells(cells)
 
 
-def _group_key(cell) -> tuple:
-    return (cell.cache, cell.head, cell.head_target, repr(sorted(cell.overrides.items())), cell.protocol,
-            cell.shots, cell.device, tuple(cell.eval_on))
+def _group_key(cell) -> str:
+    """Everything that identifies a cell except its seed."""
+    from dataclasses import asdict
+
+    d = asdict(cell)
+    d.pop("seed", None)
+    return repr(sorted(d.items()))
 
 
 def cell_groups(cells: Sequence, max_size: int = 16) -> list[list[int]]:
