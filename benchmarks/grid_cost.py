@@ -425,6 +425,13 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             for ds in datasets:
                 r = run_dataset(ds, dim, tmp, args.quick, peaks, args.jobs)
+                # the load of a shared machine changes: the floor uses the best peak seen so far (strictest ratio)
+                again = {"mm": mm_peak(), "exp": exp_peak()}
+                if again["mm"] > peaks["mm"] or again["exp"] > peaks["exp"]:
+                    peaks["mm"], peaks["exp"] = max(peaks["mm"], again["mm"]), max(peaks["exp"], again["exp"])
+                    print(f"  (peaks re-measured after {ds}: torch.mm {peaks['mm'] / 1e9:.1f} GFLOP/s, torch.exp "
+                          f"{peaks['exp'] / 1e9:.2f} Gexp/s; floor below uses them)")
+                r["floor"] = r["gflop"] * 1e9 / peaks["mm"] + r["gexp"] * 1e9 / peaks["exp"]
                 results.append(r)
                 note = f"  ({r['note']})" if r["note"] else ""
                 print(f"{ds:16s} {r['cells']:5d} {r['wall']:8.1f} {r['gflop']:9.1f} {r['gexp']:7.2f} {r['floor']:8.2f} "
