@@ -100,7 +100,7 @@ def make_cache(path: Path, dataset: str, dim: int, shots, seeds, seed: int = 0) 
     splits["train"] = {"paths": [f"train/{i}.jpg" for i in range(n_train)], "labels": labels["train"],
                        "features": feats(labels["train"][rows]), "rows": rows}
     if n_val:
-        vrows = np.array(sorted(need_val), dtype=np.int64)
+        vrows = np.arange(n_val, dtype=np.int64)  # all of val: Tip-Adapter's paper protocol selects on the full split
         splits["val"] = {"paths": [f"val/{i}.jpg" for i in range(n_val)], "labels": labels["val"],
                          "features": feats(labels["val"][vrows]), "rows": vrows}
     splits["test"] = {"paths": [f"test/{i}.jpg" for i in range(n_test)], "labels": labels["test"],
