@@ -107,20 +107,30 @@ def _group_key(cell) -> str:
     return repr(sorted(d.items()))
 
 
+def iter_groups(cells: Iterable, max_size: int = 16):
+    """Lazily group consecutive cells that differ only in their seed (lists of at most max_size cells)."""
+    group: list = []
+    last = None
+    enabled = batching_enabled()
+    for c in cells:
+        k = _group_key(c) if enabled else object()
+        if group and k == last and len(group) < max_size:
+            group.append(c)
+            continue
+        if group:
+            yield group
+        group, last = [c], k
+    if group:
+        yield group
+
+
 def cell_groups(cells: Sequence, max_size: int = 16) -> list[list[int]]:
     """Indices of consecutive cells that differ only in their seed (at most max_size per group)."""
-    if not batching_enabled():
-        return [[i] for i in range(len(cells))]
-    groups: list[list[int]] = []
-    last = None
-    for i, c in enumerate(cells):
-        k = _group_key(c)
-        if groups and k == last and len(groups[-1]) < max_size:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-        last = k
-    return groups
+    out, at = [], 0
+    for g in iter_groups(cells, max_size):
+        out.append(list(range(at, at + len(g))))
+        at += len(g)
+    return out
 
 
 def iter_group_rows(cells: Sequence, results: Iterable[list[list[dict]]]):
@@ -129,4 +139,4 @@ def iter_group_rows(cells: Sequence, results: Iterable[list[list[dict]]]):
         yield from group_rows
 
 
-__all__ = ["fit_all", "drive", "run_cells", "run_cells_bounded", "cell_groups", "batching_enabled"]
+__all__ = ["fit_all", "drive", "run_cells", "run_cells_bounded", "cell_groups", "iter_groups", "batching_enabled"]

@@ -436,12 +436,12 @@ def _cores() -> int:
 
 
 def _run_serial(cells) -> Iterator[list[dict]]:
-    from featbench.batching import cell_groups, run_cells
+    from featbench.batching import iter_groups, run_cells
     from featbench.protocol import close_cached
 
     try:
-        for group in cell_groups(cells):  # cells that differ only by seed train as one batched problem
-            yield from run_cells([cells[i] for i in group])
+        for group in iter_groups(cells):  # cells that differ only by seed train as one batched problem
+            yield from run_cells(group)
     finally:
         close_cached()
 
@@ -449,14 +449,13 @@ def _run_serial(cells) -> Iterator[list[dict]]:
 def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
 
-    from featbench.batching import cell_groups
+    from featbench.batching import iter_groups
 
     threads = max(1, _cores() // jobs)
-    groups = cell_groups(cells)  # cells that differ only by seed train as one batched problem
-    parallel = Parallel(n_jobs=min(jobs, len(groups)), backend="loky", return_as="generator",
-                        inner_max_num_threads=threads)
+    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads)
     parent = os.getpid()
-    for rows in parallel(delayed(run_cells_watched)([cells[i] for i in g], threads, parent) for g in groups):
+    # cells that differ only by seed train as one batched problem
+    for rows in parallel(delayed(run_cells_watched)(g, threads, parent) for g in iter_groups(cells)):
         yield from rows
 
 

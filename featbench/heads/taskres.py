@@ -292,7 +292,7 @@ class TaskRes(Head):
         from featbench.heads import _torch as T
 
         X, y = T.check_xy(X, y)
-        text, views = context.get("text"), context.get("views")
+        text, views, classnames = context.get("text"), context.get("views"), context.get("classnames")
         self.base_head_ = None  # set by _resolve_base when base names a head (no stale one from an earlier fit)
         w0, base_desc = self._resolve_base(X, y, context)
         if w0.ndim != 2 or w0.shape[1] != X.shape[1]:
