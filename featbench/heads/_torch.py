@@ -147,6 +147,14 @@ def batched_logits(fn, X: torch.Tensor, batch: int = 8192) -> torch.Tensor:
     return torch.cat([fn(X[s:s + batch]) for s in range(0, X.shape[0], batch)])
 
 
+def cosine_decision(X, weights: torch.Tensor, scale: float) -> np.ndarray:
+    """scale * norm(X) @ weights^T in row chunks: the decision function of every head that ends in a
+    (pre-normalised) class-weight matrix (zero-shot, TaskRes, CoOp)."""
+    X, _ = check_xy(X)
+    f = as_tensor(X, weights.device)
+    return to_numpy(batched_logits(lambda x: scale * l2norm(x) @ weights.T, f))
+
+
 def class_sorted_order(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, int | None]:
     """A stable order that groups rows by class, and K when every class has exactly K rows (else None).
 

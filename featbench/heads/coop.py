@@ -256,10 +256,7 @@ class CoOp(Head):
     def decision_function(self, X) -> np.ndarray:
         from featbench.heads import _torch as T
 
-        X, _ = T.check_xy(X)
-        f = T.as_tensor(X, self.weights_.device)
-        w = self.weights_
-        return T.to_numpy(T.batched_logits(lambda x: self.logit_scale_ * T.l2norm(x) @ w.T, f))
+        return T.cosine_decision(X, self.weights_, self.logit_scale_)
 
     def class_weights(self) -> np.ndarray:
         """The learned prompts' text features, normalised [C, D]."""

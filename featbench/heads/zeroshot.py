@@ -43,11 +43,7 @@ class ZeroShot(Head):
     def decision_function(self, X) -> np.ndarray:
         from featbench.heads import _torch as T
 
-        X, _ = T.check_xy(X)
-        f = T.as_tensor(X, self.weights_.device)
-        w = self.weights_
-        out = T.batched_logits(lambda x: self.logit_scale_ * T.l2norm(x) @ w.T, f)
-        return T.to_numpy(out)
+        return T.cosine_decision(X, self.weights_, self.logit_scale_)
 
     def class_weights(self) -> np.ndarray:
         from featbench.heads import _torch as T
