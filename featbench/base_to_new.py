@@ -163,16 +163,11 @@ def aggregate_table(df, metric: str = "acc", protocol: str | None = None, *, hea
     import numpy as np
     import pandas as pd
 
-    from featbench.tables import AVERAGE, Table, _order_datasets, _order_heads, prepare
+    from featbench.tables import AVERAGE, Table, _order_datasets, _order_heads, filter_rows, prepare
 
     prepared = prepare(df, metric=metric, protocol=protocol)
     prepared = prepared[prepared["classes"].isin(["base", "new"])]
-    if heads is not None:
-        prepared = prepared[prepared["head"].isin(set(heads)) | prepared["head_label"].isin(set(heads))]
-    if shots is not None:
-        prepared = prepared[prepared["shots"].isin(set(shots))]
-    if datasets is not None:
-        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
     if prepared.empty:
         raise FeatbenchError("no base-to-new rows (\"classes\": base/new) left; run `featbench fit --base-to-new`")
     prepared = prepared.reset_index(drop=True)

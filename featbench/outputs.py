@@ -50,6 +50,19 @@ def guard_output(out: Path, inputs: Iterable[str | os.PathLike], *, flag: str, f
                              f"or choose another path")
 
 
+def ensure_folder(folder: Path, label: str, hint: str) -> None:
+    """Create an output folder, or raise one clear line (`label`: what to call it, `hint`: the fix) before any work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FeatbenchError(f"{label}: is a file, not a folder; {hint}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FeatbenchError(f"{label}: cannot create the folder ({err.strerror or err}); {hint}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatbenchError(f"{label}: the folder is not writable; {hint}")
+
+
 def looks_like_table(text: str) -> bool:
     """True for what `featbench table` writes (markdown, LaTeX or CSV), False for results and other files."""
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
@@ -68,4 +81,4 @@ def looks_like_table(text: str) -> bool:
     return any(cell.endswith(" mean") for cell in header)
 
 
-__all__ = ["guard_output", "looks_like_table", "input_files"]
+__all__ = ["guard_output", "looks_like_table", "input_files", "ensure_folder"]

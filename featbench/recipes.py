@@ -600,16 +600,9 @@ def weights_status(model: str, pretrained: str) -> str:
 
 def _output_folder(folder: Path) -> None:
     """Create the output folder, or one clear line saying why not (before any extraction or fitting)."""
-    import os
+    from featbench.outputs import ensure_folder
 
-    if folder.exists() and not folder.is_dir():
-        raise FeatbenchError(f"output {folder} is a file, not a folder; pass --out FOLDER or set 'out' in the recipe")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FeatbenchError(f"output {folder}: cannot create the folder ({err.strerror or err})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FeatbenchError(f"output {folder}: the folder is not writable; pass --out FOLDER")
+    ensure_folder(folder, f"output {folder}", "pass --out FOLDER or set 'out' in the recipe")
 
 
 def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False,

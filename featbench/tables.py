@@ -70,6 +70,18 @@ def _is_partial_row(raw: bytes) -> bool:
     return partial(raw)
 
 
+def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
+    """Keep the rows of the given heads (registry names or labels), shot counts and datasets (None: all)."""
+    if heads is not None:
+        wanted = set(heads)
+        prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
+    if shots is not None:
+        prepared = prepared[prepared["shots"].isin(set(shots))]
+    if datasets is not None:
+        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    return prepared
+
+
 def load_results(paths: Iterable[str | Path] | str | Path):
     """Read result JSON-lines files (or directories of ``*.jsonl``) into one DataFrame, validating every line."""
     import pandas as pd
@@ -408,13 +420,7 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     prepared = prepared[prepared["classes"] == "all"]
     if prepared.empty:
         raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
-    if heads is not None:
-        wanted = set(heads)
-        prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
-    if shots is not None:
-        prepared = prepared[prepared["shots"].isin(set(shots))]
-    if datasets is not None:
-        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
     if prepared.empty:
         raise FeatbenchError("no result rows left after filtering by --heads/--shots/--datasets")
     prepared = prepared.reset_index(drop=True)

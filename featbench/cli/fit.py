@@ -85,17 +85,9 @@ def fit(
 
 
 def _check_output_folder(folder: Path, flag: str) -> None:
-    """A folder we can write into, created if missing; one clear line otherwise (before any work)."""
-    import os
+    from featbench.outputs import ensure_folder
 
-    if folder.exists() and not folder.is_dir():
-        raise FeatbenchError(f"{flag} {folder}: is a file, not a folder; give a folder for the .npz files")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FeatbenchError(f"{flag} {folder}: cannot create the folder ({err.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FeatbenchError(f"{flag} {folder}: the folder is not writable")
+    ensure_folder(folder, f"{flag} {folder}", "give a writable folder for the .npz files")
 
 
 def _summary_labels(rows: list[dict], heads: list[str], grids: dict | None) -> list[tuple[str, list[dict]]]:
