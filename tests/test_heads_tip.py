@@ -129,3 +129,25 @@ def test_tip_f_trains_keys_deterministically():
         X, y, text=text, views=views, X_val=Xv, y_val=yv)
     np.testing.assert_allclose(z.decision_function(Xt), t.decision_function(Xt), atol=1e-4)
     assert z.fit_info_["selected"] == t.fit_info_["selected"]
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "near_ties"])
+def test_alpha_hits_equal_per_alpha_argmax(case):
+    """The end-point shortcut of the alpha loop equals argmax(zs + cache * alpha) == y alpha by alpha."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    b, n, C = 6, 300, 12
+    zs = torch.randn(n, C, generator=g) * 3
+    cache = torch.rand(b, n, C, generator=g) * 4
+    y = torch.randint(0, C, (n,), generator=g)
+    alphas = torch.tensor(search_grid([7.0, 3.0])[1], dtype=torch.float32)
+    if case == "ties":  # integer logits: many exact ties, settled by the first maximal index
+        zs, cache = zs.round(), cache.round()
+    elif case == "near_ties":  # the true class crosses another inside the alpha range, within rounding
+        other = (y + 1) % C
+        rows = torch.arange(n)
+        zs[rows, y] = zs[rows, other] + 1e-6 * torch.randn(n, generator=g)
+        cache[:, rows, y] = cache[:, rows, other] + 1e-6 * torch.randn(b, n, generator=g)
+    expected = torch.stack([((zs[None] + cache * a).argmax(-1) == y).sum(-1) for a in alphas], 1)
+    assert torch.equal(tip._alpha_hits(zs, cache, y, alphas), expected)
