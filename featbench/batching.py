@@ -124,6 +124,27 @@ def iter_groups(cells: Iterable, max_size: int = 16):
         yield group
 
 
+def group_cost(group: Sequence) -> int:
+    """A rough cost of a group of cells for scheduling: its cells times their shots (train rows scale with both)."""
+    return sum(max(1, int(getattr(c, "shots", 1) or 1)) for c in group)
+
+
+def largest_first(items: Iterable, key=group_cost, window: int = 64):
+    """Items (groups of cells) reordered costliest first within windows of ``window`` (lazy, a window at a time).
+
+    Why: parallel workers fed in plan order finish on the 16-shot groups, which come last, while the other
+    workers idle; longest-first keeps them busy to the end. Windows keep huge grids streaming and bound
+    what a caller must buffer to hand rows back in plan order.
+    """
+    buf: list = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == window:
+            yield from sorted(buf, key=key, reverse=True)
+            buf = []
+    yield from sorted(buf, key=key, reverse=True)
+
+
 def cell_groups(cells: Sequence, max_size: int = 16) -> list[list[int]]:
     """Indices of consecutive cells that differ only in their seed (at most max_size per group)."""
     out, at = [], 0
@@ -139,4 +160,5 @@ def iter_group_rows(cells: Sequence, results: Iterable[list[list[dict]]]):
         yield from group_rows
 
 
-__all__ = ["fit_all", "drive", "run_cells", "run_cells_bounded", "cell_groups", "iter_groups", "batching_enabled"]
+__all__ = ["fit_all", "drive", "run_cells", "run_cells_bounded", "cell_groups", "iter_groups", "largest_first",
+           "group_cost", "batching_enabled"]

@@ -449,14 +449,29 @@ def _run_serial(cells) -> Iterator[list[dict]]:
 def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
 
-    from featbench.batching import iter_groups
+    from featbench.batching import group_cost, iter_groups, largest_first
 
     threads = max(1, _cores() // jobs)
-    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads)
+    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads,
+                        batch_size=1)
     parent = os.getpid()
-    # cells that differ only by seed train as one batched problem
-    for rows in parallel(delayed(run_cells_watched)(g, threads, parent) for g in iter_groups(cells)):
-        yield from rows
+    # cells that differ only by seed train as one batched problem; the costliest groups are dispatched first
+    # (within windows) and their rows handed back in plan order, as the serial back end gives them
+    order = largest_first(enumerate(iter_groups(cells)), key=lambda item: group_cost(item[1]))
+    pending: dict[int, list] = {}
+    nxt = 0
+    indices: list[int] = []
+
+    def tasks():
+        for i, g in order:
+            indices.append(i)
+            yield delayed(run_cells_watched)(g, threads, parent)
+
+    for k, rows in enumerate(parallel(tasks())):
+        pending[indices[k]] = rows
+        while nxt in pending:
+            yield from pending.pop(nxt)
+            nxt += 1
 
 
 _WATCHDOG_STARTED = False

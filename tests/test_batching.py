@@ -105,3 +105,14 @@ def test_runner_rows_equal_unbatched(tmp_path, monkeypatch):
     assert cell_groups(cells) == [[0, 1, 2], [3, 4, 5]]
     monkeypatch.setenv("FEATBENCH_BATCH", "0")
     assert cell_groups(cells) == [[i] for i in range(6)]
+
+
+def test_largest_first_reorders_within_windows_only():
+    from types import SimpleNamespace
+
+    from featbench.batching import group_cost, largest_first
+
+    groups = [[SimpleNamespace(shots=s)] * n for s, n in [(1, 3), (16, 3), (4, 3), (2, 1), (8, 3), (16, 1)]]
+    out = list(largest_first(groups, window=4))
+    assert [group_cost(g) for g in out] == [48, 12, 3, 2, 24, 16]  # first window sorted, then the second
+    assert sorted(map(id, out)) == sorted(map(id, groups))

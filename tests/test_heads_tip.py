@@ -151,3 +151,26 @@ def test_alpha_hits_equal_per_alpha_argmax(case):
         cache[:, rows, y] = cache[:, rows, other] + 1e-6 * torch.randn(b, n, generator=g)
     expected = torch.stack([((zs[None] + cache * a).argmax(-1) == y).sum(-1) for a in alphas], 1)
     assert torch.equal(tip._alpha_hits(zs, cache, y, alphas), expected)
+
+
+def test_search_counts_equal_reference_arithmetic_across_row_blocks(monkeypatch):
+    """Counts of every (beta, alpha) equal the reference's float32 loop, with several row blocks (the chained
+    exp multiplies restart per block) and an uneven beta list (plain exps)."""
+    import torch
+
+    monkeypatch.setattr(tip, "_ROW_BLOCK", 64 * 40)  # 40 keys -> 64 rows per block
+    g = torch.Generator().manual_seed(3)
+    C, K, D, n = 8, 5, 16, 300
+    mu = torch.nn.functional.normalize(torch.randn(C, D, generator=g), dim=-1)
+    feats = lambda y: torch.nn.functional.normalize(mu[y] + 0.6 * torch.randn(len(y), D, generator=g), dim=-1)
+    yk, yv = torch.arange(C).repeat_interleave(K), torch.arange(n) % C
+    keys, fv = feats(yk), feats(yv)
+    zs = 100 * fv @ torch.nn.functional.normalize(torch.randn(C, D, generator=g), dim=-1).T
+    aff = fv @ keys.T
+    for betas, alphas in (search_grid([12.0, 5.0]), ([0.5, 1.0, 3.0, 3.5], [0.1, 1.0, 2.0])):
+        expected = torch.zeros(len(betas), len(alphas), dtype=torch.long)
+        for i, beta in enumerate(betas):
+            cache = ((-1) * (beta - beta * aff)).exp().reshape(n, C, K).sum(-1)
+            for j, alpha in enumerate(alphas):
+                expected[i, j] = ((zs + cache * alpha).argmax(1) == yv).sum()
+        assert torch.equal(tip.search_counts(fv, keys, zs, yv, betas, alphas, C, K), expected)

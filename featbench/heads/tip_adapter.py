@@ -42,6 +42,10 @@ TIPF_EPOCHS: dict[str, int] = {"eurosat": 100}
 
 _BUDGET = 1 << 25  # float32 elements per intermediate in the vectorised search (~128 MB)
 _ROW_BLOCK = 1 << 18  # float32 affinities per row block (~1 MB: reused by every beta while in cache)
+# an exact exp every _EXP_EVERY betas, multiplies in between: a float32 multiply runs ~7x faster than exp
+# here, and 7 chained multiplies add at most ~14 ulp of relative error, below the reference's own float32
+# rounding of exp(-beta (1 - A)) at the paper's betas (up to ~100 ulp at beta 50)
+_EXP_EVERY = 8
 _ALPHA_BLOCK = 1 << 18  # float32 elements of one alpha's logits block (~1 MB: stays in cache across the passes)
 
 
@@ -67,6 +71,7 @@ def search_counts(fv, keys, zs_logits, yv, betas, alphas, n_classes: int, k, val
     a_t = torch.tensor(alphas, dtype=torch.float32, device=dev)
     n, n_keys = fv.shape[0], keys.shape[0]
     counts = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=dev)
+    dbeta = _uniform_step(betas)
     # rows per block: the block's affinities stay in cache while every beta passes over them, and the
     # block's per-beta cache logits [betas, rows, C] stay within _BUDGET
     rows = max(1, min(n, max(_ROW_BLOCK // max(n_keys, 1), 32), _BUDGET // max(len(betas) * n_classes, 1)))
@@ -76,8 +81,12 @@ def search_counts(fv, keys, zs_logits, yv, betas, alphas, n_classes: int, k, val
         one_minus_a = 1.0 - f @ keys.T  # [nr, N] — shared by every beta
         buf = torch.empty_like(one_minus_a)
         cache = torch.empty(len(betas), nr, n_classes, device=dev)
+        ratio = None if dbeta is None else torch.mul(one_minus_a, -dbeta).exp_()
         for i, beta in enumerate(betas):
-            torch.mul(one_minus_a, -beta, out=buf).exp_()
+            if ratio is None or i % _EXP_EVERY == 0:
+                torch.mul(one_minus_a, -beta, out=buf).exp_()
+            else:  # exp(-beta_i x) = exp(-beta_{i-1} x) * exp(-dbeta x): a multiply instead of an exp
+                buf.mul_(ratio)
             cache[i] = T.class_sum(buf, values, n_classes, k)
         zs = zs_logits[r0:r0 + rows]
         yr = yv[r0:r0 + rows]
@@ -89,6 +98,14 @@ def search_counts(fv, keys, zs_logits, yv, betas, alphas, n_classes: int, k, val
 
 
 _U = 2.0 ** -24  # float32 unit roundoff
+
+
+def _uniform_step(betas) -> float | None:
+    """The common difference of an evenly spaced beta list (the reference's is), else None."""
+    if len(betas) < 2:
+        return None
+    d = np.diff(np.asarray(betas, np.float64))
+    return float(d[0]) if np.allclose(d, d[0], rtol=1e-9, atol=0) and d[0] > 0 else None
 
 
 def _alpha_hits(zs, cache, yr, a_t):
