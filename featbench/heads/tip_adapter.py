@@ -46,7 +46,8 @@ _ROW_BLOCK = 1 << 18  # float32 affinities per row block (~1 MB: reused by every
 # here, and 7 chained multiplies add at most ~14 ulp of relative error, below the reference's own float32
 # rounding of exp(-beta (1 - A)) at the paper's betas (up to ~100 ulp at beta 50)
 _EXP_EVERY = 8
-_ALPHA_BLOCK = 1 << 18  # float32 elements of one alpha's logits block (~1 MB: stays in cache across the passes)
+_ALPHA_BLOCK = 1 << 18
+_EVAL_BLOCK = 1 << 21  # float32 affinities per row block when evaluating (~8 MB)  # float32 elements of one alpha's logits block (~1 MB: stays in cache across the passes)
 
 
 def search_grid(search_scale, search_steps=(200, 20)) -> tuple[list[float], list[float]]:
@@ -273,7 +274,9 @@ class TipAdapter(Head):
         from featbench.heads import _torch as T
 
         f = T.l2norm(f)
-        cache = T.class_sum(((-1.0) * (beta - beta * (f @ keys.T))).exp(), self.values_, self.n_classes_, self.k_)
+        # exp(-(beta - beta A)) in place: beta*A - beta rounds exactly as -(beta - beta*A) (the reference's order)
+        E = (f @ keys.T).mul_(beta).sub_(beta).exp_()
+        cache = T.class_sum(E, self.values_, self.n_classes_, self.k_)
         return self.logit_scale_ * f @ self.w_zs_.T + alpha * cache
 
     # -- estimator API -----------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ class TipAdapter(Head):
 
         X, _ = T.check_xy(X)
         f = T.as_tensor(X, self.device_)
-        rows = max(1, _BUDGET // max(self.keys_.shape[0], 1))
+        rows = max(32, _EVAL_BLOCK // max(self.keys_.shape[0], 1))  # the block's [rows, keys] stays cache-sized
         out = T.batched_logits(lambda x: self._logits(x, self.keys_, self.alpha_, self.beta_), f, rows)
         return T.to_numpy(out)
 
