@@ -22,8 +22,7 @@ Two interchangeable solvers of the same objective, C * sum_i CE_i + 1/2 ||W||^2 
   do not need float64; ``dtype="float64"`` forces float64 matmuls). It takes the same iterations as the
   scipy driver it replaced, without scipy's per-iteration bookkeeping and host copies (5.7-11.1x faster than
   ``solver="sklearn"`` in the same search on the real fixtures, ``benchmarks/grid_cost.py``). Fits are
-  memoised across the search (15 fits instead of
-  lpclip's 23).
+  memoised across the search (15 fits instead of lpclip's 23).
   Why not torch.optim.LBFGS with warm starts across C (the first design): lpclip's fits stop at a loose
   tolerance (and its large-C fits may hit max_iter), so the protocol's answer depends on the optimiser's
   *trajectory from zero*. Measured on real ViT-B/32 features (caltech101 4-shot, seed 1): warm-started torch
