@@ -59,7 +59,7 @@ def minimize(fun, x0, *, max_iter: int = 1000, gtol: float = 1e-5, ftol: float =
         stp = min(1.0 / float(d.norm()), _BIG) if it == 0 else 1.0
         search = _LineSearch(f, gd0, stp, stpmax=_BIG)
         xs, fs, gs, gds, ok = x, f, g, gd0, False
-        for k in range(maxls):
+        for _ in range(maxls):
             xs = x + stp * d if stp != 1.0 else x + d
             fs, gs = fun(xs)
             n_eval += 1
