@@ -20,7 +20,7 @@ Two interchangeable solvers of the same objective, C * sum_i CE_i + 1/2 ||W||^2 
   loss sum, penalty, iterate and history in float64 (at strong regularisation the loss decrease falls below
   float32's resolution of the CE's log K constant and the line search would stall; the matmuls themselves
   do not need float64; ``dtype="float64"`` forces float64 matmuls). It takes the same iterations as the
-  scipy driver it replaced, without scipy's per-iteration bookkeeping and host copies (5.7-11.1x faster than
+  scipy driver it replaced, without scipy's per-iteration bookkeeping and host copies (5-12x faster than
   ``solver="sklearn"`` in the same search on the real fixtures, ``benchmarks/grid_cost.py``). Fits are
   memoised across the search (15 fits instead of lpclip's 23).
   Why not torch.optim.LBFGS with warm starts across C (the first design): lpclip's fits stop at a loose
