@@ -35,7 +35,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
 from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8
 
 CONSTRAINTS = ("l2", "balanced", "none")
@@ -69,8 +69,8 @@ class CLAP(Head):
         "weight_decay": nonnegative(doc="SGD weight decay"),
         "constraint": Param("str", choices=CONSTRAINTS, doc="l2 (class-adaptive), balanced (lambda=1) or none (ZS-LP)"),
         "lambda_scale": nonnegative(inf_ok=True, doc="multiplies every lambda_k; inf freezes the prototypes"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
-        "random_state": Param("int", doc="set by --seeds"),
+        "device": DEVICE,
+        "random_state": SEED,
     }
     paper_templates: ClassVar[dict] = TEMPLATES_8
     paper_classname_style: ClassVar[str] = "raw"

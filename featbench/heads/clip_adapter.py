@@ -45,6 +45,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.paper import epochs_for_shots
 from featbench.heads.spec import Param, nonnegative, positive
 
 # CoOp's per-shot epoch configs (rn50_ep50 / rn50_ep100 / rn50); ImageNet uses rn50_ep50 at every shot count
@@ -102,8 +103,7 @@ class CLIPAdapter(Head):
         if dataset in CLIP_ADAPTER_EPOCHS_BY_DATASET:
             return {"epochs": CLIP_ADAPTER_EPOCHS_BY_DATASET[dataset]}
         if shots is not None:
-            return {"epochs": CLIP_ADAPTER_EPOCHS_BY_SHOTS.get(int(shots), 50 if int(shots) <= 1 else
-                                                                100 if int(shots) <= 4 else 200)}
+            return {"epochs": epochs_for_shots(CLIP_ADAPTER_EPOCHS_BY_SHOTS, shots)}
         return {}
 
     # -- pieces --------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
+from featbench.heads.paper import epochs_for_shots
 from featbench.heads.spec import Param, nonnegative, positive
 
 COOP_EPOCHS_BY_SHOTS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -105,7 +106,7 @@ class CoOp(Head):
     def paper_defaults(cls, dataset, shots):
         d: dict = {}
         if shots is not None:
-            d["epochs"] = COOP_EPOCHS_BY_SHOTS.get(int(shots), 50 if int(shots) <= 1 else 100 if int(shots) <= 4 else 200)
+            d["epochs"] = epochs_for_shots(COOP_EPOCHS_BY_SHOTS, shots)
         if dataset in COOP_EPOCHS_BY_DATASET:
             d["epochs"] = COOP_EPOCHS_BY_DATASET[dataset]
         return d

@@ -34,7 +34,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param, nonnegative
+from featbench.heads.spec import DEVICE, Param, nonnegative
 from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
 
 #: the reference's alpha grid (mrflogs/ICLR24 main_few_shots.py)
@@ -58,7 +58,7 @@ class GDA(Head):
         "alpha_grid": Param("floats", low=0, doc="values the alpha search tries (first best wins)"),
         "default_alpha": nonnegative(doc="alpha without a selection split"),
         "use_views": Param("bool", doc="estimate the Gaussians from the cached augmented views"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "device": DEVICE,
     }
     # main_few_shots.py: alpha searched on every val feature; Tip-Adapter's templates, names and (0.5, 1) views;
     # its ImageNet script searches on test

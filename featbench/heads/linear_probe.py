@@ -48,7 +48,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
-from featbench.heads.spec import Param, positive
+from featbench.heads.spec import DEVICE, SEED, Param, positive
 
 SWEEP = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 N_STEPS = 8
@@ -111,8 +111,8 @@ class LinearProbe(Head):
         "tol": positive(doc="L-BFGS gradient tolerance"),
         "warm_start": Param("bool", doc="start each C from the nearest solved C (not lpclip's numbers)"),
         "dtype": Param("str", choices=("auto", "float32", "float64"), doc="solver precision (auto: float64 for C < 1)"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
-        "random_state": Param("int", doc="set by --seeds"),
+        "device": DEVICE,
+        "random_state": SEED,
     }
     reference_selects_on_test = ("imagenet",)  # CoOp's ImageNet sets val = test (only `oracle` reproduces it)
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param, nonnegative
+from featbench.heads.spec import DEVICE, Param, nonnegative
 from featbench.heads.paper import KSHOT_VAL, TEMPLATES_7, TIP_SCALE
 
 
@@ -81,7 +81,7 @@ class LPPlusPlus(Head):
         "alpha_init_scale": nonnegative(doc="initial text-blend weight scale"),
         "alpha_grad": Param("str", choices=("current", "accumulated"), doc="gradient used for the blend weights"),
         "select_iter_on_val": Param("bool", doc="keep the iteration with the best selection-split accuracy"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "device": DEVICE,
     }
     paper_selection: ClassVar[str] = KSHOT_VAL
     paper_templates: ClassVar[dict] = TEMPLATES_7

@@ -44,7 +44,15 @@ TEMPLATES_8 = {"imagenet": IMAGENET_TEMPLATES_8}
 TIP_SCALE = (0.5, 1.0)
 DASSL_SCALE = (0.08, 1.0)
 
+
+def epochs_for_shots(table: dict[int, int], shots: int) -> int:
+    """The epochs a per-shot table (the papers list 1/2/4/8/16 shots) gives ``shots``: the entry of the
+    smallest listed shot count >= shots, the largest one's past the end (3 shots train like 4)."""
+    listed = sorted(table)
+    return table[next((k for k in listed if k >= int(shots)), listed[-1])]
+
+
 __all__ = [
-    "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
+    "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
     "TEMPLATES_7", "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",
 ]

@@ -35,7 +35,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.spec import DEVICE, nonnegative, positive
 from featbench.heads.paper import KSHOT_VAL, TEMPLATES_7, TIP_SCALE
 
 PRE_PROJECTION_HINT = "re-extract with `featbench extract --pre-projection`"
@@ -91,7 +91,7 @@ class ProjectionTuning(Head):
         "lr": positive(doc="Adam learning rate"),
         "lam": nonnegative(none_ok=True, doc="weight of ||W - W0||^2; null = 1 / shots per class"),
         "eps": positive(doc="Adam epsilon"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
+        "device": DEVICE,
     }
 
     def __init__(

@@ -153,6 +153,11 @@ def nonnegative(kind: str = "float", doc: str = "", **kw) -> Param:
     return Param(kind, low=0, doc=doc, **kw)
 
 
+#: the two parameters the runner sets on every head that has them
+DEVICE = Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)")
+SEED = Param("int", doc="set by --seeds")
+
+
 def check_params(head_cls, params: dict) -> dict:
     """Check every value against ``head_cls.hyperparams``; returns coerced values. Undeclared names pass."""
     specs = getattr(head_cls, "hyperparams", {}) or {}
@@ -164,4 +169,4 @@ def check_params(head_cls, params: dict) -> dict:
     return out
 
 
-__all__ = ["Param", "positive", "nonnegative", "check_params"]
+__all__ = ["Param", "positive", "nonnegative", "check_params", "DEVICE", "SEED"]

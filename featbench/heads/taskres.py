@@ -36,8 +36,8 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
-from featbench.heads.spec import Param, nonnegative, positive
-from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8
+from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
+from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8, epochs_for_shots
 
 # per-dataset / per-shot defaults of the reference configs (data, not branches)
 TASKRES_LR: dict[str, float] = {"imagenet": 2e-4}
@@ -191,8 +191,8 @@ class TaskRes(Head):
         "warmup_lr": nonnegative(doc="learning rate during warm-up"),
         "base": Param("any", doc="base classifier: null (text), a head name, a .npy/.pt [C, D] file or an array"),
         "base_norm": Param("str", choices=("text", "none"), doc="rescale a non-text base to the text W0's mean row norm"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
-        "random_state": Param("int", doc="set by --seeds"),
+        "device": DEVICE,
+        "random_state": SEED,
         "paper_context": Param("any", doc="(dataset, shots) for a named base head; set by the runner"),
     }
     runtime_params = Head.runtime_params + ("paper_context",)
@@ -225,7 +225,7 @@ class TaskRes(Head):
             d["lr"] = TASKRES_LR.get(dataset, 2e-3)
             d["alpha"] = TASKRES_ALPHA.get(dataset, 0.5)
         if shots is not None:
-            d["epochs"] = TASKRES_EPOCHS_BY_SHOTS.get(int(shots), 100 if int(shots) <= 4 else 200)
+            d["epochs"] = epochs_for_shots(TASKRES_EPOCHS_BY_SHOTS, shots)
         return d
 
     def hyperparameters(self):

@@ -20,7 +20,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param, nonnegative, positive
+from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
 from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
 
 # dataset -> (search_scale [s_beta, s_alpha], init alpha); init beta = 1 everywhere (Tip-Adapter configs/*.yaml)
@@ -191,8 +191,8 @@ class TipAdapter(Head):
         "search_scale": Param("floats", low=0, low_open=True, length=2, doc="[beta scale, alpha scale] of the search grid"),
         "search_steps": Param("ints", low=1, length=2, doc="[beta steps, alpha steps] of the search grid"),
         "search": Param("bool", doc="search alpha/beta on the selection split"),
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
-        "random_state": Param("int", doc="set by --seeds"),
+        "device": DEVICE,
+        "random_state": SEED,
     }
     # the reference's main.py: search_hp on every val feature, ImageNet's 7 templates, clean class names,
     # cache keys from views at RandomResizedCrop scale (0.5, 1); its ImageNet search runs on test

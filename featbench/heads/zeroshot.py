@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from featbench.heads.base import Head, require
-from featbench.heads.spec import Param
+from featbench.heads.spec import DEVICE, SEED
 
 
 class ZeroShot(Head):
@@ -20,8 +20,8 @@ class ZeroShot(Head):
     scores_unseen_classes = True
     #: typed, bounded hyperparameters (featbench.heads.spec): --set/--grid/recipes are checked against these
     hyperparams = {
-        "device": Param("str", doc="cpu | cuda | cuda:N | auto (set by --device)"),
-        "random_state": Param("int", doc="set by --seeds"),
+        "device": DEVICE,
+        "random_state": SEED,
     }
 
     def __init__(self, device: str = "cpu", random_state: int = 0):
