@@ -38,13 +38,13 @@ def main() -> None:
     import open_clip
     import torch
 
-    from featbench.encoders import _quiet_root_logger
+    from featbench.encoders import quiet_root_logger
     from featbench.heads.coop import CoOp
     from featbench.texttower import TextTower
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with _quiet_root_logger():
+    with quiet_root_logger():
         net = open_clip.create_model(args.model, pretrained=None)
     tower = TextTower.from_model(net.eval(), open_clip.get_tokenizer(args.model)).on(args.device)
     del net

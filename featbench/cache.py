@@ -55,7 +55,7 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from featbench import __version__
+from featbench.version import __version__
 from featbench.errors import CacheContractError, FingerprintMismatch, FeatbenchError
 
 SCHEMA_VERSION = 1

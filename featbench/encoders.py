@@ -57,7 +57,7 @@ def view_seed(relpath: str, view: int, base_seed: int = 0) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def quiet_root_logger():
     """open_clip logs 'initialized randomly' etc. on the root logger; keep the CLI output clean."""
     root = logging.getLogger()
     old = root.level
@@ -142,7 +142,7 @@ class Weights:
     tag_cfg: dict = field(default_factory=dict)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """True when the Hugging Face endpoint answers a TCP connect within `timeout` seconds."""
     if _env_true("HF_HUB_OFFLINE") or _env_true("FEATBENCH_OFFLINE"):
         return False
@@ -172,7 +172,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def _local_checkpoint(cfg: dict) -> tuple[str | None, list[str]]:
+def local_checkpoint(cfg: dict) -> tuple[str | None, list[str]]:
     """Find a tag's weights in the local caches without touching the network; returns (path, places tried)."""
     tried: list[str] = []
     if cfg.get("file"):
@@ -230,9 +230,9 @@ def resolve_weights(name: str, pretrained: str) -> Weights:
             f"--pretrained {text}: not an open_clip tag for {name} (known tags: {known}); "
             "pass a local checkpoint file with --pretrained /path/to/weights.pt, or --pretrained none for random weights"
         )
-    local, tried = _local_checkpoint(cfg)
+    local, tried = local_checkpoint(cfg)
     if local is None:
-        if not _hub_reachable():
+        if not hub_reachable():
             raise FeatbenchError(
                 f"--pretrained {text}: weights for {name}/{text} are not cached locally (tried {'; '.join(tried)}) "
                 "and the hub is unreachable/offline; download them where there is internet, or pass a local "
@@ -373,7 +373,7 @@ class Encoder:
 
         pp_keys = set(asdict(PreprocessCfg()).keys())
         force_pp = {k: v for k, v in tag_cfg.items() if k in pp_keys}
-        with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+        with quiet_root_logger(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
             net = open_clip.create_model(
                 self.name,
@@ -383,7 +383,7 @@ class Encoder:
             )
         if self.weights.path:
             try:
-                with _quiet_root_logger():
+                with quiet_root_logger():
                     open_clip.load_checkpoint(net, self.weights.path)
             except Exception as err:
                 msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__

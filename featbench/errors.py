@@ -16,3 +16,9 @@ class CacheContractError(FeatbenchError):
 
 class FingerprintMismatch(FeatbenchError):
     """Two caches (or a cache and the current model) were built by different encoders/preprocessing."""
+
+
+def short_repr(value, limit: int = 60, *, plain: bool = False) -> str:
+    """A user value for an error line (repr, or str with ``plain``), cut so a huge value never floods it."""
+    text = str(value) if plain else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from featbench import __version__
+from featbench.version import __version__
 from featbench.errors import FeatbenchError
 from featbench.fewshot import fewshot_rows, holdout_rows, shortfall_notes
 from featbench.paper_setup import (FULL_VAL_NOTE, HOLDOUT_NOTE, KSHOT_VAL_NOTE, paper_inputs, selection_kind,

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featbench.errors import FeatbenchError, FingerprintMismatch
+from featbench.devices import DEVICE_PATTERN
+from featbench.errors import FeatbenchError, FingerprintMismatch, short_repr
+from featbench.yamlsafe import MAX_YAML_DEPTH, MAX_YAML_VALUES, safe_yaml_load  # noqa: F401  (re-exported)
 
 PROTOCOLS = ("paper", "val", "oracle")
 DIMS = ("dataset", "head", "shots")
@@ -62,9 +65,7 @@ def _int_list(lo: int = 1):
 
 
 def _device(v):
-    import re
-
-    ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v.strip().lower())
+    ok = isinstance(v, str) and re.fullmatch(DEVICE_PATTERN, v.strip().lower())
     return None if ok else "must be auto, cpu, cuda or cuda:N (e.g. cuda:1)"
 
 
@@ -249,115 +250,10 @@ class Recipe:
         return opts
 
 
-# -- loading ----------------------------------------------------------------------------------------------------
-#: most values a YAML document may expand to through anchors and aliases (&a ... *a): a recipe has a few
-#: hundred; a 343-byte "billion laughs" recipe expands to billions (it reached 2.35 GB and a 600 MB error line)
-MAX_YAML_VALUES = 100_000
-
-
-def _expanded_size(node, limit: int) -> int:
-    """How many values the node graph expands to (aliases counted each time they are used), up to `limit`."""
-    import yaml
-
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(node, False)]
-    while stack:
-        n, done = stack.pop()
-        key = id(n)
-        if done:
-            active.discard(key)
-            if isinstance(n, yaml.SequenceNode):
-                kids = n.value
-            elif isinstance(n, yaml.MappingNode):
-                kids = [x for kv in n.value for x in kv]
-            else:
-                kids = []
-            total = 1 + sum(sizes[id(k)] for k in kids)
-            sizes[key] = min(total, limit + 1)
-            continue
-        if key in sizes:
-            continue
-        if key in active:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it "
-                                              "(recursive anchor)", n.start_mark)
-        active.add(key)
-        stack.append((n, True))
-        if isinstance(n, yaml.SequenceNode):
-            stack.extend((k, False) for k in n.value)
-        elif isinstance(n, yaml.MappingNode):
-            stack.extend((x, False) for kv in n.value for x in kv)
-    return sizes[id(node)]
-
-
-def _yaml_loader(max_values: int = MAX_YAML_VALUES):
-    """A SafeLoader that refuses duplicated keys and documents that expand past `max_values` values."""
-    import yaml
-
-    class StrictLoader(yaml.SafeLoader):
-        """SafeLoader that refuses duplicated keys (PyYAML would silently keep the last) and alias bombs."""
-
-        def compose_document(self):
-            node = super().compose_document()
-            if node is not None and _expanded_size(node, max_values) > max_values:
-                raise yaml.composer.ComposerError(
-                    None, None, f"the document expands to more than {max_values} values through anchors and "
-                    "aliases (&name / *name); write the values out instead", node.start_mark)
-            return node
-
-    def construct_mapping(loader, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            try:
-                dup = key in seen
-            except TypeError:  # an unhashable key (a list or mapping used as a key)
-                raise yaml.constructor.ConstructorError(None, None, "a list or mapping used as a key",
-                                                        key_node.start_mark) from None
-            if dup:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicated key {_short(key)}", key_node.start_mark)
-            seen.add(key)
-        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return StrictLoader
-
-
-MAX_YAML_DEPTH = 100
 MAX_RECIPE_BYTES = 1 << 20
 
 
-def _flow_depth(text: str) -> int:
-    """Deepest [ / { nesting (quotes ignored: an over-estimate at worst). PyYAML's scanner is quadratic in it."""
-    depth = deepest = 0
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}" and depth:
-            depth -= 1
-    return deepest
-
-
-def safe_yaml_load(text: str, what: str):
-    """yaml.safe_load with duplicate keys, alias bombs and absurd nesting refused: one FeatbenchError line."""
-    import yaml
-
-    if ("[" in text or "{" in text) and _flow_depth(text) > MAX_YAML_DEPTH:
-        raise FeatbenchError(f"{what}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
-    try:
-        return yaml.load(text, Loader=_yaml_loader())
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}"
-        problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
-        raise FeatbenchError(f"{what}: not valid YAML{where}: {_cut(problem, 300)}") from None
-    except RecursionError:
-        raise FeatbenchError(f"{what}: YAML nested too deeply") from None
-
-
+# -- loading ----------------------------------------------------------------------------------------------------
 def _cut(text: str, limit: int = 80) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -365,9 +261,7 @@ def _cut(text: str, limit: int = 80) -> str:
 
 def _short(value: Any, limit: int = 120) -> str:
     """repr of a user value, cut so an error line never echoes a huge value back."""
-    from featbench.heads.spec import _short as short
-
-    return short(value, limit)
+    return short_repr(value, limit)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -575,7 +469,7 @@ def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bo
 
 def weights_status(model: str, pretrained: str) -> str:
     """Where `extract` would get the weights, looked up offline (no download): a phrase, or FeatbenchError."""
-    from featbench.encoders import _hub_reachable, _local_checkpoint, resolve_model, weights_label
+    from featbench.encoders import hub_reachable, local_checkpoint, resolve_model, weights_label
 
     name, _ = resolve_model(model)
     label = weights_label(pretrained)
@@ -589,10 +483,10 @@ def weights_status(model: str, pretrained: str) -> str:
     cfg = dict(get_pretrained_cfg(name, str(pretrained)) or {})
     if not cfg:
         raise FeatbenchError(f"--pretrained {pretrained}: not an open_clip tag for {name} and not a file")
-    local, tried = _local_checkpoint(cfg)
+    local, tried = local_checkpoint(cfg)
     if local:
         return f"{name}/{pretrained} cached at {local}"
-    if _hub_reachable():
+    if hub_reachable():
         return f"{name}/{pretrained} not cached; extract will download it (the hub is reachable)"
     raise FeatbenchError(f"{name}/{pretrained} is not cached locally (tried {'; '.join(tried)}) and the hub is "
                          "unreachable; download the weights where there is internet or pass a checkpoint file")

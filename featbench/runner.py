@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 from featbench.results import ResultsWriter, check_results_file, row_key
+from featbench.yamlsafe import safe_yaml_load
 
 DEFAULT_OUT = "results/results.jsonl"
 RUNTIME_ONLY = ("random_state", "device")
@@ -32,8 +33,6 @@ RUNTIME_ONLY = ("random_state", "device")
 # --set / --grid
 # ----------------------------------------------------------------------------------------------------
 def _yaml_value(text: str, flag: str):
-    from featbench.recipes import safe_yaml_load
-
     try:
         return safe_yaml_load(text, flag)
     except FeatbenchError as err:
@@ -167,9 +166,7 @@ def _check_values(key: str, flag: str, values: Sequence) -> None:
 
 
 def _short(text: Any, limit: int = 200) -> str:
-    from featbench.heads.spec import _short as short
-
-    return short(text, limit) if not isinstance(text, str) else (text if len(text) <= limit else text[: limit - 3] + "...")
+    return short_repr(text, limit, plain=isinstance(text, str))
 
 
 @dataclass

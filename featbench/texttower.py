@@ -346,11 +346,11 @@ def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
     import torch
     import open_clip
 
-    from featbench.encoders import INIT_SEED, _quiet_root_logger, resolve_weights
+    from featbench.encoders import INIT_SEED, quiet_root_logger, resolve_weights
 
     where = f"cache {cache.path}" if cache is not None else "text-tower record"
     name = _register_config(record)
-    with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+    with quiet_root_logger(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         net = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
     kind = record["weights"]
@@ -372,7 +372,7 @@ def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
     else:
         path = record["pretrained"] if kind == "file" else resolve_weights(record["model"], record["pretrained"]).path
         try:
-            with _quiet_root_logger():
+            with quiet_root_logger():
                 open_clip.load_checkpoint(net, path)
         except Exception as err:
             raise FeatbenchError(f"{where}: could not load the text tower's weights from {path} "
@@ -391,7 +391,7 @@ def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
 
 def load_for_cache(cache, device="cpu") -> TextTower:
     """The text tower that made ``cache``, on ``device``; memoised per process by its tensor hash."""
-    from featbench.heads._torch import resolve_device
+    from featbench.devices import resolve_device
 
     device = resolve_device(device)
     record = cache_tower_record(cache)

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.devices import check_device
 from featbench.errors import FeatbenchError
 
 
@@ -19,16 +20,6 @@ def _choice(value: str, flag: str, allowed: tuple[str, ...]) -> str:
     v = str(value).strip().lower()
     if v not in allowed:
         raise FeatbenchError(f"{flag} {value}: expected one of {', '.join(allowed)}")
-    return v
-
-
-def check_device(value: str, flag: str = "--device") -> str:
-    """auto | cpu | mps | cuda | cuda:N — the same spellings `fit` and recipes accept."""
-    import re
-
-    v = str(value).strip().lower()
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
-        raise FeatbenchError(f"{flag} {value}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
     return v
 
 

@@ -47,7 +47,7 @@ def fit(
         raise FeatbenchError("--heads is empty; name at least one head, e.g. --heads zeroshot,taskres")
     shot_list = parse_int_list(shots, "--shots")
     seed_list = parse_int_list(seeds, "--seeds")
-    from featbench.cli.extract import check_device
+    from featbench.devices import check_device
 
     device = check_device(device)  # the same spellings as extract and recipes
     if protocol not in ("paper", "val", "oracle"):

@@ -12,17 +12,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from featbench.devices import resolve_device  # noqa: F401  (the heads call it as T.resolve_device)
 from featbench.errors import FeatbenchError
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available) -> torch.device, with a clear error."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 
 _KINDS = ("float", "int", "bool", "str", "floats", "ints", "any")
 
@@ -137,9 +137,7 @@ def _num(x: float) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """repr of a user value, cut so a huge value never floods the error line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, limit)
 
 
 # -- common declarations ------------------------------------------------------------------------------
