@@ -25,7 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from featbench.cell_inputs import labelled
 from featbench.errors import FeatbenchError
+from featbench.heads.zeroshot import ZeroShot
+from featbench.metrics import accuracy, mean_per_class_recall, predict
+from featbench.results import ROW_FIELDS, now_iso
 
 CLASS_SUBSETS = ("all", "base", "new")
 FALLBACK = "zeroshot"
@@ -91,21 +95,16 @@ def restrict_context(context: dict[str, Any], classes: np.ndarray) -> dict[str, 
 def head_for_new_classes(head, head_cls, context_new: dict[str, Any], device: str = "cpu"):
     """(scorer, fallback) for the new classes: the head itself via ``for_classes`` when it can score unseen
     classes, else zero-shot CLIP on the new classes' text with fallback = "zeroshot"."""
-    if getattr(head_cls, "scores_unseen_classes", False):
+    if head_cls.scores_unseen_classes:
         return head.for_classes(context_new["text"], classnames=context_new.get("classnames"),
                                 extra=context_new.get("extra")), None
-    from featbench.heads.zeroshot import ZeroShot
-
     zs = ZeroShot(device=device).fit(None, None, text=context_new["text"], logit_scale=context_new["logit_scale"])
     return zs, FALLBACK
 
 
 def cell_rows(cell, cls, src, kind: str, head, halves: Halves, full_context: dict, base_row: dict) -> list[dict]:
     """The "base" and "new" rows of a base-to-new cell: each subset's test images over its own classes."""
-    from featbench.protocol import _labelled, accuracy, mean_per_class_recall, predict
-    from featbench.results import ROW_FIELDS, now_iso
-
-    Xt_all, yt_all = _labelled(src, "test", kind, None)
+    Xt_all, yt_all = labelled(src, "test", kind, None)
     rows = []
     for which in ("base", "new"):
         classes = halves.classes(which)
@@ -135,97 +134,5 @@ def cell_rows(cell, cls, src, kind: str, head, halves: Halves, full_context: dic
     return rows
 
 
-# ----------------------------------------------------------------------------------------------------
-# the Base / New / H table (pure function of result rows; pandas imported lazily)
-# ----------------------------------------------------------------------------------------------------
-B2N_COLUMNS = ("Base", "New", "H")
-H_NOTE = ("H = 2BN/(B+N) of the mean Base and mean New accuracy (CoCoOp's convention), per dataset and for the "
-          "Average; no std.")
-
-
-def is_base_to_new(df) -> bool:
-    """Whether the rows are base-to-new rows only (then ``featbench table`` shows B / N / H)."""
-    if "classes" not in df.columns:
-        return False
-    classes = set(df["classes"].where(df["classes"].notna(), "all"))
-    return bool(classes) and classes <= {"base", "new"}
-
-
-def aggregate_table(df, metric: str = "acc", protocol: str | None = None, *, heads=None, shots=None,
-                    datasets=None):
-    """Base / New / H table: one block per head (and shot count), rows = datasets + Average.
-
-    Base and New are mean ± population std over seeds of the base and new rows; H = 2BN/(B+N) is computed from
-    those means (CoCoOp reports H of the averaged accuracies, also for the dataset Average), so it has no std.
-    The Average of Base (New) is the mean over datasets of the per-dataset means, shown only where every
-    dataset has both; its std is that of the per-seed averages when every dataset has the same seeds.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from featbench.tables import AVERAGE, Table, _order_datasets, _order_heads, filter_rows, prepare
-
-    prepared = prepare(df, metric=metric, protocol=protocol)
-    prepared = prepared[prepared["classes"].isin(["base", "new"])]
-    prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
-    if prepared.empty:
-        raise FeatbenchError("no base-to-new rows (\"classes\": base/new) left; run `featbench fit --base-to-new`")
-    prepared = prepared.reset_index(drop=True)
-    many_shots = prepared["shots"].nunique() > 1
-    prepared["block"] = [f"{h} ({k}-shot)" if many_shots else h for h, k in zip(prepared["head_label"], prepared["shots"])]
-    order_heads = _order_heads(prepared)
-    blocks = [f"{h} ({k}-shot)" if many_shots else h for h in order_heads
-              for k in sorted(set(prepared["shots"]))]
-    blocks = [b for b in blocks if b in set(prepared["block"])]
-    ds_order = _order_datasets(prepared["dataset_label"])
-    with_avg = [AVERAGE] if len(ds_order) > 1 else []
-    index = pd.MultiIndex.from_tuples([(b, d) for b in blocks for d in ds_order + with_avg], names=["head", "dataset"])
-    mean = pd.DataFrame(np.nan, index=index, columns=list(B2N_COLUMNS))
-    std, n = mean.copy(), pd.DataFrame(0.0, index=index, columns=list(B2N_COLUMNS))
-    fallback_blocks = set()
-    if "fallback" in prepared.columns:
-        fb = prepared[(prepared["classes"] == "new") & prepared["fallback"].notna()]
-        fallback_blocks = set(fb["block"])
-    for block, sub in prepared.groupby("block", sort=False):
-        per = {c: sub[sub["classes"] == c].pivot_table(index="seed", columns="dataset_label", values="value",
-                                                        aggfunc="last") for c in ("base", "new")}
-        for ds in ds_order:
-            for col, c in (("Base", "base"), ("New", "new")):
-                if ds in per[c].columns:
-                    v = per[c][ds].dropna().to_numpy()
-                    mean.loc[(block, ds), col] = float(v.mean())
-                    std.loc[(block, ds), col] = float(np.std(v, ddof=0))
-                    n.loc[(block, ds), col] = len(v)
-        for col, c in (("Base", "base"), ("New", "new")):
-            p = per[c]
-            if not with_avg or set(p.columns) != set(ds_order):
-                continue
-            mean.loc[(block, AVERAGE), col] = float(p.mean(axis=0).mean())
-            complete = p.dropna(axis=0, how="any")
-            if len(complete) == len(p):
-                std.loc[(block, AVERAGE), col] = float(np.std(complete.mean(axis=1).to_numpy(), ddof=0))
-                n.loc[(block, AVERAGE), col] = len(complete)
-            else:
-                n.loc[(block, AVERAGE), col] = int(p.notna().sum(axis=0).min())
-    b, nw = mean["Base"], mean["New"]
-    mean["H"] = (2 * b * nw / (b + nw)).where((b + nw) > 0, 0.0).where(b.notna() & nw.notna())
-    n["H"] = np.minimum(n["Base"], n["New"])
-    keep = mean.notna().any(axis=1) | (mean.index.get_level_values(-1) == AVERAGE)
-    mean, std, n = mean[keep], std[keep], n[keep]
-    oracle = pd.DataFrame(False, index=mean.index, columns=mean.columns)
-    for block in set(prepared.loc[prepared["is_oracle"], "block"]):
-        oracle.loc[block] = True
-    table = Table(mean=mean, std=std, n=n, oracle=oracle, rows="dataset", cols="classes", block_dim="head",
-                  metric=metric, protocol=protocol)
-    table.notes.append(H_NOTE)
-    if fallback_blocks:
-        names = ", ".join(b for b in blocks if b in fallback_blocks)
-        table.notes.append(f"New of {names}: zero-shot CLIP fallback (the head cannot score classes it was not "
-                           "trained on).")
-    table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell."
-                       if with_avg else f"Dataset: {ds_order[0]}.")
-    return table
-
-
 __all__ = ["CLASS_SUBSETS", "FALLBACK", "Halves", "class_halves", "restrict", "restrict_context",
-           "head_for_new_classes", "fallback_note", "cell_rows", "aggregate_table", "is_base_to_new"]
+           "head_for_new_classes", "fallback_note", "cell_rows"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from contextlib import contextmanager
 
 from featbench.errors import FeatbenchError
 
@@ -27,3 +30,19 @@ def resolve_device(device):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FeatbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return dev
+
+
+@contextmanager
+def bounded_threads(threads: int | None):
+    """Limit torch and BLAS to `threads` inside the block (no limit when threads is falsy)."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # lazy: only parallel workers bound their threads
+
+    if "torch" in sys.modules:  # otherwise torch reads OMP_NUM_THREADS (set by loky/Ray) when a head imports it
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
+    with threadpool_limits(limits=int(threads)):
+        yield

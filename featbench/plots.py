@@ -89,8 +89,8 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     if prepared.empty:
         raise FeatbenchError("no accuracy-vs-shots rows: base-to-new rows are shown by `featbench table --base-to-new`")
     cells = tables.cell_stats(prepared)
-    heads = tables._order_heads(prepared)
-    datasets = tables._order_datasets(prepared["dataset_label"])
+    heads = tables.order_heads(prepared)
+    datasets = tables.order_datasets(prepared["dataset_label"])
     panels = datasets + ([tables.AVERAGE] if len(datasets) > 1 else [])
     shots_all = sorted({int(s) for s in prepared["shots"]})
 
@@ -131,7 +131,7 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
         ax.grid(True, alpha=0.3, linewidth=0.5)
         ax.tick_params(labelsize=8)
         if k % ncols == 0:
-            ax.set_ylabel(tables._METRIC_NAMES.get(metric, metric), fontsize=9)
+            ax.set_ylabel(tables.METRIC_NAMES.get(metric, metric), fontsize=9)
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
             ax.set_xlabel("shots per class", fontsize=9)
     for k in range(len(panels), nrows * ncols):

@@ -16,8 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from featbench import tables
+from featbench.b2n_table import aggregate_base_to_new
+from featbench.cache import default_cache_path
+from featbench.datasets import dataset_info, list_datasets, locate_dataset_dir
 from featbench.devices import DEVICE_PATTERN
+from featbench.encoders import hub_reachable, local_checkpoint, resolve_model, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch, short_repr
+from featbench.fitspec import FitSpec
+from featbench.heads import get_head_class, list_heads
+from featbench.heads.spec import check_params
+from featbench.outputs import ensure_folder
+from featbench.plots import plot_curves
+from featbench.runner import execute, n_combos
 from featbench.yamlsafe import MAX_YAML_DEPTH, MAX_YAML_VALUES, safe_yaml_load  # noqa: F401  (re-exported)
 
 PROTOCOLS = ("paper", "val", "oracle")
@@ -314,9 +325,6 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
         if tr is not None and tr not in ("all", "fewshot"):
             raise FeatbenchError(f"{source}: key 'extract.train_rows' must be all or fewshot (got {tr!r})")
 
-    from featbench.datasets import list_datasets
-    from featbench.heads import list_heads
-
     known_ds = list_datasets()
     for key in ("datasets", "eval_on"):
         for name in data.get(key, []):
@@ -369,9 +377,6 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
 
 def _value_problem(head: str, param: str, values: list) -> str | None:
     """The first value that breaks the head's typed declaration (Head.hyperparams), as an error phrase."""
-    from featbench.heads import get_head_class
-    from featbench.heads.spec import check_params
-
     try:
         cls = get_head_class(head)
     except Exception:
@@ -386,10 +391,8 @@ def _value_problem(head: str, param: str, values: list) -> str | None:
 
 def _head_param_names(head: str) -> list[str] | None:
     """The head's parameter names, or None where its module cannot be imported here (checked again at run)."""
-    from featbench.heads import get_head_class
-
     try:
-        return list(get_head_class(head)._param_names())
+        return list(get_head_class(head).param_names())
     except Exception:
         return None
 
@@ -406,8 +409,6 @@ def describe_schema() -> str:
 # -- running ---------------------------------------------------------------------------------------------------
 def cache_paths(recipe: Recipe) -> dict[str, Path]:
     """Where extraction puts (or put) each dataset's cache."""
-    from featbench.cache import default_cache_path
-
     return {ds: Path(default_cache_path(recipe.cache_dir, recipe.model, recipe.pretrained, ds))
             for ds in [*recipe.datasets, *recipe.eval_on]}
 
@@ -430,8 +431,6 @@ def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bo
     """What ``run --check`` verifies beyond the schema, without running anything: every dataset's data root
     (unless ``only_fit``), the weights (found locally, or downloadable), the existing caches. Returns report
     lines; raises FeatbenchError with every problem found, one per clause."""
-    from featbench.datasets import dataset_info, locate_dataset_dir
-
     lines, problems = [], []
     caches = cache_paths(recipe)
     need_data = []
@@ -469,8 +468,6 @@ def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bo
 
 def weights_status(model: str, pretrained: str) -> str:
     """Where `extract` would get the weights, looked up offline (no download): a phrase, or FeatbenchError."""
-    from featbench.encoders import hub_reachable, local_checkpoint, resolve_model, weights_label
-
     name, _ = resolve_model(model)
     label = weights_label(pretrained)
     if label == "none":
@@ -494,8 +491,6 @@ def weights_status(model: str, pretrained: str) -> str:
 
 def _output_folder(folder: Path) -> None:
     """Create the output folder, or one clear line saying why not (before any extraction or fitting)."""
-    from featbench.outputs import ensure_folder
-
     ensure_folder(folder, f"output {folder}", "pass --out FOLDER or set 'out' in the recipe")
 
 
@@ -509,7 +504,6 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
     _output_folder(out_dir)
     results_path = out_dir / "results.jsonl"
 
-    from featbench.runner import n_combos
 
     cells = len(recipe.datasets) * sum(n_combos(h, recipe.grids) for h in recipe.heads) * len(recipe.shots) \
         * len(recipe.seeds)
@@ -548,24 +542,20 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
                                                            "--only-fit to fit it as it is, or set another cache_dir "
                                                            "in the recipe")) from None
 
-    from featbench.runner import run_fit
-
     echo(f"fit {len(recipe.heads)} head(s) × {len(recipe.datasets)} dataset(s) × shots "
          f"{','.join(map(str, recipe.shots))} × seeds {','.join(map(str, recipe.seeds))} ({recipe.protocol} protocol)")
-    fit_args = dict(heads=list(recipe.heads), shots=list(recipe.shots), seeds=list(recipe.seeds),
-                    protocol=recipe.protocol, sets=dict(recipe.sets) or None, grids=dict(recipe.grids) or None,
-                    out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress,
-                    max_cells=max_cells, announce=echo)
-    sources = [caches[ds] for ds in recipe.datasets]
+    spec = FitSpec(caches=[caches[ds] for ds in recipe.datasets], heads=recipe.heads, shots=recipe.shots,
+                   seeds=recipe.seeds, protocol=recipe.protocol, sets=recipe.sets, grids=recipe.grids,
+                   out=results_path, jobs=recipe.jobs, device=recipe.device, progress=progress,
+                   max_cells=max_cells, base_to_new=recipe.base_to_new)
+    execute(spec, announce=echo)  # in-domain rows (for DG recipes: the source's own test accuracy)
     if recipe.base_to_new:
-        run_fit(sources, base_to_new=True, **fit_args)
         written = write_reports(results_path, out_dir, protocol=recipe.protocol, base_to_new=True)
         written["results"] = results_path
         return written
-    run_fit(sources, **fit_args)  # in-domain rows (for DG recipes: the source's own test accuracy)
     if recipe.eval_on:  # domain generalisation: the same heads, evaluated on the target datasets' test sets
         echo(f"evaluate on {', '.join(recipe.eval_on)} (trained on {', '.join(recipe.datasets)})")
-        run_fit(sources, eval_on=[caches[ds] for ds in recipe.eval_on], **fit_args)
+        execute(spec.with_(eval_on=[caches[ds] for ds in recipe.eval_on]), announce=echo)
     written = write_reports(results_path, out_dir, tables_spec=recipe.tables, protocol=recipe.protocol,
                             plot_title=plot_title)
     written["results"] = results_path
@@ -580,15 +570,12 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
     A table spec's ``datasets`` keeps only those datasets (its Average is over them); ``name`` is its file stem.
     Returns {"tables": [paths...], "plots": [paths...], "markdown": {name: text}}.
     """
-    from featbench import tables
-    from featbench.plots import plot_curves
-
     out_dir = Path(out_dir)
     df = tables.load_results([results_path])
     written: dict[str, Any] = {"tables": [], "plots": [], "markdown": {}}
     suffix = {"csv": ".csv", "latex": ".tex", "markdown": ".md"}
     if base_to_new:
-        t = tables.aggregate_base_to_new(df, protocol=protocol)
+        t = aggregate_base_to_new(df, protocol=protocol)
         for fmt, ext in suffix.items():
             path = out_dir / ("table-base-to-new" + ext)
             path.write_text(tables.render(t, fmt), encoding="utf-8")

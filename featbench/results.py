@@ -103,7 +103,7 @@ class NotAResultsFile(FeatbenchError):
     """A file given as a results file holds something else; nothing is written to it."""
 
 
-def _is_partial_row(raw: bytes) -> bool:
+def is_partial_row(raw: bytes) -> bool:
     """A line a killed writer cut short (it failed to parse): rows start with their dataset field."""
     text = raw.strip()
     return text.startswith(b'{"dataset":') or (text.startswith(b"{") and not text.endswith(b"}"))
@@ -118,7 +118,7 @@ def _parse_lines(path: Path, data: bytes, first_line: int = 1) -> list[dict]:
         try:
             row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            if _is_partial_row(raw):
+            if is_partial_row(raw):
                 continue  # cut off by an interrupted run; the cell it belonged to is simply run again
             raise NotAResultsFile(f"{where} is not valid JSON; {path} is not a featbench results file (JSON lines) "
                                   f"— pass another --out, or fix that line") from None

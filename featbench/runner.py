@@ -17,15 +17,25 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from featbench.batching import group_cost, iter_groups, largest_first, run_cells, run_cells_bounded
+from featbench.cache import Cache, check_same_encoder
+from featbench.classmatch import target_mapping
 from featbench.errors import FeatbenchError, short_repr
+from featbench.fewshot import fewshot_rows
+from featbench.fitspec import DEFAULT_MAX_CELLS, DEFAULT_OUT, FitSpec, as_list, fit_spec
+from featbench.heads import get_head_class, list_heads
+from featbench.heads.spec import check_params
+from featbench.protocol import (Cell, close_cached, has_val, needs_selection_split, planned_params, run_cell_bounded,
+                                selection_kind, selection_rows)
 from featbench.results import ResultsWriter, check_results_file, row_key
+from featbench.texttower import cache_tower_record
 from featbench.yamlsafe import safe_yaml_load
 
-DEFAULT_OUT = "results/results.jsonl"
 RUNTIME_ONLY = ("random_state", "device")
 
 
@@ -76,13 +86,11 @@ def parse_grids(items: Iterable[str] | None) -> dict[str, list]:
 
 
 def _check_override(key: str, flag: str) -> tuple[str, str]:
-    from featbench.heads import list_heads
-
     head, param = key.split(".", 1) if "." in key else (key, "")
     if head not in list_heads():
         raise FeatbenchError(f"{flag} {key}: unknown head '{head}'; choose from: {', '.join(list_heads())}")
     cls = _head_class(head)
-    names = cls._param_names()
+    names = cls.param_names()
     if param in RUNTIME_ONLY:
         what = "--seeds" if param == "random_state" else "--device"
         raise FeatbenchError(f"{flag} {key}: '{param}' is set by {what}, not by {flag}")
@@ -92,8 +100,6 @@ def _check_override(key: str, flag: str) -> tuple[str, str]:
 
 
 def _head_class(name: str):
-    from featbench.heads import get_head_class
-
     try:
         return get_head_class(name)
     except FeatbenchError:
@@ -133,7 +139,6 @@ def param_combos(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) 
 # ----------------------------------------------------------------------------------------------------
 # planning and validation
 # ----------------------------------------------------------------------------------------------------
-DEFAULT_MAX_CELLS = 10_000
 
 
 @dataclass
@@ -142,20 +147,8 @@ class PlannedCell:
     keys: list[tuple]
 
 
-def _as_list(value, flag: str) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, os.PathLike):
-        return [os.fspath(value)]
-    return list(value)
-
-
 def _check_values(key: str, flag: str, values: Sequence) -> None:
     """Every --set/--grid value against the head's typed declaration (Head.hyperparams), before any cell runs."""
-    from featbench.heads.spec import check_params
-
     head, param = key.split(".", 1)
     cls = _head_class(head)
     for v in values:
@@ -177,18 +170,21 @@ class FitPlan:
     count is known at once, ``run_fit`` refuses past ``--max-cells``, and cells are built as they are run.
     """
 
-    caches: list[str]
-    heads: list[str]
-    shots: list[int]
-    seeds: list[int]
-    protocol: str
-    sets: dict
-    grids: dict
-    device: str
-    targets: list[str]
+    spec: FitSpec
     sources: dict  # cache path -> (dataset, fingerprint, content id)
     target_names: list[str]
-    base_to_new: bool = False
+
+    # the grid's axes, read from the spec
+    caches = property(lambda self: list(self.spec.caches))
+    heads = property(lambda self: list(self.spec.heads))
+    shots = property(lambda self: list(self.spec.shots))
+    seeds = property(lambda self: list(self.spec.seeds))
+    protocol = property(lambda self: self.spec.protocol)
+    sets = property(lambda self: self.spec.sets)
+    grids = property(lambda self: self.spec.grids)
+    device = property(lambda self: self.spec.device)
+    targets = property(lambda self: list(self.spec.eval_on))
+    base_to_new = property(lambda self: self.spec.base_to_new)
 
     @property
     def count(self) -> int:
@@ -205,22 +201,16 @@ class FitPlan:
                 f"x {len(self.seeds)} seed(s)")
 
     def __iter__(self) -> Iterator[PlannedCell]:
-        from featbench.protocol import Cell, head_target, planned_params
-
         memo: dict[tuple, dict] = {}  # params do not depend on the seed: build each head once per setting
-        subsets = ("base", "new") if self.base_to_new else ("all",)
         for path in self.caches:
             dataset, fingerprint, content = self.sources[path]
             datasets = self.target_names or [dataset]
             for h in self.heads:
-                target = head_target(h)
                 for combo in iter_combos(h, self.sets, self.grids):
                     combo_id = repr(sorted(combo.items(), key=lambda kv: kv[0]))
                     for k in self.shots:
                         for s in self.seeds:
-                            cell = Cell(cache=path, head=h, head_target=target, overrides=dict(combo),
-                                        protocol=self.protocol, shots=k, seed=s, device=str(self.device),
-                                        eval_on=tuple(self.targets), base_to_new=self.base_to_new)
+                            cell = Cell.from_spec(self.spec, path, h, combo, k, s)
                             mkey = (h, combo_id, dataset, k)
                             params = memo.get(mkey)
                             if params is None:
@@ -230,107 +220,91 @@ class FitPlan:
                             keys = [row_key({"fingerprint": fingerprint, "content": content, "source_dataset": dataset,
                                              "dataset": d, "head": h, "params": params, "protocol": self.protocol,
                                              "shots": k, "seed": s, "classes": c})
-                                    for d in datasets for c in subsets]
+                                    for d in datasets for c in self.spec.classes]
                             yield PlannedCell(cell, keys)
 
 
 def plan_fit(caches, *, heads, shots, seeds, protocol="paper", sets=None, grids=None, device="cpu",
              eval_on=None, base_to_new: bool = False) -> FitPlan:
     """Validate the whole grid (caches, heads, every --set/--grid value) and return it as a lazy FitPlan."""
-    from featbench.cache import Cache, check_same_encoder
-    from featbench.heads import list_heads
-    from featbench.protocol import PROTOCOLS, target_mapping
+    return plan(fit_spec(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
+                         device=device, eval_on=eval_on, base_to_new=base_to_new))
 
-    if protocol not in PROTOCOLS:
-        raise FeatbenchError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
-    cache_paths = [os.path.abspath(os.fspath(p)) for p in _as_list(caches, "CACHE")]
-    cache_paths = list(dict.fromkeys(cache_paths))
-    if not cache_paths:
-        raise FeatbenchError("no cache files given; pass one or more CACHE.h5 paths")
-    heads = _as_list(heads, "--heads")
-    if not heads:
-        raise FeatbenchError("--heads is empty; name at least one head (see `featbench fit --help`)")
-    heads = list(dict.fromkeys(heads))
-    try:
-        shots = [int(k) for k in shots]
-        seeds = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise FeatbenchError("--shots/--seeds expect integers like 1,2,4") from None
-    if not shots or any(k < 1 for k in shots):
-        raise FeatbenchError(f"--shots {_short(shots)}: give positive shot counts like 1,2,4,8,16")
-    if not seeds:
-        raise FeatbenchError("--seeds is empty; give seeds like 1,2,3")
-    from featbench.fewshot import check_seed
 
-    for s in seeds:
-        check_seed(s)
-    shots, seeds = list(dict.fromkeys(shots)), list(dict.fromkeys(seeds))
-    if str(device).split(":")[0] not in ("cpu", "cuda", "auto", "mps"):
-        raise FeatbenchError(f"--device {_short(device)}: use cpu, cuda, cuda:N or auto")
-    for h in heads:
-        if h not in list_heads():
-            raise FeatbenchError(f"--heads {_short(h)}: unknown head; choose from: {', '.join(list_heads())}")
-    sets = dict(sets or {})
-    grids = {k: list(v) for k, v in dict(grids or {}).items()}
-    for flag, keys in (("--set", sets), ("--grid", grids)):
+def _check_overrides(spec: FitSpec) -> None:
+    """Every --set/--grid key names a head of the grid and a parameter it has; every value passes its Param."""
+    for flag, keys in (("--set", spec.sets), ("--grid", spec.grids)):
         for key in keys:
             head, _ = _check_override(key, flag)
-            if head not in heads:
+            if head not in spec.heads:
                 raise FeatbenchError(f"{flag} {_short(key, 80)}: head '{head}' is not in --heads "
-                                     f"({', '.join(heads)}); add it to --heads or drop the {flag}")
-    for key, value in sets.items():
+                                     f"({', '.join(spec.heads)}); add it to --heads or drop the {flag}")
+    for key, value in spec.sets.items():
         _check_values(key, "--set", [value])
-    for key, values in grids.items():
-        if not values:
+    for key, values in spec.grids.items():
+        if not isinstance(values, list) or not values:
             raise FeatbenchError(f"--grid {key}: no values; give HEAD.PARAM=V1,V2,...")
-        if key in sets:
+        if key in spec.sets:
             raise FeatbenchError(f"--grid {key}: the same parameter is also fixed with --set; use one of them")
         _check_values(key, "--grid", values)
-    classes = {h: _head_class(h) for h in heads}
-    targets = [os.path.abspath(os.fspath(p)) for p in _as_list(eval_on, "--eval-on")]
-    if base_to_new and targets:
-        raise FeatbenchError("--base-to-new and --eval-on are separate protocols; run them as two fits")
 
-    sources: dict[str, tuple[str, str]] = {}
+
+def _check_targets(src, path: str, targets: Sequence[str]) -> list[str]:
+    """The --eval-on caches: same encoder as the source, a test split, classes the source can score."""
+    names = []
+    for t in targets:
+        with Cache(t) as tgt:
+            check_same_encoder(src, tgt)
+            if not tgt.has_split("test"):
+                raise FeatbenchError(f"--eval-on {t}: the cache has no test split")
+            target_mapping(src, tgt, path, t)
+            names.append(tgt.dataset)
+    return names
+
+
+def _check_heads_served(src, path: str, classes: Mapping[str, type]) -> None:
+    """Each head finds what it reads in the cache: text features, the text tower, pre-projection features."""
+    for h, cls in classes.items():
+        if cls.needs_text and not src.has_text:
+            raise FeatbenchError(f"head '{h}' needs class-prompt text features but cache {path} has no "
+                                 "/text/features; re-extract with text or drop the head")
+        if cls.needs_text_tower:  # prompt learners rebuild the cache's text tower
+            cache_tower_record(src)
+        kind = cls.feature_kind or "features"
+        if kind != "features" and not src.has_dataset(f"/splits/train/{kind}"):
+            raise FeatbenchError(f"head '{h}' reads /splits/*/{kind} but cache {path} has none; re-extract with "
+                                 "--pre-projection")
+
+
+def _check_source(spec: FitSpec, src, path: str) -> None:
+    if not src.has_split("train"):
+        raise FeatbenchError(f"{path}: no train split to sample few-shot subsets from; use a cache extracted with --splits train,...")
+    if len(src.labels("train")) == 0 or len(src.feature_rows("train")) == 0:
+        raise FeatbenchError(f"{path}: the train split has no rows with features (/splits/train is empty); "
+                             "re-extract it from a dataset with train images")
+    if not spec.eval_on and not src.has_split("test"):
+        raise FeatbenchError(f"{path}: no test split to evaluate on; extract it (--splits ...,test) or pass --eval-on")
+    if spec.base_to_new and not src.has_text:
+        raise FeatbenchError(f"--base-to-new: cache {path} has no text features, which the new classes need; "
+                             "re-extract (or import) with text features")
+
+
+def plan(spec: FitSpec) -> FitPlan:
+    """The grid of ``spec`` as a lazy FitPlan, after checking that every cache can serve it (opened once each).
+
+    This is the one place that answers "can these caches serve this fit?"; cells trust the answer.
+    """
+    classes = {h: _head_class(h) for h in spec.heads}
+    _check_overrides(spec)
+    sources: dict[str, tuple[str, str, str]] = {}
     target_names: list[str] = []
-    for path in cache_paths:
+    for path in spec.caches:
         with Cache(path) as src:
-            if not src.has_split("train"):
-                raise FeatbenchError(f"{path}: no train split to sample few-shot subsets from; use a cache extracted with --splits train,...")
-            if len(src.labels("train")) == 0 or len(src.feature_rows("train")) == 0:
-                raise FeatbenchError(f"{path}: the train split has no rows with features (/splits/train is empty); "
-                                     "re-extract it from a dataset with train images")
-            if not targets and not src.has_split("test"):
-                raise FeatbenchError(f"{path}: no test split to evaluate on; extract it (--splits ...,test) or pass --eval-on")
-            content = src.content_id
-            if base_to_new and not src.has_text:
-                raise FeatbenchError(f"--base-to-new: cache {path} has no text features, which the new classes need; "
-                                     "re-extract (or import) with text features")
-            target_names = []
-            for t in targets:
-                if not os.path.exists(t):
-                    raise FeatbenchError(f"--eval-on {t}: file does not exist")
-                with Cache(t) as tgt:
-                    check_same_encoder(src, tgt)
-                    if not tgt.has_split("test"):
-                        raise FeatbenchError(f"--eval-on {t}: the cache has no test split")
-                    target_mapping(src, tgt, path, t)
-                    target_names.append(tgt.dataset)
-            for h in heads:
-                cls = classes[h]
-                if getattr(cls, "needs_text", False) and not src.has_text:
-                    raise FeatbenchError(f"head '{h}' needs class-prompt text features but cache {path} has no /text/features; re-extract with text or drop the head")
-                if getattr(cls, "needs_text_tower", False):  # prompt learners rebuild the cache's text tower
-                    from featbench.texttower import cache_tower_record
-
-                    cache_tower_record(src)
-                kind = getattr(cls, "feature_kind", "features") or "features"
-                if kind != "features" and not src.has_dataset(f"/splits/train/{kind}"):
-                    raise FeatbenchError(f"head '{h}' reads /splits/*/{kind} but cache {path} has none; re-extract with --pre-projection")
-            sources[path] = (src.dataset, src.fingerprint, content)
-    return FitPlan(caches=cache_paths, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets,
-                   grids=grids, device=str(device), targets=targets, sources=sources, target_names=target_names,
-                   base_to_new=bool(base_to_new))
+            _check_source(spec, src, path)
+            target_names = _check_targets(src, path, spec.eval_on)
+            _check_heads_served(src, path, classes)
+            sources[path] = (src.dataset, src.fingerprint, src.content_id)
+    return FitPlan(spec=spec, sources=sources, target_names=target_names)
 
 
 def _check_rows_available(plan: FitPlan) -> None:
@@ -339,10 +313,6 @@ def _check_rows_available(plan: FitPlan) -> None:
     Works per (cache, shots, seed, needs a selection split): a grid's parameter settings only matter through
     whether they make the head search, so a large grid costs one cheap test per setting, not per cell.
     """
-    from featbench.cache import Cache
-    from featbench.fewshot import fewshot_rows
-    from featbench.protocol import has_val, needs_selection_split, selection_kind, selection_rows
-
     needs: dict[str, bool] = {}  # head -> some setting of it needs the selection split
     for h in plan.heads:
         cls = _head_class(h)
@@ -433,9 +403,6 @@ def _cores() -> int:
 
 
 def _run_serial(cells) -> Iterator[list[dict]]:
-    from featbench.batching import iter_groups, run_cells
-    from featbench.protocol import close_cached
-
     try:
         for group in iter_groups(cells):  # cells that differ only by seed train as one batched problem
             yield from run_cells(group)
@@ -445,8 +412,6 @@ def _run_serial(cells) -> Iterator[list[dict]]:
 
 def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
-
-    from featbench.batching import group_cost, iter_groups, largest_first
 
     threads = max(1, _cores() // jobs)
     parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", inner_max_num_threads=threads,
@@ -485,8 +450,6 @@ def run_cell_watched(cell, threads: int | None, parent_pid: int) -> list[dict]:
     if not _WATCHDOG_STARTED and os.getpid() != parent_pid:
         _WATCHDOG_STARTED = True
         start_parent_watchdog(parent_pid)
-    from featbench.protocol import run_cell_bounded
-
     return run_cell_bounded(cell, threads)
 
 
@@ -496,8 +459,6 @@ def run_cells_watched(cells, threads: int | None, parent_pid: int) -> list[list[
     if not _WATCHDOG_STARTED and os.getpid() != parent_pid:
         _WATCHDOG_STARTED = True
         start_parent_watchdog(parent_pid)
-    from featbench.batching import run_cells_bounded
-
     return run_cells_bounded(cells, threads)
 
 
@@ -520,8 +481,6 @@ def _run_ray(cells, address: str) -> Iterator[list[dict]]:
         import ray
     except ImportError:
         raise FeatbenchError('--ray needs the optional Ray dependency: pip install "featbench[ray]"') from None
-    from featbench.protocol import run_cell_bounded
-
     started = False
     if not ray.is_initialized():
         try:
@@ -558,59 +517,68 @@ def run_fit(caches, *, heads, shots, seeds, protocol: str = "paper", sets: Mappi
             announce=None) -> list[dict]:
     """Run every cell of the grid not already in `out`; return the rows this call appended (in cell order).
 
-    The cell count of a grid is announced (``announce``, default: a line on stderr) before anything runs, and a grid
-    larger than ``max_cells`` is refused (None: no limit). Cells are built lazily, as they are run.
-    ``save_predictions``: a folder receiving each new row's test predictions (``<row hash>.npz``).
+    The keyword form of :func:`execute`: the options become one :class:`featbench.fitspec.FitSpec`.
     """
-    jobs = int(jobs)
-    if jobs < 1:
-        raise FeatbenchError(f"--jobs {jobs}: give 1 or more worker processes")
-    if max_cells is not None and int(max_cells) < 1:
-        raise FeatbenchError(f"--max-cells {max_cells}: give a positive number of cells")
-    out = check_out(out)
-    check_results_file(out)  # a file that is not ours is refused before any planning or fitting
-    plan = plan_fit(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
-                    device=device, eval_on=eval_on, base_to_new=base_to_new)
-    total = plan.count
-    if announce is None:
-        import sys
+    spec = fit_spec(caches, heads=heads, shots=shots, seeds=seeds, protocol=protocol, sets=sets, grids=grids,
+                    out=out, jobs=jobs, device=device, eval_on=eval_on, progress=progress, ray_address=ray_address,
+                    base_to_new=base_to_new, save_predictions=save_predictions, max_cells=max_cells)
+    return execute(spec, announce=announce)
 
-        def announce(msg: str) -> None:
-            print(msg, file=sys.stderr, flush=True)
+
+def _announce_on_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _planned(spec: FitSpec, announce) -> FitPlan:
+    """The validated plan, announced (a grid of several cells) and held to --max-cells."""
+    grid = plan(spec)
+    total = grid.count
     if total > 1:  # a single cell needs no announcement
-        announce(f"fit: {plan.describe()}")
-    if max_cells is not None and total > int(max_cells):
-        raise FeatbenchError(f"the grid has {total} cells, more than --max-cells {int(max_cells)}; narrow "
+        (announce or _announce_on_stderr)(f"fit: {grid.describe()}")
+    if spec.max_cells is not None and total > spec.max_cells:
+        raise FeatbenchError(f"the grid has {total} cells, more than --max-cells {spec.max_cells}; narrow "
                              "--grid/--shots/--seeds/--heads, or raise the limit with --max-cells N (recipes: "
                              "`featbench run --max-cells N`)")
+    _check_rows_available(grid)
+    return grid
+
+
+def _stream(spec: FitSpec, cells: Iterator, first: list) -> Iterator[list[dict]]:
+    """Rows of each cell, in cell order, from the back end the spec asks for."""
+    if spec.ray_address is not None:
+        return _run_ray(cells, spec.ray_address)
+    if spec.jobs > 1 and len(first) > 1:
+        return _run_joblib(cells, min(spec.jobs, len(first)))
+    return _run_serial(cells)
+
+
+def execute(spec: FitSpec, announce=None) -> list[dict]:
+    """Run every cell of ``spec`` not already in its results file; return the rows appended (in cell order).
+
+    The cell count is announced (``announce``, default: a line on stderr) before anything runs, and a grid
+    larger than ``spec.max_cells`` is refused. Cells are built lazily, as they are run.
+    """
+    out = check_out(spec.out)
+    check_results_file(out)  # a file that is not ours is refused before any planning or fitting
+    grid = _planned(spec, announce)
     writer = ResultsWriter(out)
     done = writer.keys  # grows as rows are appended (by us or a concurrent identical sweep)
-    _check_rows_available(plan)
     skipped = 0
-    predictions = os.path.abspath(os.fspath(save_predictions)) if save_predictions is not None else None
 
     def todo_cells():
         nonlocal skipped
-        for p in plan:
+        for p in grid:
             if all(k in done for k in p.keys):
                 skipped += 1
                 continue
-            if predictions is not None:
-                p.cell.save_predictions = predictions
             yield p.cell
 
     pending = todo_cells()
-    first = list(itertools.islice(pending, max(2, jobs)))
+    first = list(itertools.islice(pending, max(2, spec.jobs)))
     if not first:
         return []
-    cells = itertools.chain(first, pending)
-    if ray_address is not None:
-        stream = _run_ray(cells, ray_address)
-    elif jobs > 1 and len(first) > 1:
-        stream = _run_joblib(cells, min(jobs, len(first)) if len(first) < jobs else jobs)
-    else:
-        stream = _run_serial(cells)
-
+    stream = _stream(spec, itertools.chain(first, pending), first)
+    total, progress = grid.count, spec.progress
     appended: list[dict] = []
     bar = _progress(progress, total, skipped)
     ran = 0
@@ -657,5 +625,5 @@ def _progress(enabled: bool, total: int, skipped: int):
     return _RichBar(total, skipped) if enabled else _NoBar()
 
 
-__all__ = ["run_fit", "plan_fit", "parse_sets", "parse_grids", "param_combos", "iter_combos", "n_combos", "FitPlan",
+__all__ = ["run_fit", "execute", "plan", "plan_fit", "parse_sets", "parse_grids", "param_combos", "iter_combos", "n_combos", "FitPlan",
            "PlannedCell", "DEFAULT_OUT", "DEFAULT_MAX_CELLS", "check_out", "start_parent_watchdog"]

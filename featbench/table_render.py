@@ -1,4 +1,4 @@
-"""Rendering of :class:`featbench.tables.Table` objects as CSV, booktabs LaTeX and Markdown.
+"""Rendering of :class:`featbench.table_model.Table` objects as CSV, booktabs LaTeX and Markdown.
 
 Every name that comes from a results file is escaped for its format: LaTeX specials; HTML, pipes, newlines and
 emphasis characters in Markdown; spreadsheet formula starts (``= + - @``) in CSV text cells (numbers are never
@@ -8,7 +8,7 @@ touched). Rules for bold, rank and footnotes are in :mod:`featbench.tables`.
 from __future__ import annotations
 
 from featbench.errors import FeatbenchError
-from featbench.tables import _METRIC_NAMES, AVERAGE, FORMATS, MAX_DECIMALS, MISSING, ORACLE_NOTE, Table
+from featbench.table_model import AVERAGE, FORMATS, MAX_DECIMALS, METRIC_NAMES, MISSING, ORACLE_NOTE, Table
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -90,7 +90,7 @@ def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
 
 
 def _caption(table: Table, seeds: int | None) -> str:
-    metric = _METRIC_NAMES.get(table.metric, table.metric)
+    metric = METRIC_NAMES.get(table.metric, table.metric)
     proto = f", {table.protocol} protocol" if table.protocol else ""
     over = f" over {seeds} seed{'s' if seeds != 1 else ''}" if seeds else " over seeds (seed count in parentheses)"
     return f"{metric}: mean ± population std{over}{proto}."

@@ -28,7 +28,7 @@ Rules (so a table can go into a paper without a notebook in between):
   row over the table's columns (excluding "Average"), i.e. for ``--rows head --cols shots`` the mean over shots
   of the dataset-average accuracy. Heads with a missing cell are not ranked.
 - Base-to-new rows (``"classes": "base"``/``"new"``) never mix with ordinary (``"all"``) rows: ``aggregate``
-  uses the "all" rows, ``aggregate_base_to_new`` the others (B / N / H columns, see its docstring).
+  uses the "all" rows, ``featbench.b2n_table.aggregate_base_to_new`` the others (B / N / H columns, see its docstring).
 - Bold marks the best head: per column when heads are the rows, per row when heads are the columns, per cell
   across blocks when heads are the blocks (ties all bold; compared at the printed precision).
 """
@@ -37,39 +37,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from featbench.errors import FeatbenchError
-from featbench.results import canonical_json
-
-DIMS = ("dataset", "head", "shots")
-METRICS = ("acc", "mean_per_class_recall")
-PROTOCOLS = ("paper", "val", "oracle")
-FORMATS = ("csv", "latex", "markdown")
-AVERAGE = "Average"
-MISSING = "—"
-ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol)"
-REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
-MAX_DECIMALS = 10
-
-#: CoOp's dataset order (then the ImageNet shift sets); unknown datasets follow alphabetically.
-DATASET_ORDER = (
-    "imagenet", "caltech101", "oxford_pets", "oxfordpets", "stanford_cars", "stanfordcars", "oxford_flowers",
-    "flowers102", "food101", "fgvc_aircraft", "fgvcaircraft", "sun397", "dtd", "eurosat", "ucf101",
-    "imagenetv2", "imagenet_sketch", "imagenet-sketch", "imagenet_a", "imagenet-a", "imagenet_r", "imagenet-r",
-)
-_METRIC_NAMES = {"acc": "Top-1 accuracy (%)", "mean_per_class_recall": "Mean per-class recall (%)"}
-
+from featbench.results import canonical_json, is_partial_row
+from featbench.table_model import (AVERAGE, DATASET_ORDER, DIMS, FORMATS, MAX_DECIMALS, METRIC_NAMES, METRICS,  # noqa: F401
+                                   MISSING, ORACLE_NOTE, PROTOCOLS, REQUIRED_KEYS, Table, order_datasets, order_heads)
+from featbench.table_render import check_decimals, latex_escape, render, render_groups
 
 # -- loading ----------------------------------------------------------------------------------------------
-def _is_partial_row(raw: bytes) -> bool:
-    from featbench.results import _is_partial_row as partial
-
-    return partial(raw)
-
-
 def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
     """Keep the rows of the given heads (registry names or labels), shot counts and datasets (None: all)."""
     if heads is not None:
@@ -117,7 +94,7 @@ def load_results(paths: Iterable[str | Path] | str | Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                if (lineno - 1 == last and not text.endswith("\n")) or _is_partial_row(line.encode()):
+                if (lineno - 1 == last and not text.endswith("\n")) or is_partial_row(line.encode()):
                     continue  # a line an interrupted run cut short (kept: files are append-only); the runner redid it
                 raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
             if not isinstance(row, dict):
@@ -180,37 +157,6 @@ def filter_encoder(df, model: str | None = None, pretrained: str | None = None):
         if df.empty:
             raise FeatbenchError(f"--{key} {want}: no result rows; the results have {key} {', '.join(have) or 'none'}")
     return df
-
-
-# -- the Table object ---------------------------------------------------------------------------------------
-@dataclass
-class Table:
-    """An aggregated table: parallel DataFrames of means, stds, seed counts and oracle flags.
-
-    ``mean``/``std``/``n``/``oracle`` share one index (row labels, or (block, row) pairs when ``block_dim`` is
-    set) and one set of columns. ``rank`` (a Series or None) exists when heads are the rows.
-    """
-
-    mean: object
-    std: object
-    n: object
-    oracle: object
-    rows: str
-    cols: str
-    block_dim: str | None
-    metric: str
-    protocol: str | None
-    rank: object = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def any_oracle(self) -> bool:
-        return bool(self.oracle.to_numpy().any())
-
-    def uniform_seeds(self) -> int | None:
-        """The seed count when every present cell has the same one (then shown once, in a note)."""
-        vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
-        return vals.pop() if len(vals) == 1 else None
 
 
 # -- preparing rows -----------------------------------------------------------------------------------------
@@ -340,26 +286,6 @@ def _check_duplicates(df, metric: str) -> None:
                 "the same run with different numbers: remove the wrong line(s) or keep the files apart")
 
 
-def _order_datasets(names: Iterable[str]) -> list[str]:
-    rank = {n: i for i, n in enumerate(DATASET_ORDER)}
-    return sorted(set(names), key=lambda n: (rank.get(n.split(" (from ")[0].lower(), len(rank)), n))
-
-
-def _order_heads(df) -> list[str]:
-    try:
-        from featbench.heads import list_heads
-
-        registry = {h: i for i, h in enumerate(list_heads())}
-    except Exception:  # pragma: no cover - the registry is light, but tables must not depend on it
-        registry = {}
-    pairs = df[["head", "head_label"]].drop_duplicates()
-    keyed = sorted(
-        ((registry.get(h, len(registry)), h, lab) for h, lab in zip(pairs["head"], pairs["head_label"])),
-        key=lambda t: (t[0], t[1], t[2] != t[1], t[2]),
-    )
-    return [lab for _, _, lab in keyed]
-
-
 # -- aggregation ----------------------------------------------------------------------------------------------
 def cell_stats(df):
     """Long table of per-(head, dataset, shots) stats over seeds, plus the dataset "Average" rows.
@@ -426,8 +352,8 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     prepared = prepared.reset_index(drop=True)
     cells = cell_stats(prepared)
     orders = {
-        "head": _order_heads(prepared),
-        "dataset": _order_datasets(prepared["dataset_label"]) + [AVERAGE],
+        "head": order_heads(prepared),
+        "dataset": order_datasets(prepared["dataset_label"]) + [AVERAGE],
         "shots": sorted(set(int(s) for s in prepared["shots"])),
     }
     block = next(d for d in DIMS if d not in (rows, cols))
@@ -482,24 +408,10 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     return table
 
 
-def is_base_to_new(df) -> bool:
-    """Whether the rows are base-to-new rows only (then ``featbench table`` shows B / N / H)."""
-    from featbench.base_to_new import is_base_to_new as check
-
-    return check(df)
-
-
-def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, **filters) -> Table:
-    """Base / New / H table of base-to-new rows (``featbench.base_to_new.aggregate_table``)."""
-    from featbench.base_to_new import aggregate_table
-
-    return aggregate_table(df, metric=metric, protocol=protocol, **filters)
-
-
 def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
     """One :class:`Table` per encoder (model/pretrained), in name order: what ``featbench table`` prints.
 
-    ``kwargs`` are those of :func:`aggregate` (or of ``build``, e.g. :func:`aggregate_base_to_new`). An encoder
+    ``kwargs`` are those of :func:`aggregate` (or of ``build``, e.g. ``featbench.b2n_table.aggregate_base_to_new``). An encoder
     left without rows by the filters is left out.
     """
     build = kwargs.pop("build", None) or aggregate
@@ -539,9 +451,6 @@ def _rank(mean):
     return ranks
 
 
-# -- rendering lives in featbench.table_render (re-exported here) ------------------------------------------
-from featbench.table_render import check_decimals, latex_escape, render, render_groups  # noqa: E402
-
-__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_by_encoder", "aggregate_base_to_new",
-           "is_base_to_new", "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
+__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_by_encoder",
+           "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
            "check_decimals", "Table"]

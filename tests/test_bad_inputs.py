@@ -86,7 +86,7 @@ def test_every_head_declares_every_parameter():
     for name in list_heads():
         cls = get_head_class(name)
         declared = set(getattr(cls, "hyperparams", {}) or {})
-        params = set(cls._param_names())
+        params = set(cls.param_names())
         assert params <= declared, (name, params - declared)
         assert declared <= params, (name, declared - params)
 

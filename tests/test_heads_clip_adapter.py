@@ -105,7 +105,7 @@ def test_registry_paper_defaults_and_declared_params():
     assert "clip-adapter" in list_heads()
     cls = get_head_class("clip-adapter")
     assert cls is CLIPAdapter and cls.scores_unseen_classes
-    assert set(cls.hyperparams) == set(cls._param_names())
+    assert set(cls.hyperparams) == set(cls.param_names())
     h = get_head("clip-adapter", dataset="caltech101", shots=1)
     assert (h.ratio, h.reduction, h.lr, h.batch_size, h.epochs) == (0.2, 4, 2e-3, 32, 50)
     assert get_head("clip-adapter", dataset="dtd", shots=4).epochs == 100

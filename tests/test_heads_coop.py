@@ -156,7 +156,7 @@ def test_defaults_params_and_errors(tower, task):
     k = get_head("kgcoop", dataset="eurosat", shots=16)
     assert (k.ctx_init, k.n_ctx, k.lam, k.epochs, k.batch_size, k.lr) == ("a photo of a", 4, 8.0, 100, 128, 2e-3)
     for cls in (CoOp, KgCoOp):
-        assert set(cls._param_names()) <= set(cls.hyperparams)
+        assert set(cls.param_names()) <= set(cls.hyperparams)
     with pytest.raises(FeatbenchError, match="coop.n_ctx"):
         get_head("coop", n_ctx=0)
     with pytest.raises(FeatbenchError, match="text tower"):

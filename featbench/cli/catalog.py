@@ -59,7 +59,7 @@ def _param_rows(cls) -> list[tuple[str, str, str, str]]:
     sig = inspect.signature(cls.__init__)
     declared = dict(getattr(cls, "hyperparams", None) or {})
     out = []
-    for pname in cls._param_names():
+    for pname in cls.param_names():
         default = sig.parameters[pname].default
         shown_default = "required" if default is inspect.Parameter.empty else repr(default)
         spec = declared.get(pname)

@@ -40,36 +40,19 @@ def fit(
                                   "printed before anything runs); raise it for a bigger sweep."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
-    from featbench.runner import parse_grids, parse_sets, run_fit
+    from featbench.fitspec import FitSpec  # lazy: `featbench --help` stays free of numpy and h5py
+    from featbench.runner import execute, parse_grids, parse_sets
 
-    head_list = parse_str_list(heads)
-    if not head_list:
-        raise FeatbenchError("--heads is empty; name at least one head, e.g. --heads zeroshot,taskres")
-    shot_list = parse_int_list(shots, "--shots")
-    seed_list = parse_int_list(seeds, "--seeds")
-    from featbench.devices import check_device
-
-    device = check_device(device)  # the same spellings as extract and recipes
-    if protocol not in ("paper", "val", "oracle"):
-        raise FeatbenchError(f"--protocol {protocol}: choose paper, val or oracle")
-    if ray is not None and jobs != 1:
-        raise FeatbenchError("--ray and --jobs are alternatives; Ray decides parallelism from the cluster's CPUs")
-    for c in caches:
-        if not c.exists():
-            raise FeatbenchError(f"cache file {c} does not exist; run `featbench extract` first or check the path")
-    targets = parse_str_list(eval_on) if eval_on else None
-    for t in targets or []:
-        if not Path(t).exists():
-            raise FeatbenchError(f"--eval-on {t}: file does not exist")
+    grids = parse_grids(grid)
+    spec = FitSpec(caches=[str(c) for c in caches], heads=parse_str_list(heads), shots=parse_int_list(shots, "--shots"),
+                   seeds=parse_int_list(seeds, "--seeds"), protocol=protocol, sets=parse_sets(set_), grids=grids,
+                   out=out, jobs=jobs, device=device, eval_on=parse_str_list(eval_on) if eval_on else (),
+                   progress=progress, ray_address=ray, base_to_new=base_to_new, save_predictions=save_predictions,
+                   max_cells=max_cells)
     if save_predictions is not None:
         _check_output_folder(save_predictions, "--save-predictions")
-    grids = parse_grids(grid)
-    rows = run_fit(
-        [str(c) for c in caches], heads=head_list, shots=shot_list, seeds=seed_list, protocol=protocol,
-        sets=parse_sets(set_), grids=grids, out=out, jobs=jobs, device=device, eval_on=targets,
-        progress=progress, ray_address=ray, base_to_new=base_to_new, save_predictions=save_predictions,
-        max_cells=max_cells,
-    )
+    rows = execute(spec)
+    head_list, shot_list, seed_list, targets = list(spec.heads), list(spec.shots), list(spec.seeds), spec.eval_on
     if not rows:
         typer.echo(f"nothing to do: every cell is already in {out}", err=True)
         from featbench.results import read_rows

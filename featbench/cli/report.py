@@ -47,10 +47,12 @@ def table(
         from featbench.outputs import guard_output, looks_like_table
 
         guard_output(out, results, flag="--out", force=force, looks_ours=looks_like_table, what="table")
+    from featbench import b2n_table  # lazy, like tables: pandas only when a table is asked for
+
     df = tables.load_results(results)
     if base_to_new is None:
-        base_to_new = tables.is_base_to_new(df)
-    layout = dict(build=tables.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
+        base_to_new = b2n_table.is_base_to_new(df)
+    layout = dict(build=b2n_table.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
     groups = tables.aggregate_by_encoder(
         df, metric=metric, protocol=protocol, **layout,
         heads=parse_str_list(heads) if heads else None,

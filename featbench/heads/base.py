@@ -46,6 +46,8 @@ class Head:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs_text: ClassVar[bool] = False
+    #: prompt learners: fit() needs the cache's text tower (``context["text_tower"]``, featbench.texttower)
+    needs_text_tower: ClassVar[bool] = False
     uses_views: ClassVar[bool] = False
     #: the head performs its own paper-defined search on (X_val, y_val) (lpclip's C, Tip-Adapter's alpha/beta)
     searches_internally: ClassVar[bool] = False
@@ -69,18 +71,19 @@ class Head:
 
     # -- scikit-learn parameter protocol ---------------------------------------------------------------
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def param_names(cls) -> list[str]:
+        """The ``__init__`` keyword parameters: what get_params, set_params and --set know."""
         sig = inspect.signature(cls.__init__)
         kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind in kinds]
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._param_names()}
+        return {k: getattr(self, k) for k in self.param_names()}
 
     def set_params(self, **params) -> "Head":
         from featbench.heads.spec import check_params
 
-        valid = set(self._param_names())
+        valid = set(self.param_names())
         for k in params:
             if k not in valid:
                 raise FeatbenchError(f"head '{self.name}' has no parameter '{k}'; it has: {', '.join(sorted(valid))}")

@@ -278,7 +278,7 @@ class TaskRes(Head):
             from featbench.heads import get_head, get_head_class
 
             cls = get_head_class(str(base))  # raises a clear error for unknown names
-            kw = {k: getattr(self, k) for k in ("device", "random_state") if k in cls._param_names()}
+            kw = {k: getattr(self, k) for k in ("device", "random_state") if k in cls.param_names()}
             dataset, shots = tuple(self.paper_context or (None, None))
             head = get_head(str(base), dataset=dataset, shots=shots, **kw)
             head.fit(X, y, **context)

@@ -1,0 +1,80 @@
+"""The shape of a result table, shared by aggregation (featbench.tables), rendering (featbench.table_render)
+and the base-to-new table (featbench.b2n_table): constants, the :class:`Table` object and the row orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from featbench.fitspec import PROTOCOLS  # noqa: F401  (defined once, in the evaluation layer)
+
+DIMS = ("dataset", "head", "shots")
+METRICS = ("acc", "mean_per_class_recall")
+FORMATS = ("csv", "latex", "markdown")
+AVERAGE = "Average"
+MISSING = "—"
+ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol)"
+REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
+MAX_DECIMALS = 10
+
+#: CoOp's dataset order (then the ImageNet shift sets); unknown datasets follow alphabetically.
+DATASET_ORDER = (
+    "imagenet", "caltech101", "oxford_pets", "oxfordpets", "stanford_cars", "stanfordcars", "oxford_flowers",
+    "flowers102", "food101", "fgvc_aircraft", "fgvcaircraft", "sun397", "dtd", "eurosat", "ucf101",
+    "imagenetv2", "imagenet_sketch", "imagenet-sketch", "imagenet_a", "imagenet-a", "imagenet_r", "imagenet-r",
+)
+METRIC_NAMES = {"acc": "Top-1 accuracy (%)", "mean_per_class_recall": "Mean per-class recall (%)"}
+
+
+# -- the Table object ---------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """An aggregated table: parallel DataFrames of means, stds, seed counts and oracle flags.
+
+    ``mean``/``std``/``n``/``oracle`` share one index (row labels, or (block, row) pairs when ``block_dim`` is
+    set) and one set of columns. ``rank`` (a Series or None) exists when heads are the rows.
+    """
+
+    mean: object
+    std: object
+    n: object
+    oracle: object
+    rows: str
+    cols: str
+    block_dim: str | None
+    metric: str
+    protocol: str | None
+    rank: object = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def any_oracle(self) -> bool:
+        return bool(self.oracle.to_numpy().any())
+
+    def uniform_seeds(self) -> int | None:
+        """The seed count when every present cell has the same one (then shown once, in a note)."""
+        vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
+        return vals.pop() if len(vals) == 1 else None
+
+
+# -- orders ---------------------------------------------------------------------------------------------------
+def order_datasets(names: Iterable[str]) -> list[str]:
+    """Dataset labels in CoOp's order (then the ImageNet shifts), unknown ones alphabetically after."""
+    rank = {n: i for i, n in enumerate(DATASET_ORDER)}
+    return sorted(set(names), key=lambda n: (rank.get(n.split(" (from ")[0].lower(), len(rank)), n))
+
+
+def order_heads(df) -> list[str]:
+    """Head labels in registry order, each head's plain label before its variants."""
+    try:
+        from featbench.heads import list_heads
+
+        registry = {h: i for i, h in enumerate(list_heads())}
+    except Exception:  # pragma: no cover - the registry is light, but tables must not depend on it
+        registry = {}
+    pairs = df[["head", "head_label"]].drop_duplicates()
+    keyed = sorted(
+        ((registry.get(h, len(registry)), h, lab) for h, lab in zip(pairs["head"], pairs["head_label"])),
+        key=lambda t: (t[0], t[1], t[2] != t[1], t[2]),
+    )
+    return [lab for _, _, lab in keyed]
