@@ -67,7 +67,7 @@ def iter_groups(cells: Iterable, max_size: int = 16):
 
 def group_cost(group: Sequence) -> int:
     """A rough cost of a group of cells for scheduling: its cells times their shots (train rows scale with both)."""
-    return sum(max(1, int(getattr(c, "shots", 1) or 1)) for c in group)
+    return sum(max(1, int(c.shots)) for c in group)
 
 
 def largest_first(items: Iterable, key=group_cost, window: int = 64):

@@ -14,10 +14,7 @@ from typing import Any, Sequence
 
 
 def _key(head, X, y, context) -> Any:
-    try:
-        key = head.batch_key(X, y, context)
-    except AttributeError:  # a plugin head that does not derive from Head
-        return None
+    key = head.batch_key(X, y, context)
     return None if key is None else (type(head), key)
 
 

@@ -29,9 +29,9 @@ def selection_kind(head_cls, protocol: str) -> str:
     if protocol == "oracle":
         return "test"
     if protocol == "paper":
-        how = getattr(head_cls, "paper_selection", FEWSHOT_VAL) or FEWSHOT_VAL
+        how = head_cls.paper_selection or FEWSHOT_VAL
         if how not in SELECTIONS:
-            raise FeatbenchError(f"head {getattr(head_cls, 'name', head_cls)}: paper_selection {how!r} is not one of {SELECTIONS}")
+            raise FeatbenchError(f"head {head_cls.name or head_cls.__name__}: paper_selection {how!r} is not one of {SELECTIONS}")
         return how
     return FEWSHOT_VAL
 
@@ -59,7 +59,7 @@ def selection_rows(how: str, train_labels, val_labels, shots: int, seed: int, su
 
 def pick_templates(head_cls, dataset: str, templates: Sequence[str]) -> tuple[list[int] | None, str | None]:
     """Indices of the cache templates the head's paper uses on this dataset (None = all), and a row note."""
-    want = (getattr(head_cls, "paper_templates", {}) or {}).get(dataset)
+    want = (head_cls.paper_templates or {}).get(dataset)
     if not want or not templates:
         return None, None
     templates = list(templates)
@@ -95,7 +95,7 @@ def pick_view_set(cache, want) -> tuple[str | None, tuple | None, str | None]:
 
 def classname_note(head_cls, cache_style: str | None) -> str | None:
     """A row note when the cache's class-name style is not the one the head's reference code uses."""
-    want = getattr(head_cls, "paper_classname_style", None)
+    want = head_cls.paper_classname_style
     if not want or not cache_style or want == cache_style:
         return None
     return (f"class names: cache style {cache_style!r}, the paper's code uses {want!r} "
@@ -118,9 +118,9 @@ def paper_inputs(cls, cache, dataset: str, text, extra: dict, train_rows, kind: 
     if cnote:
         notes.append(cnote)
     views = view_scale = None
-    if getattr(cls, "uses_views", False) and cache.has_views and cache.covers_views(train_rows):
+    if cls.uses_views and cache.has_views and cache.covers_views(train_rows):
         suffix = kind[len("features"):]
-        vname, scale, vnote = pick_view_set(cache, getattr(cls, "paper_view_scale", None))
+        vname, scale, vnote = pick_view_set(cache, cls.paper_view_scale)
         if vname is not None and cache.has_dataset(f"/splits/train/{vname}{suffix}"):
             views, view_scale = cache.views(train_rows, kind=vname + suffix), scale
             if vnote:
