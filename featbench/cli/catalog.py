@@ -9,6 +9,7 @@ import typer
 
 from featbench.cli.app import app
 from featbench.errors import FeatbenchError
+from featbench.heads import BUILT_IN, get_head_class, head_origin, list_heads, plugin_problems
 
 STANDARD_SHOTS = (1, 2, 4, 8, 16)
 
@@ -35,8 +36,6 @@ def heads_command(
                                          "defaults per dataset and the search space of protocol val."),
 ) -> None:
     """List the heads --heads accepts and the paper each follows; `featbench heads NAME` describes one."""
-    from featbench.heads import BUILT_IN, get_head_class, head_origin
-
     if name is None:
         _list_heads()
         return
@@ -47,8 +46,6 @@ def heads_command(
 
 def _list_heads() -> None:
     """One line per head (plugins with their distribution; a broken one says why), then refused plugins."""
-    from featbench.heads import list_heads, plugin_problems
-
     for head in list_heads():
         typer.echo(_head_line(head))
     for plugin, problem in plugin_problems().items():
@@ -58,8 +55,6 @@ def _list_heads() -> None:
 
 def _head_line(head: str) -> str:
     """`NAME  paper or first docstring line`, plus `[ORIGIN]` for a head that is not built in."""
-    from featbench.heads import BUILT_IN, get_head_class, head_origin
-
     origin = head_origin(head)
     tag = "" if origin == BUILT_IN else f"  [{origin}]"
     try:

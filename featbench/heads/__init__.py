@@ -53,7 +53,7 @@ def register_head(name: str, target: str | type) -> None:
 
     A name that is taken by another target (a built-in, a plugin) is refused with one line.
     """
-    registry.add(name, target, Origin(RUN_TIME))
+    registry.add(name, target, Origin(MODULE_PATH if name == target else RUN_TIME))
 
 
 def list_heads() -> list[str]:
@@ -63,7 +63,7 @@ def list_heads() -> list[str]:
 
 def get_head_class(name: str) -> type:
     """The class of a registered head, or of a "package.module:Class" (then registered under that text)."""
-    if name not in registry and is_module_path(name):
+    if is_module_path(name) and name not in registry:
         registry.add(name, name, Origin(MODULE_PATH))
         try:
             return registry.get(name)

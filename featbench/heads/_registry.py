@@ -139,7 +139,7 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         self._autoload()
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def origin(self, name: str) -> Origin:
         return self._entry(name).origin
@@ -156,8 +156,7 @@ class Registry:
         return entry.loaded
 
     def _entry(self, name: str) -> _Entry:
-        self._autoload()
-        if name not in self._entries:
+        if name not in self:
             raise FeatbenchError(self.unknown(name))
         return self._entries[name]
 
