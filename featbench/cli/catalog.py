@@ -9,6 +9,7 @@ import typer
 
 from featbench.cli.app import app
 from featbench.errors import FeatbenchError
+from featbench.heads import BUILT_IN, get_head_class, head_origin, list_heads, plugin_problems
 
 STANDARD_SHOTS = (1, 2, 4, 8, 16)
 
@@ -35,22 +36,36 @@ def heads_command(
                                          "defaults per dataset and the search space of protocol val."),
 ) -> None:
     """List the heads --heads accepts and the paper each follows; `featbench heads NAME` describes one."""
-    from featbench.heads import get_head_class, list_heads
-
     if name is None:
-        for head in list_heads():
-            cls = get_head_class(head)
-            about = cls.paper or (cls.__doc__ or "").strip().splitlines()[0]
-            typer.echo(f"{head:16s} {about}")
-        typer.echo("\n`featbench heads NAME` shows a head's hyperparameters, paper defaults and search space.")
+        _list_heads()
         return
-    if name not in list_heads():
-        import difflib
+    cls = get_head_class(name)  # an unknown name: one line with the closest names
+    origin = head_origin(name)
+    typer.echo(describe_head(name, cls, origin="" if origin == BUILT_IN else origin))
 
-        close = difflib.get_close_matches(name, list_heads(), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(list_heads())}"
-        raise FeatbenchError(f"unknown head '{name}'{hint}")
-    typer.echo(describe_head(name, get_head_class(name)))
+
+def _list_heads() -> None:
+    """One line per head (plugins with their distribution; a broken one says why), then refused plugins."""
+    for head in list_heads():
+        typer.echo(_head_line(head))
+    for plugin, problem in plugin_problems().items():
+        typer.echo(f"featbench: warning: plugin head '{plugin}' ignored: {problem}", err=True)
+    typer.echo("\n`featbench heads NAME` shows a head's hyperparameters, paper defaults and search space.")
+
+
+def _head_line(head: str) -> str:
+    """`NAME  paper or first docstring line`, plus `[ORIGIN]` for a head that is not built in."""
+    origin = head_origin(head)
+    tag = "" if origin == BUILT_IN else f"  [{origin}]"
+    try:
+        cls = get_head_class(head)
+    except FeatbenchError as err:  # a broken plugin must not hide the heads that work
+        return f"{head:16s} BROKEN: {err}"
+    return f"{head:16s} {_about(cls)}{tag}"
+
+
+def _about(cls) -> str:
+    return cls.paper or ((cls.__doc__ or "").strip().splitlines() or [cls.__qualname__])[0]
 
 
 def _param_rows(cls) -> list[tuple[str, str, str, str]]:
@@ -123,10 +138,12 @@ def _shots_label(shots: list[int]) -> str:
     return "" if len(shots) == len(STANDARD_SHOTS) else f"({','.join(map(str, shots))}-shot): "
 
 
-def describe_head(name: str, cls) -> str:
-    """The text of `featbench heads NAME`."""
-    about = cls.paper or (cls.__doc__ or "").strip().splitlines()[0]
-    out = [f"{name}: {about}", ""]
+def describe_head(name: str, cls, origin: str = "") -> str:
+    """The text of `featbench heads NAME`; ``origin`` names a head's source when it is not built in."""
+    out = [f"{name}: {_about(cls)}"]
+    if origin:
+        out.append(f"from: {origin} ({cls.__module__}:{cls.__qualname__})")
+    out.append("")
     rows = _param_rows(cls)
     out.append("hyperparameters (set with --set/--grid " + f"{name}.PARAM=VALUE):")
     if rows:

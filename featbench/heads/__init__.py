@@ -1,18 +1,29 @@
-"""Head registry: names -> estimator classes, imported lazily so listing heads needs no torch.
+"""Heads by name: the built-ins, plugins from other packages, and any ``package.module:Class``.
 
-``list_heads()`` names every head; ``get_head(name, dataset=..., shots=..., **overrides)`` builds one with
-its paper defaults for that dataset and shot count, overridden by the caller's values.
+``list_heads()`` names every head without importing one (no torch); ``get_head(name, dataset=..., shots=...,
+**overrides)`` builds one with its paper defaults for that dataset and shot count, overridden by the caller's
+values. Heads from outside featbench register the same way built-ins do (``featbench.heads._registry``):
+
+- a distribution declares ``[project.entry-points."featbench.heads"] my-head = "my_pkg.heads:MyHead"``; its
+  heads are found on first use, and imported only when looked up (``FEATBENCH_DISABLE_PLUGIN_AUTOLOAD=1``
+  turns this off, as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest);
+- ``get_head_class("my_pkg.heads:MyHead")`` imports a class by module path and registers it under that text,
+  which is how ``--heads my_pkg.heads:MyHead`` works and how fit workers find a cell's head;
+- ``register_head(name, target)`` adds one at run time (notebooks, tests).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from featbench.errors import FeatbenchError
+from featbench.heads._registry import BUILT_IN, MODULE_PATH, PLUGIN, RUN_TIME, Origin, Registry
+
+ENTRY_POINT_GROUP = "featbench.heads"
+DISABLE_AUTOLOAD_ENV = "FEATBENCH_DISABLE_PLUGIN_AUTOLOAD"
 
 # name -> "module:Class"; the order is the order tables list heads in.
-_REGISTRY: dict[str, str] = {
+_BUILT_INS: dict[str, str] = {
     "zeroshot": "featbench.heads.zeroshot:ZeroShot",
     "linear-probe": "featbench.heads.linear_probe:LinearProbe",
     "tip-adapter": "featbench.heads.tip_adapter:TipAdapter",
@@ -31,20 +42,50 @@ _REGISTRY: dict[str, str] = {
 }
 
 
-def register_head(name: str, target: str) -> None:
-    """Add a head ("module:Class") to the registry (plugins, tests)."""
-    _REGISTRY[name] = target
+#: every head featbench knows: built-ins first, then plugins, then heads added at run time
+registry = Registry("head", "featbench.heads.base:Head", built_ins=_BUILT_INS, group=ENTRY_POINT_GROUP,
+                    disable_env=DISABLE_AUTOLOAD_ENV)
+_REGISTRY = registry  # the name tests use to unregister their heads (``_REGISTRY.pop(name, None)``)
+
+
+def register_head(name: str, target: str | type) -> None:
+    """Add a head ("package.module:Class" or the class) under ``name``; the same target twice is a no-op.
+
+    A name that is taken by another target (a built-in, a plugin) is refused with one line.
+    """
+    registry.add(name, target, Origin(MODULE_PATH if name == target else RUN_TIME))
 
 
 def list_heads() -> list[str]:
-    return list(_REGISTRY)
+    """Every head name, built-ins first, then plugins; imports none of them."""
+    return registry.names()
 
 
-def get_head_class(name: str):
-    if name not in _REGISTRY:
-        raise FeatbenchError(f"unknown head '{name}'; choose from: {', '.join(_REGISTRY)}")
-    module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+def get_head_class(name: str) -> type:
+    """The class of a registered head, or of a "package.module:Class" (then registered under that text)."""
+    if is_module_path(name) and name not in registry:
+        registry.add(name, name, Origin(MODULE_PATH))
+        try:
+            return registry.get(name)
+        except FeatbenchError:
+            registry.pop(name)  # a module path that does not load is not left behind as a head
+            raise
+    return registry.get(name)
+
+
+def is_module_path(name: object) -> bool:
+    """Whether a --heads value names a class by module path ("package.module:Class") rather than a head."""
+    return isinstance(name, str) and name.count(":") == 1 and all(part.strip() for part in name.split(":"))
+
+
+def head_origin(name: str) -> str:
+    """Where a head comes from: "built-in", "plugin DIST VERSION", "module path" or "register_head"."""
+    return str(registry.origin(name))
+
+
+def plugin_problems() -> dict[str, str]:
+    """Plugin name -> why it was refused while scanning (its name is taken, its target is malformed)."""
+    return registry.problems()
 
 
 def get_head(name: str, dataset: str | None = None, shots: int | None = None, **overrides: Any):
@@ -57,4 +98,8 @@ def get_head(name: str, dataset: str | None = None, shots: int | None = None, **
     return head
 
 
-__all__ = ["list_heads", "get_head", "get_head_class", "register_head"]
+__all__ = [
+    "list_heads", "get_head", "get_head_class", "register_head", "is_module_path", "head_origin", "plugin_problems",
+    "registry", "Registry", "Origin", "BUILT_IN", "PLUGIN", "MODULE_PATH", "RUN_TIME", "ENTRY_POINT_GROUP",
+    "DISABLE_AUTOLOAD_ENV",
+]
