@@ -24,7 +24,7 @@ from featbench.devices import DEVICE_PATTERN
 from featbench.encoders import hub_reachable, local_checkpoint, resolve_model, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch, short_repr
 from featbench.fitspec import FitSpec
-from featbench.heads import get_head_class, list_heads
+from featbench.heads import get_head_class, is_module_path, list_heads
 from featbench.heads.spec import check_params
 from featbench.outputs import ensure_folder
 from featbench.plots import plot_curves
@@ -337,7 +337,7 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
             raise FeatbenchError(f"{source}: key 'roots.{name}' names a dataset the recipe does not use")
     known_heads = list_heads()
     for name in data["heads"]:
-        if name not in known_heads:
+        if name not in known_heads and not is_module_path(name):
             close = difflib.get_close_matches(name, known_heads, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_heads)}"
             raise FeatbenchError(f"{source}: key 'heads' names unknown head '{_cut(name)}'{hint}")

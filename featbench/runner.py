@@ -28,7 +28,7 @@ from featbench.classmatch import target_mapping
 from featbench.errors import FeatbenchError, short_repr
 from featbench.fewshot import fewshot_rows
 from featbench.fitspec import DEFAULT_MAX_CELLS, DEFAULT_OUT, FitSpec, as_list, fit_spec
-from featbench.heads import get_head_class, list_heads
+from featbench.heads import get_head_class
 from featbench.heads.spec import check_params
 from featbench.protocol import (Cell, close_cached, has_val, needs_selection_split, planned_params, run_cell_bounded,
                                 selection_kind, selection_rows)
@@ -85,11 +85,18 @@ def parse_grids(items: Iterable[str] | None) -> dict[str, list]:
     return out
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """"head.param" -> (head, param); the head may be a dotted module path ("pkg.mod:Class.alpha")."""
+    head, _, param = key.rpartition(".")
+    return head, param
+
+
 def _check_override(key: str, flag: str) -> tuple[str, str]:
-    head, param = key.split(".", 1) if "." in key else (key, "")
-    if head not in list_heads():
-        raise FeatbenchError(f"{flag} {key}: unknown head '{head}'; choose from: {', '.join(list_heads())}")
-    cls = _head_class(head)
+    head, param = split_key(key)
+    try:
+        cls = _head_class(head)
+    except FeatbenchError as err:
+        raise FeatbenchError(f"{flag} {key}: {err}") from None
     names = cls.param_names()
     if param in RUNTIME_ONLY:
         what = "--seeds" if param == "random_state" else "--device"
@@ -100,23 +107,19 @@ def _check_override(key: str, flag: str) -> tuple[str, str]:
 
 
 def _head_class(name: str):
-    try:
-        return get_head_class(name)
-    except FeatbenchError:
-        raise
-    except Exception as err:  # a registered head whose module is missing or broken
-        raise FeatbenchError(f"--heads {name}: the head is registered but could not be imported ({type(err).__name__}: {err})") from None
+    """The class of a head name or module path; the registry's one-line error (with did-you-mean) otherwise."""
+    return get_head_class(name)
 
 
 def _head_axes(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> tuple[dict, list]:
-    fixed = {k.split(".", 1)[1]: v for k, v in sets.items() if k.split(".", 1)[0] == head}
-    axes = [(k.split(".", 1)[1], list(v)) for k, v in grids.items() if k.split(".", 1)[0] == head]
+    fixed = {split_key(k)[1]: v for k, v in sets.items() if split_key(k)[0] == head}
+    axes = [(split_key(k)[1], list(v)) for k, v in grids.items() if split_key(k)[0] == head]
     return fixed, axes
 
 
 def n_combos(head: str, grids: Mapping[str, list]) -> int:
     """How many parameter settings `param_combos` yields for a head (arithmetic: nothing is expanded)."""
-    return math.prod(len(v) for k, v in grids.items() if k.split(".", 1)[0] == head)
+    return math.prod(len(v) for k, v in grids.items() if split_key(k)[0] == head)
 
 
 def iter_combos(head: str, sets: Mapping[str, Any], grids: Mapping[str, list]) -> Iterator[dict]:
@@ -149,7 +152,7 @@ class PlannedCell:
 
 def _check_values(key: str, flag: str, values: Sequence) -> None:
     """Every --set/--grid value against the head's typed declaration (Head.hyperparams), before any cell runs."""
-    head, param = key.split(".", 1)
+    head, param = split_key(key)
     cls = _head_class(head)
     for v in values:
         try:

@@ -260,11 +260,7 @@ def test_the_example_plugin_runs_in_fit_workers(plugin, cache, tmp_path):
     assert accs(tmp_path / "two.jsonl") == accs(tmp_path / "one.jsonl") and len(accs(tmp_path / "one.jsonl")) == 4
 
 
-BLOCKED = ("featbench/runner.py plan_fit (and _check_override for --set) refuses any name not in list_heads() "
-           "before asking get_head_class, so a package.module:Class name never reaches the registry")
 
-
-@pytest.mark.xfail(strict=True, reason=BLOCKED)
 def test_a_head_runs_by_module_path_through_fit(site, cache, tmp_path):
     out = tmp_path / "r.jsonl"
     res = invoke("fit", cache, "--heads", TARGET, "--shots", "1", "--seeds", "1,2", "--jobs", "2",
@@ -293,7 +289,6 @@ def test_a_recipe_names_a_plugin_head(plugin, tmp_path):
     assert load_recipe(path).heads == ["zeroshot", "nearest-mean"]
 
 
-@pytest.mark.xfail(strict=True, reason="featbench/recipes.py load_recipe checks 'heads' against list_heads() only")
 def test_a_recipe_names_a_head_by_module_path(site, tmp_path):
     from featbench.recipes import load_recipe
 

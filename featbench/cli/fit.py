@@ -80,7 +80,7 @@ def _summary_labels(rows: list[dict], heads: list[str], grids: dict | None) -> l
     encoders = {(r.get("model"), r.get("pretrained")) for r in rows}
     out = []
     for h in heads:
-        params = [k.split(".", 1)[1] for k in (grids or {}) if k.split(".", 1)[0] == h]
+        params = [k.rsplit(".", 1)[1] for k in (grids or {}) if k.rsplit(".", 1)[0] == h]
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
             if r["head"] != h:
