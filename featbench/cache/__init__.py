@@ -46,6 +46,16 @@ Modules: `_schema` (names, constants, fingerprint, root attributes), `_validate`
 rows), `_raw` (verbatim dataset access for `featbench merge`). Import everything from `featbench.cache`.
 """
 
+from featbench.cache._raw import (
+    copy_attrs,
+    copy_dataset,
+    create_along,
+    dataset_items,
+    group_names,
+    open_file,
+    read_along,
+    write_along,
+)
 from featbench.cache._reader import Cache, SplitIndex, check_same_encoder
 from featbench.cache._resume import BlockTask, CacheWriter, job_differences, read_identity, remove_stale_partial
 from featbench.cache._schema import (
@@ -59,6 +69,7 @@ from featbench.cache._schema import (
     compute_fingerprint,
     default_cache_path,
     partial_path,
+    read_strings,
     safe_name,
 )
 from featbench.cache._validate import REEXTRACT, require_finite, scan_nonfinite
@@ -81,14 +92,23 @@ __all__ = [
     "base_attrs",
     "check_same_encoder",
     "compute_fingerprint",
+    "copy_attrs",
+    "copy_dataset",
+    "create_along",
+    "dataset_items",
     "default_cache_path",
+    "group_names",
     "job_differences",
+    "open_file",
     "partial_path",
+    "read_along",
     "read_identity",
+    "read_strings",
     "remove_stale_partial",
     "require_finite",
     "safe_name",
     "scan_nonfinite",
+    "write_along",
     "write_array",
     "write_cache",
     "write_strings",

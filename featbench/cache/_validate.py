@@ -7,7 +7,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from featbench.cache._schema import REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, VIEW_SET_NAMES, PROGRESS_GROUP, decode
+from featbench.cache._schema import PROGRESS_GROUP, REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, VIEW_SET_NAMES, decode
 from featbench.errors import CacheContractError, short_repr
 
 REEXTRACT = "re-extract the cache (`featbench extract --overwrite`) or re-import the features"

@@ -35,9 +35,9 @@ def write_array(group, name: str, data, dtype) -> None:
     group.create_dataset(name, data=data.astype(dtype), chunks=chunks_for(data.shape))
 
 
-def write_strings(group, name: str, values: Sequence[str]) -> None:
-    """A UTF-8 string dataset."""
-    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING_DTYPE)
+def write_strings(group, name: str, values: Sequence[str]):
+    """A UTF-8 string dataset (returned, for its attributes)."""
+    return group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING_DTYPE)
 
 
 def write_text(f, text_features, templates: Sequence[str] | None, dtype) -> h5py.Group:
