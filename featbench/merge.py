@@ -15,8 +15,10 @@ and features for a subset of rows (``rows``), views for a subset (``view_rows``)
 The result equals the cache a single process would have written for the same rows, dataset for dataset.
 It streams rows in blocks, so merging ImageNet-sized parts never holds a whole split in memory.
 
-This module copies datasets verbatim (dtype, chunking and dataset attributes included) through h5py, which
-``cache.write_cache`` cannot do for arbitrary additive datasets (``skipped``, ``views_pre``, /model/*).
+It copies datasets verbatim (dtype, chunking and dataset attributes included), which ``cache.write_cache``
+cannot do for arbitrary additive datasets (``skipped``, ``views_pre``, /model/*), through the cache package's
+verbatim functions (``open_file``, ``copy_dataset``, ``create_along``...): the HDF5 work stays there, the
+merge rules stay here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,22 @@ from typing import Sequence
 
 import numpy as np
 
+from featbench.cache import (
+    SPLITS,
+    Cache,
+    copy_attrs,
+    copy_dataset,
+    create_along,
+    dataset_items,
+    group_names,
+    job_differences,
+    open_file,
+    read_along,
+    read_strings,
+    scan_nonfinite,
+    write_along,
+    write_strings,
+)
 from featbench.errors import FeatbenchError
 
 #: datasets indexed by split row along axis 0 (merged), per split group
@@ -66,18 +84,6 @@ def _same(a, b) -> bool:
     return bool(np.array_equal(a, b))
 
 
-def _walk(group, prefix: str = "") -> dict[str, object]:
-    """Every dataset below group, by absolute name."""
-    out: dict[str, object] = {}
-
-    def visit(name, obj):
-        if hasattr(obj, "dtype"):
-            out["/" + name] = obj
-
-    group.visititems(visit)
-    return out
-
-
 def _is_merged(name: str) -> bool:
     parts = name.strip("/").split("/")
     if name == "/skipped":
@@ -88,66 +94,20 @@ def _is_merged(name: str) -> bool:
     return False
 
 
-def _copy_attrs(src, dst) -> None:
-    for k, v in src.attrs.items():
-        dst.attrs[k] = v
-
-
-def _chunks(shape: tuple[int, ...], axis: int) -> tuple[int, ...] | None:
-    if not shape or 0 in shape:
-        return None
-    c = list(shape)
-    if axis == 0:
-        c[0] = min(shape[0], 1024)
-    else:
-        c = [1] * axis + [min(shape[axis], 1024)] + list(shape[axis + 1:])
-    return tuple(c)
-
-
-def _contiguous(pos: np.ndarray) -> bool:
-    return pos.size > 0 and int(pos[-1]) - int(pos[0]) + 1 == pos.size and bool(np.all(np.diff(pos) == 1))
-
-
-def _write(ds, pos: np.ndarray, data: np.ndarray, axis: int) -> None:
-    """ds[..., pos, ...] = data along axis; pos sorted ascending, unique."""
-    if pos.size == 0:
-        return
-    if _contiguous(pos):
-        sl = slice(int(pos[0]), int(pos[-1]) + 1)
-    else:
-        sl = pos.tolist()
-    if axis == 0:
-        ds[sl] = data
-    else:
-        ds[:, sl] = data
-
-
-def _read(ds, pos: np.ndarray, axis: int) -> np.ndarray:
-    if _contiguous(pos):
-        sl = slice(int(pos[0]), int(pos[-1]) + 1)
-    else:
-        sl = pos.tolist()
-    return ds[sl] if axis == 0 else ds[:, sl]
-
-
 class _Part:
     """An open part file with its validated identity."""
 
     def __init__(self, path: Path):
-        import h5py
-
-        from featbench.cache import Cache
-
         self.path = path
         if not path.exists():
             raise FeatbenchError(f"part {path} does not exist; check the paths given to `featbench merge`")
         Cache(path).close()  # validates the schema-v1 contract with its clear messages
-        self.f = h5py.File(path, "r")
+        self.f = open_file(path)
         if "_progress" in self.f:
             self.f.close()
             raise FeatbenchError(f"part {path} is an unfinished extraction; rerun its extraction command to finish it, then merge")
         self.attrs = {k: _attr(v) for k, v in self.f.attrs.items()}
-        self.datasets = _walk(self.f)
+        self.datasets = dataset_items(self.f)
 
     def rows(self, split: str, what: str) -> np.ndarray:
         g = self.f["splits"][split]
@@ -172,8 +132,7 @@ def _check_identity(ref: _Part, part: _Part) -> None:
             )
     job_a, job_b = ref.attrs.get("extraction"), part.attrs.get("extraction")
     if job_a is not None and job_b is not None and job_a != job_b:
-        a, b = json.loads(job_a), json.loads(job_b)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = job_differences(json.loads(job_a), json.loads(job_b))
         raise FeatbenchError(f"part {part.path} was extracted with other arguments than {ref.path} ({', '.join(diff)}); "
                              "merge only parts of one extraction")
     fixed_ref = {n for n in ref.datasets if not _is_merged(n)}
@@ -225,8 +184,7 @@ def _merge_axis(parts: list[_Part], out_f, split: str, names: Sequence[str], wha
                 bad = next(p for p, _ in srcs if p.f["splits"][split][name].shape[0] != src0.shape[0])
                 raise FeatbenchError(f"part {bad.path} has {bad.f['splits'][split][name].shape[0]} views per image but "
                                      f"{ref_part.path} has {src0.shape[0]}; merge only parts extracted with the same --views")
-        dst = g.create_dataset(name, shape=tuple(shape), dtype=src0.dtype, chunks=_chunks(tuple(shape), axis))
-        _copy_attrs(src0, dst)
+        dst = create_along(g, name, src0, tuple(shape), axis)
         filled = np.zeros(union.size, dtype=bool)
         for part, prow in srcs:
             src = part.f["splits"][split][name]
@@ -244,7 +202,7 @@ def _merge_axis(parts: list[_Part], out_f, split: str, names: Sequence[str], wha
                 pos = np.searchsorted(union, block_rows)
                 seen = filled[pos]
                 if seen.any():
-                    old = _read(dst, pos[seen], axis)
+                    old = read_along(dst, pos[seen], axis)
                     new = np.take(data, np.flatnonzero(seen), axis=axis)
                     if old.shape != new.shape or np.ascontiguousarray(old).tobytes() != np.ascontiguousarray(new).tobytes():
                         bad_row = int(block_rows[seen][0])
@@ -253,24 +211,22 @@ def _merge_axis(parts: list[_Part], out_f, split: str, names: Sequence[str], wha
                             "different features; parts overlap but disagree — re-extract one of them"
                         )
                 fresh = ~seen
-                _write(dst, pos[fresh], np.take(data, np.flatnonzero(fresh), axis=axis), axis)
+                write_along(dst, pos[fresh], np.take(data, np.flatnonzero(fresh), axis=axis), axis)
                 filled[pos] = True
     row_key = "rows" if what == "features" else "view_rows"
     if what == "views" or union.size != n_index or not np.array_equal(union, np.arange(n_index)):
         dst = g.create_dataset(row_key, data=union.astype(np.int64))
         src_rows = next((p.f["splits"][split][row_key] for p in have if row_key in p.f["splits"][split]), None)
         if src_rows is not None:
-            _copy_attrs(src_rows, dst)
+            copy_attrs(src_rows, dst)
 
 
 def _merge_skipped(parts: list[_Part], out_f) -> None:
     """Union of the parts' skipped lists, in canonical order (split order, then row) where the path is known."""
-    import h5py
-
     seen: list[str] = []
     for p in parts:
         if "skipped" in p.f:
-            for s in p.f["skipped"].asstr()[()]:
+            for s in read_strings(p.f["skipped"]):
                 if s not in seen:
                     seen.append(s)
     attr_lists = []
@@ -282,17 +238,14 @@ def _merge_skipped(parts: list[_Part], out_f) -> None:
         return
     ref = parts[0]
     order: dict[str, tuple[int, int]] = {}
-    from featbench.cache import SPLITS
-
     for si, split in enumerate(s for s in SPLITS if s in ref.f["splits"]):
-        for row, path in enumerate(ref.f["splits"][split]["paths"].asstr()[()]):
+        for row, path in enumerate(read_strings(ref.f["splits"][split]["paths"])):
             order.setdefault(path, (si, row))
     key = lambda s: order.get(s, order.get(s.split(":", 1)[-1], (1 << 30, 0)))  # noqa: E731
     if any("skipped" in p.f for p in parts):
         merged = sorted(seen, key=key)
         src0 = next(p.f["skipped"] for p in parts if "skipped" in p.f)
-        dst = out_f.create_dataset("skipped", data=np.array(merged, dtype=object), dtype=h5py.string_dtype(encoding="utf-8"))
-        _copy_attrs(src0, dst)
+        copy_attrs(src0, write_strings(out_f, "skipped", merged))
     if attr_lists:
         union: list = []
         for lst in attr_lists:
@@ -304,8 +257,6 @@ def _merge_skipped(parts: list[_Part], out_f) -> None:
 
 def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Merge schema-v1 part caches into one cache at `out` (see the module docstring); returns `out`."""
-    import h5py
-
     paths = [Path(p) for p in parts]
     out = Path(out)
     if not paths:
@@ -327,7 +278,7 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
         out.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             tmp.unlink()
-        with h5py.File(tmp, "w") as f:
+        with open_file(tmp, "w") as f:
             for k, v in ref.f.attrs.items():
                 if k not in PART_ATTRS and k != "skipped":
                     f.attrs[k] = v
@@ -336,11 +287,9 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
             for name in ref.datasets:
                 if _is_merged(name):
                     continue
-                parent = name.rsplit("/", 1)[0] or "/"
-                dst_group = f.require_group(parent) if parent != "/" else f
-                ref.f.copy(ref.f[name], dst_group, name=name.rsplit("/", 1)[1])
-            for group_name in _groups(ref.f):
-                _copy_attrs(ref.f[group_name], f.require_group(group_name))
+                copy_dataset(ref.f, name, f)
+            for group_name in group_names(ref.f):
+                copy_attrs(ref.f[group_name], f.require_group(group_name))
             for split in ref.f["splits"]:
                 names = [n for n in ROW_DATASETS if n in ref.f["splits"][split] or any(n in p.f["splits"][split] for p in opened)]
                 _merge_axis(opened, f, split, names, "features", axis=0)
@@ -349,8 +298,6 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
                     if vnames:
                         _merge_axis(opened, f, split, vnames, "views", axis=1)
             _merge_skipped(opened, f)
-            from featbench.cache import scan_nonfinite
-
             f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))  # the parts' flags say nothing about the whole
         for p in opened:
             p.close()
@@ -362,21 +309,7 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
         if tmp.exists():
             tmp.unlink()
         raise
-    # the result must satisfy the same contract as any cache
-    from featbench.cache import Cache
-
-    Cache(out).close()
-    return out
-
-
-def _groups(f) -> list[str]:
-    out: list[str] = []
-
-    def visit(name, obj):
-        if not hasattr(obj, "dtype"):
-            out.append(name)
-
-    f.visititems(visit)
+    Cache(out).close()  # the result must satisfy the same contract as any cache
     return out
 
 

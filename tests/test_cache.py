@@ -171,7 +171,9 @@ def test_finalize_with_bad_rows_reads_the_partial_only(tmp_path, monkeypatch):
     def fail(*a, **kw):
         raise OSError("disk full")
 
-    monkeypatch.setattr(C, "_fsync", fail)
+    from featbench.cache import _compact  # fault injection: the step that makes the new file durable
+
+    monkeypatch.setattr(_compact, "_fsync", fail)
     with pytest.raises(OSError, match="disk full"):
         w.finalize(row_sets=ROW_SETS)
     w.close()

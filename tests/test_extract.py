@@ -299,13 +299,13 @@ def _kill_in_finalize_script(bad_root, out) -> str:
     return textwrap.dedent(f"""
         import os, signal, torch
         torch.set_num_threads(1)
-        from featbench import cache as C
+        from featbench.cache import _compact  # fault injection: the step that copies one dataset
         from featbench.extract import extract
-        real = C._compact_into
+        real = _compact._compact_into
         def killing(*a, **kw):
             real(*a, **kw)
             os.kill(os.getpid(), signal.SIGKILL)
-        C._compact_into = killing
+        _compact._compact_into = killing
         extract("caltech101", {str(bad_root)!r}, out={str(out)!r}, skip_bad_images=True, **{FAST!r})
     """)
 
@@ -313,7 +313,7 @@ def _kill_in_finalize_script(bad_root, out) -> str:
 @pytest.mark.parametrize("crash_at", ["copy", "rename", "kill-9"])
 def test_crash_in_finalize_with_bad_rows_keeps_the_partial_and_resumes(bad_root, bad_reference, tmp_path,
                                                                       monkeypatch, crash_at):
-    from featbench import cache as C
+    from featbench.cache import _compact  # fault injection: the step that copies one dataset
 
     out = tmp_path / "b.h5"
     tmp = out.with_name(out.name + ".tmp")
@@ -329,7 +329,7 @@ def test_crash_in_finalize_with_bad_rows_keeps_the_partial_and_resumes(bad_root,
             pass
 
         if crash_at == "copy":  # dies in the middle of writing the new file (after its first compacted dataset)
-            real = C._compact_into
+            real = _compact._compact_into
             calls = []
 
             def compact(*a, **kw):
@@ -339,7 +339,7 @@ def test_crash_in_finalize_with_bad_rows_keeps_the_partial_and_resumes(bad_root,
                     raise Crash
                 return real(*a, **kw)
 
-            monkeypatch.setattr(C, "_compact_into", compact)
+            monkeypatch.setattr(_compact, "_compact_into", compact)
         else:  # the new file is complete, the rename fails
             real_replace = os.replace
 
@@ -348,7 +348,7 @@ def test_crash_in_finalize_with_bad_rows_keeps_the_partial_and_resumes(bad_root,
                     raise Crash
                 return real_replace(src, dst)
 
-            monkeypatch.setattr(C.os, "replace", replace)
+            monkeypatch.setattr(os, "replace", replace)
         with pytest.raises(Crash):
             extract("caltech101", bad_root, out=out, skip_bad_images=True,
                     _after_block=lambda t, b: snapshots.append(_sha(partial_path(out))), **FAST)
