@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from featbench.datasets.base import CLASSNAME_STYLES
 from featbench.devices import check_device
+from featbench.encoders import DEFAULT_VIEW_SCALE
 from featbench.errors import FeatbenchError
 from featbench.prompts import check_template
 
@@ -22,7 +23,6 @@ STANDARD_SHOTS = (1, 2, 4, 8, 16)
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN_ROWS = ("all", "fewshot")
 DTYPES = ("float16", "float32")
-DEFAULT_VIEW_SCALE = (0.5, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------
