@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,12 @@ import numpy as np
 
 from featbench import cache as C
 from featbench.datasets import load_dataset
-from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
 from featbench.distributed import DistEnv, dist_env, run_sharded, shard_rows
 from featbench.encoders import Encoder, ViewTransform, load_rgb, model_label, sha256_json, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch
 from featbench.extract_spec import (  # noqa: F401  (the argument helpers keep their featbench.extract names)
-    DTYPES, STANDARD_SHOTS, TRAIN_ROWS, ExtractSpec, expand_view_shots, parse_view_scale, parse_view_scales,
+    DTYPES, STANDARD_SHOTS, TRAIN_ROWS, ExtractSpec, dataset_name, expand_view_shots, parse_view_scale,
+    parse_view_scales,
 )
 from featbench.fewshot import union_rows
 from featbench.prompts import read_classnames, read_templates
@@ -383,7 +382,7 @@ def load_request_dataset(spec: ExtractSpec):
         if len(spec.classnames) != len(ds.classnames):
             raise FeatbenchError(f"--classnames: {len(spec.classnames)} names for {len(ds.classnames)} classes")
         ds.classnames = list(spec.classnames)
-    ds.name = dataset_name(spec.dataset, spec.name)
+    ds.name = spec.cache_name
     return ds
 
 
@@ -639,26 +638,6 @@ class _Progress:
     def close(self) -> None:
         if self.enabled:
             self._p.stop()
-
-
-def dataset_name(dataset: str, name: str | None) -> str:
-    """The name a cache records: the catalog name, or for custom datasets (folder, csv) the required --name.
-
-    Two custom datasets encoded by one model would otherwise share a cache path and result rows.
-    """
-    canonical = resolve_name(dataset)
-    if dataset_info(canonical).group != "custom":
-        if name is not None and name != canonical:
-            raise FeatbenchError(f"--name only applies to custom datasets (folder, csv); {canonical} is always named {canonical}")
-        return canonical
-    if not name:
-        raise FeatbenchError(f"--dataset {canonical} needs --name NAME (e.g. --name my-birds) so its cache path and result "
-                             f"rows are distinct from other custom datasets'")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise FeatbenchError(f"--name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (it names the cache file)")
-    if name in list_datasets():
-        raise FeatbenchError(f"--name {name}: that is a catalog dataset's name; pick a name of your own")
-    return name
 
 
 def target_path(dataset: str, model: str, pretrained: str, cache_dir="cache", name: str | None = None) -> Path:

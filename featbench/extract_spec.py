@@ -9,11 +9,13 @@ Cheap to import: no torch, no h5py.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from featbench.datasets.base import CLASSNAME_STYLES
+from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
 from featbench.devices import check_device
 from featbench.encoders import DEFAULT_VIEW_SCALE
 from featbench.errors import FeatbenchError
@@ -73,6 +75,26 @@ def parse_view_scales(value) -> tuple[tuple[float, float], ...]:
     if len(scales) > len(VIEW_SET_NAMES):
         raise FeatbenchError(f"--view-scales: at most {len(VIEW_SET_NAMES)} view sets (got {len(scales)})")
     return scales
+
+
+def dataset_name(dataset: str, name: str | None) -> str:
+    """The name a cache records: the catalog name, or for custom datasets (folder, csv) the required --name.
+
+    Two custom datasets encoded by one model would otherwise share a cache path and result rows.
+    """
+    canonical = resolve_name(dataset)
+    if dataset_info(canonical).group != "custom":
+        if name is not None and name != canonical:
+            raise FeatbenchError(f"--name only applies to custom datasets (folder, csv); {canonical} is always named {canonical}")
+        return canonical
+    if not name:
+        raise FeatbenchError(f"--dataset {canonical} needs --name NAME (e.g. --name my-birds) so its cache path and result "
+                             f"rows are distinct from other custom datasets'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise FeatbenchError(f"--name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (it names the cache file)")
+    if name in list_datasets():
+        raise FeatbenchError(f"--name {name}: that is a catalog dataset's name; pick a name of your own")
+    return name
 
 
 def _int(value, flag: str) -> int:
@@ -137,6 +159,7 @@ class ExtractSpec:
     shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        dataset_name(self.dataset, self.name)  # --dataset known, --name given exactly when it must be
         self._set("splits", self._checked_splits())
         self._check_choice("train_rows", "--train-rows", TRAIN_ROWS, "all or fewshot")
         self._check_choice("dtype", "--dtype", DTYPES, "float16 or float32")
@@ -176,6 +199,11 @@ class ExtractSpec:
         return dataclasses.replace(self, **changes)
 
     # -- derived ---------------------------------------------------------------------------------------
+    @property
+    def cache_name(self) -> str:
+        """The dataset name the cache records and is filed under."""
+        return dataset_name(self.dataset, self.name)
+
     @property
     def feature_block(self) -> int:
         """Images per block of plain features (what one encoder batch holds)."""
@@ -234,5 +262,5 @@ class ExtractSpec:
         self._set("manifest", None if self.manifest is None else Path(self.manifest))
 
 
-__all__ = ["ExtractSpec", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
+__all__ = ["ExtractSpec", "dataset_name", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
            "SPLIT_NAMES", "TRAIN_ROWS", "DTYPES", "CLASSNAME_STYLES"]
