@@ -222,50 +222,51 @@ def run_sharded(
     rank_dev = rank_device(device, env.local_rank)
     if "progress" in kwargs and not env.is_main:
         kwargs["progress"] = False  # one progress bar (rank 0's), not one per rank
-    part = part_path(out, env.rank, env.world)
-    parts = [part_path(out, r, env.world) for r in range(env.world)]
     with ProcessGroup(env, rank_dev) as pg:
         if out.exists() and not overwrite:
             # the final cache is already there: nothing to shard; rank 0 applies extract's own rules to it
             # (up to date, or refused with its message) while the other ranks wait
-            error = None
-            if env.is_main:
-                try:
-                    extract_fn(out=out, device=rank_dev, overwrite=False, **kwargs)
-                except BaseException as err:
-                    error = err
-            if not pg.all_ok(error is None):
-                if error is not None:
-                    raise error
-                raise FeatbenchError(f"rank 0 could not use the existing cache {out}; see its message")
+            error = _attempt(lambda: extract_fn(out=out, device=rank_dev, overwrite=False, **kwargs)) if env.is_main else None
+            _agree(pg, error, f"rank 0 could not use the existing cache {out}; see its message")
             return out
-        error: BaseException | None = None
-        try:
-            extract_fn(out=part, shard=(env.rank, env.world), device=rank_dev, overwrite=overwrite, **kwargs)
-        except BaseException as err:  # report after the collective, so other ranks do not hang
-            error = err
-        if not pg.all_ok(error is None):
-            if error is not None:
-                raise error
-            raise FeatbenchError(f"another rank failed during distributed extraction; rank {env.rank}'s part {part} is "
-                                 "kept; run the same torchrun command again to resume")
-        if env.is_main:
-            try:
-                missing = [p for p in parts if not p.exists()]
-                if missing:
-                    raise FeatbenchError(f"rank 0 cannot see the part {missing[0]} written by another rank; with several nodes "
-                                         "--out/--cache-dir must be on a filesystem every node shares")
-                merge_parts(parts, out, overwrite=True)
-                for p in parts:
-                    p.unlink(missing_ok=True)
-            except BaseException as err:
-                error = err
-        if not pg.all_ok(error is None):
-            if error is not None:
-                raise error
-            raise FeatbenchError(f"rank 0 failed to merge the parts into {out}; the parts are kept "
-                                 f"(merge by hand: featbench merge {out}.part-*-of-{env.world}.h5 --out {out})")
+        part = part_path(out, env.rank, env.world)
+        error = _attempt(lambda: extract_fn(out=part, shard=(env.rank, env.world), device=rank_dev, overwrite=overwrite,
+                                            **kwargs))
+        _agree(pg, error, f"another rank failed during distributed extraction; rank {env.rank}'s part {part} is "
+                          "kept; run the same torchrun command again to resume")
+        error = _attempt(lambda: _merge_and_remove_parts(out, env.world)) if env.is_main else None
+        _agree(pg, error, f"rank 0 failed to merge the parts into {out}; the parts are kept "
+                          f"(merge by hand: featbench merge {out}.part-*-of-{env.world}.h5 --out {out})")
     return out
+
+
+def _attempt(step: Callable[[], object]) -> BaseException | None:
+    """Run one rank's step and keep its error, to report after the collective (so other ranks do not hang)."""
+    try:
+        step()
+    except BaseException as err:
+        return err
+    return None
+
+
+def _agree(pg: ProcessGroup, error: BaseException | None, elsewhere: str) -> None:
+    """Every rank stops when any rank failed: with its own error, or `elsewhere` on the ranks that did not fail."""
+    if not pg.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise FeatbenchError(elsewhere)
+
+
+def _merge_and_remove_parts(out: Path, world: int) -> None:
+    """Rank 0: merge every rank's part into `out`, then delete the parts."""
+    parts = [part_path(out, r, world) for r in range(world)]
+    missing = [p for p in parts if not p.exists()]
+    if missing:
+        raise FeatbenchError(f"rank 0 cannot see the part {missing[0]} written by another rank; with several nodes "
+                             "--out/--cache-dir must be on a filesystem every node shares")
+    merge_parts(parts, out, overwrite=True)
+    for p in parts:
+        p.unlink(missing_ok=True)
 
 
 __all__ = ["DistEnv", "dist_env", "shard_rows", "shard_bounds", "rank_device", "backend_for", "ProcessGroup",

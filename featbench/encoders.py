@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from featbench.devices import check_device, resolve_device
 from featbench.errors import FeatbenchError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -334,43 +335,47 @@ def _tokenizer(name: str):
 # ----------------------------------------------------------------------------------------------------
 # the encoder
 # ----------------------------------------------------------------------------------------------------
-def resolve_device(device: str) -> str:
+def encoder_device(device: str | None) -> str:
+    """The device an Encoder runs on, as a string: the spellings and availability rules of featbench.devices,
+    plus a check that cuda:N names a GPU of this machine (before any weights are loaded)."""
     import torch
 
-    d = str(device or "auto").lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise FeatbenchError(f"--device {d}: no CUDA device is available here; use --device cpu or auto")
-        if ":" in d:
-            try:
-                index = int(d.split(":", 1)[1])
-            except ValueError:
-                raise FeatbenchError(f"--device {device}: expected cuda or cuda:N (e.g. cuda:1)") from None
-            count = torch.cuda.device_count()
-            if not 0 <= index < count:
-                raise FeatbenchError(f"--device {d}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
-        return d
-    if d in ("cpu", "mps"):
-        return d
-    raise FeatbenchError(f"--device {device}: expected auto, cpu or cuda")
+    dev = resolve_device(check_device(device or "auto"))
+    if dev.type == "cuda" and dev.index is not None:
+        count = torch.cuda.device_count()
+        if not 0 <= dev.index < count:
+            raise FeatbenchError(f"--device {dev}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    return str(dev)
 
 
 class Encoder:
     """An open_clip model in eval mode plus everything needed to reproduce its features."""
 
     def __init__(self, model: str = "RN50", pretrained: str = "openai", device: str = "auto", *, view_scale=DEFAULT_VIEW_SCALE, view_seed: int = 0):
-        import open_clip
         import torch
 
         self.name, self.config_sha256 = resolve_model(model)
         self.weights = resolve_weights(self.name, pretrained)
-        self.device = resolve_device(device)
-        tag_cfg = self.weights.tag_cfg
+        self.device = encoder_device(device)
+        net = self._create_network(pretrained)
+        self.model = net.to(self.device)
+        self.amp = self.device.startswith("cuda")
+        self._read_preprocessing(net)
+        self.view_transform = ViewTransform(self.image_size, self.mean, self.std, scale=view_scale, base_seed=view_seed)
+        self.tokenizer = _tokenizer(self.name)
+        self.logit_scale = float(net.logit_scale.exp().item())
+        with torch.no_grad():
+            probe = self.model.encode_image(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
+        self.embed_dim = int(probe.shape[-1])
+
+    def _create_network(self, pretrained: str):
+        """The open_clip model, initialised from a fixed seed, with the resolved weights loaded, frozen."""
+        import open_clip
+        import torch
         from open_clip.transform import PreprocessCfg
         from dataclasses import asdict
 
+        tag_cfg = self.weights.tag_cfg
         pp_keys = set(asdict(PreprocessCfg()).keys())
         force_pp = {k: v for k, v in tag_cfg.items() if k in pp_keys}
         with quiet_root_logger(), torch.random.fork_rng(devices=[]):
@@ -391,9 +396,11 @@ class Encoder:
                     f"--pretrained {pretrained}: could not load {self.weights.path} into {self.name} ({msg}); "
                     "check that the checkpoint matches --model"
                 ) from None
-        net.eval().requires_grad_(False)
-        self.model = net.to(self.device)
-        self.amp = self.device.startswith("cuda")
+        return net.eval().requires_grad_(False)
+
+    def _read_preprocessing(self, net) -> None:
+        """Image size, normalisation and resizing from the model's preprocess config; the test transform."""
+        import open_clip
         from open_clip.model import get_model_preprocess_cfg
 
         cfg = dict(get_model_preprocess_cfg(net))
@@ -408,12 +415,6 @@ class Encoder:
             self.image_size, is_train=False, mean=self.mean, std=self.std,
             resize_mode=self.resize_mode, interpolation=self.interpolation, fill_color=self.fill_color,
         )
-        self.view_transform = ViewTransform(self.image_size, self.mean, self.std, scale=view_scale, base_seed=view_seed)
-        self.tokenizer = _tokenizer(self.name)
-        self.logit_scale = float(net.logit_scale.exp().item())
-        with torch.no_grad():
-            probe = self.model.encode_image(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
-        self.embed_dim = int(probe.shape[-1])
 
     # -- identity ------------------------------------------------------------------------------------
     @property

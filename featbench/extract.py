@@ -9,74 +9,32 @@ subset of rows (`shard_rows`) and merge the parts by row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from featbench.errors import FeatbenchError
+import numpy as np
 
-STANDARD_SHOTS = (1, 2, 4, 8, 16)
-TRAIN_ROWS = ("all", "fewshot")
-DTYPES = ("float16", "float32")
-
-
-# ----------------------------------------------------------------------------------------------------
-# argument helpers (shared with the CLI)
-# ----------------------------------------------------------------------------------------------------
-def expand_view_shots(shots: int | Sequence[int]) -> tuple[int, ...]:
-    """A single K means every standard shot count <= K plus K itself; a list is taken as given."""
-    if isinstance(shots, int):
-        shots = [shots]
-    shots = [int(s) for s in shots]
-    if any(s < 1 for s in shots):
-        raise FeatbenchError(f"--view-shots must be positive integers, got {shots}")
-    if len(shots) == 1:
-        k = shots[0]
-        return tuple(sorted({s for s in STANDARD_SHOTS if s <= k} | {k}))
-    return tuple(sorted(set(shots)))
-
-
-def parse_view_scale(value) -> tuple[float, float]:
-    """'0.5,1' -> (0.5, 1.0), validated (0 < lo <= hi <= 1)."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-    else:
-        parts = list(value)
-    try:
-        lo, hi = (float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise FeatbenchError(f"--view-scale expects two numbers like 0.5,1 (min and max crop area fraction); got {value!r}") from None
-    if not (0 < lo <= hi <= 1):
-        raise FeatbenchError(f"--view-scale {lo},{hi}: need 0 < min <= max <= 1")
-    return lo, hi
-
-
-def parse_view_scales(value) -> tuple[tuple[float, float], ...]:
-    """'0.5,1:0.08,1' (or a list of pairs) -> ((0.5, 1.0), (0.08, 1.0)): one view set per crop scale, in order;
-    the first is stored as /splits/train/views, the others as views_2, views_3, views_4."""
-    from featbench.cache import VIEW_SET_NAMES
-
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(":") if p]
-    else:
-        parts = list(value)
-    scales = tuple(parse_view_scale(p) for p in parts)
-    if not scales:
-        raise FeatbenchError(f"--view-scales expects crop scales like 0.5,1:0.08,1; got {value!r}")
-    if len(set(scales)) != len(scales):
-        raise FeatbenchError(f"--view-scales {value!r}: each scale once")
-    if len(scales) > len(VIEW_SET_NAMES):
-        raise FeatbenchError(f"--view-scales: at most {len(VIEW_SET_NAMES)} view sets (got {len(scales)})")
-    return scales
+from featbench import cache as C
+from featbench.datasets import load_dataset
+from featbench.distributed import DistEnv, dist_env, run_sharded, shard_rows
+from featbench.encoders import Encoder, ViewTransform, load_rgb, model_label, sha256_json, weights_label
+from featbench.errors import FeatbenchError, FingerprintMismatch
+from featbench.extract_spec import (  # noqa: F401  (the argument helpers keep their featbench.extract names)
+    DTYPES, STANDARD_SHOTS, TRAIN_ROWS, ExtractSpec, dataset_name, expand_view_shots, parse_view_scale,
+    parse_view_scales,
+)
+from featbench.fewshot import union_rows
+from featbench.prompts import read_classnames, read_templates
+from featbench.texttower import cache_record
 
 
 def apply_shard(plan: "Plan", rank: int, world: int, feat_block: int, view_block: int) -> "Plan":
     """Restrict a plan to rank's disjoint, non-padded share of every row list, cut on block boundaries so
     the rank forms exactly the batches a single process forms (same numbers, bit for bit)."""
-    from featbench.distributed import shard_rows
-
     plan.feature_rows = {s: [int(r) for r in shard_rows(plan.feature_row_list(s), rank, world, feat_block)] for s in plan.splits}
     plan.view_rows = [int(r) for r in shard_rows(plan.view_rows, rank, world, view_block)]
     return plan
@@ -105,8 +63,6 @@ class Plan:
 
 
 def make_plan(ds, *, splits, views, view_shots, seeds, train_rows, all_views) -> Plan:
-    from featbench.fewshot import union_rows
-
     chosen: dict[str, list[tuple[str, int]]] = {}
     notes = []
     for s in splits:
@@ -189,8 +145,6 @@ def _lacks(old: dict, new: dict) -> list[str]:
 
 
 def _index_sha(plan: Plan) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for s in sorted(plan.splits):
         h.update(s.encode())
@@ -226,8 +180,6 @@ class _Blocks:
 
     def __getitem__(self, i):
         import torch
-
-        from featbench.encoders import load_rgb
 
         b = self.blocks[i]
         start, stop = self.task.bounds(b)
@@ -266,7 +218,7 @@ def _worker_init(_):
 
 
 # ----------------------------------------------------------------------------------------------------
-# extraction
+# extraction: spec -> request (plan, encoder, identity) -> up to date | resume or create -> encode -> finalise
 # ----------------------------------------------------------------------------------------------------
 def extract(
     dataset: str,
@@ -313,255 +265,346 @@ def extract(
     view_scales (e.g. "0.5,1:0.08,1"): one view set per crop scale (replaces view_scale): Tip-Adapter, GDA,
     LP++ and ProLIP use (0.5, 1), TaskRes, CLAP, CoOp and CLIP-Adapter Dassl's (0.08, 1).
     """
-    say = log or (print if progress else (lambda _m: None))
-    # -- validate arguments (cheap, before any heavy import) -----------------------------------------
-    splits = [s for s in splits]
-    bad_splits = [s for s in splits if s not in ("train", "val", "test")]
-    if bad_splits or not splits:
-        raise FeatbenchError(f"--splits: expected a comma list of train,val,test; got {','.join(splits) or 'nothing'}")
-    if train_rows not in TRAIN_ROWS:
-        raise FeatbenchError(f"--train-rows {train_rows}: expected all or fewshot")
-    if dtype not in DTYPES:
-        raise FeatbenchError(f"--dtype {dtype}: expected float16 or float32")
-    if int(views) < 0:
-        raise FeatbenchError(f"--views {views}: expected 0 (no views) or a positive number")
-    if int(batch_size) < 1:
-        raise FeatbenchError(f"--batch-size {batch_size}: expected a positive integer")
-    if int(workers) < 0:
-        raise FeatbenchError(f"--workers {workers}: expected 0 or more")
-    if classname_style not in ("clean", "raw"):
-        raise FeatbenchError(f"--classname-style {classname_style}: expected clean or raw")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise FeatbenchError("--seeds is empty; give comma-separated integers like 1,2,3")
-    view_shots = expand_view_shots(view_shots)
-    scales = parse_view_scales(view_scales) if view_scales is not None else (parse_view_scale(view_scale),)
-    view_scale = scales[0]
+    spec = ExtractSpec.from_kwargs(
+        dataset, root, model=model, pretrained=pretrained, splits=splits, views=views, view_shots=view_shots,
+        seeds=seeds, train_rows=train_rows, all_views=all_views, batch_size=batch_size, workers=workers,
+        device=device, dtype=dtype, cache_dir=cache_dir, out=out, overwrite=overwrite,
+        skip_bad_images=skip_bad_images, manifest=manifest, classname_style=classname_style,
+        view_scale=view_scale, view_scales=view_scales, pre_projection=pre_projection, templates=templates,
+        classnames=classnames, progress=progress, view_seed=view_seed, name=name, shard=shard,
+    )
+    return run_extract(spec, log=log, after_block=_after_block)
 
-    from featbench.datasets import load_dataset
-    from featbench.prompts import check_template, read_classnames, read_templates
 
-    if templates is not None:
-        templates = (read_templates(templates) if isinstance(templates, (str, Path))
-                     else [check_template(t, "--templates") for t in templates])
-    ds = load_dataset(dataset, root, manifest=manifest, classname_style=classname_style, templates=templates)
-    if classnames is not None:
-        if isinstance(classnames, (str, Path)):
-            ds.classnames = read_classnames(classnames, ds.classnames, getattr(ds, "class_ids", None) or [])
-        elif len(classnames) != len(ds.classnames):
-            raise FeatbenchError(f"--classnames: {len(classnames)} names for {len(ds.classnames)} classes")
-        else:
-            ds.classnames = [str(c) for c in classnames]
-    ds.name = dataset_name(dataset, name)
-    plan = make_plan(ds, splits=splits, views=int(views), view_shots=view_shots, seeds=seeds,
-                     train_rows=train_rows, all_views=all_views)
+def run_extract(spec: ExtractSpec, *, log: Callable[[str], None] | None = None,
+                after_block: Callable[[str, int], None] | None = None) -> Path:
+    """Carry out one extraction (see `extract`). `after_block(task, block)` runs after every block written
+    (tests use it to kill a run part-way)."""
+    say = log or (print if spec.progress else (lambda _m: None))
+    request = prepare(spec, say)
+    if request.target.exists() and not spec.overwrite:
+        return _reuse(request, say)
+    writer = _open_partial(request, say)
+    return _encode_and_finalise(request, writer, after_block, say)
+
+
+def run_extract_sharded(spec: ExtractSpec, *, log: Callable[[str], None] | None = None, env: DistEnv | None = None) -> Path:
+    """`run_extract` under torchrun: every rank encodes its shard of `spec` into a part file and rank 0 merges
+    them (`featbench.distributed.run_sharded`); outside torchrun just `run_extract(spec)`."""
+    env = env or dist_env()
+    if not env.distributed:
+        return run_extract(spec, log=log)
+
+    def one(**changes) -> Path:  # the rank's part file, shard, device and progress bar
+        return run_extract(spec.replace(**changes), log=log)
+
+    final = spec.out or target_path(spec.dataset, spec.model, spec.pretrained, spec.cache_dir, name=spec.name)
+    return run_sharded(one, final, device=spec.device, overwrite=spec.overwrite, env=env, progress=spec.progress)
+
+
+@dataclass
+class Request:
+    """A spec resolved against its dataset and encoder: the rows to encode, the identity of the work
+    (encoder fingerprint + extraction job) and the cache it goes to."""
+
+    spec: ExtractSpec
+    ds: Any
+    plan: Plan
+    enc: Any
+    view_sets: list  # (name, crop scale, transform): /splits/train/views first, then views_2, ...
+    preprocess: dict
+    fingerprint: str
+    job: dict
+    target: Path
+
+    def index_sha_for(self, splits: list[str]) -> str:
+        """The index digest an older cache extracted with `splits` recorded."""
+        return _index_sha(_restrict(self.plan, self.ds, splits))
+
+    def served_by(self, path: Path) -> dict:
+        """The job of the finished cache at `path`, when that cache can serve this request; otherwise
+        FingerprintMismatch (or FeatbenchError for a file that is no cache) saying why and what to pass."""
+        fp, old_job = C.read_identity(path)
+        if fp is None:
+            raise FeatbenchError(f"{path} exists but is not a readable featbench cache; pass --overwrite to rebuild it or --out another file")
+        if fp != self.fingerprint:
+            raise FingerprintMismatch(
+                f"{path} was built with a different encoder/preprocessing (fingerprint {fp[:12]} vs {self.fingerprint[:12]}); "
+                "pass --overwrite to rebuild it or --out another file"
+            )
+        diff = unserved(old_job, self.job, self.index_sha_for)
+        if diff:
+            raise FingerprintMismatch(
+                f"{path} was extracted with arguments that cannot serve this request ({'; '.join(diff)}); "
+                "pass --overwrite to rebuild it or --out another file"
+            )
+        self._check_shard(path)
+        return old_job
+
+    def _check_shard(self, path: Path) -> None:
+        label = self.spec.shard_label
+        if label is None:
+            return
+        with C.Cache(path) as done:
+            old_shard = done.attrs.get("shard")
+        if old_shard != label:
+            raise FingerprintMismatch(
+                f"{path} is the part of shard {old_shard or 'none'}, not {label}; rerun with its original "
+                "torchrun world size and --batch-size, or pass --overwrite to rebuild it"
+            )
+
+
+# -- the request: plan, encoder, identity -------------------------------------------------------------
+def prepare(spec: ExtractSpec, say: Callable[[str], None]) -> Request:
+    """Load the dataset index and the encoder, plan the rows and compute what identifies the work."""
+    ds = load_request_dataset(spec)
+    plan = plan_rows(spec, ds, say)
+    enc, view_sets = load_encoder(spec)
+    preprocess = _preprocess(spec, ds, enc)
+    fingerprint = C.compute_fingerprint(enc.name, enc.pretrained_label, preprocess, enc.checkpoint_sha256)
+    if spec.pre_projection and not enc.supports_pre_projection():
+        raise FeatbenchError(f"--pre-projection: not supported for {enc.name} (only open_clip ViT and ModifiedResNet image towers)")
+    target = spec.out or C.default_cache_path(spec.cache_dir, enc.name, enc.pretrained_label, ds.name)
+    return Request(spec=spec, ds=ds, plan=plan, enc=enc, view_sets=view_sets, preprocess=preprocess,
+                   fingerprint=fingerprint, job=_job(spec, ds, plan), target=Path(target))
+
+
+def load_request_dataset(spec: ExtractSpec):
+    """The dataset index with the spec's templates, class names and cache name applied."""
+    templates = spec.templates
+    if isinstance(templates, (str, Path)):
+        templates = read_templates(templates)
+    ds = load_dataset(spec.dataset, spec.root, manifest=spec.manifest, classname_style=spec.classname_style,
+                      templates=None if templates is None else list(templates))
+    if isinstance(spec.classnames, (str, Path)):
+        ds.classnames = read_classnames(spec.classnames, ds.classnames, getattr(ds, "class_ids", None) or [])
+    elif spec.classnames is not None:
+        if len(spec.classnames) != len(ds.classnames):
+            raise FeatbenchError(f"--classnames: {len(spec.classnames)} names for {len(ds.classnames)} classes")
+        ds.classnames = list(spec.classnames)
+    ds.name = spec.cache_name
+    return ds
+
+
+def plan_rows(spec: ExtractSpec, ds, say: Callable[[str], None]) -> Plan:
+    """Which rows of which splits get plain features and views (a torchrun rank: only its share)."""
+    plan = make_plan(ds, splits=list(spec.splits), views=spec.views, view_shots=spec.view_shots,
+                     seeds=list(spec.seeds), train_rows=spec.train_rows, all_views=spec.all_views)
     for n in plan.notes:
         say(f"note: {n}")
-    feat_block = int(batch_size)
-    view_block = max(1, int(batch_size) // max(plan.views, 1))
-    shard_label = None
-    if shard is not None:
-        plan = apply_shard(plan, int(shard[0]), int(shard[1]), feat_block, view_block)
-        # a shard's rows depend on the batch size (shards are cut on block boundaries): part of its identity
-        shard_label = f"{int(shard[0])}/{int(shard[1])} batch {int(batch_size)}"
+    if spec.shard is not None:
+        plan = apply_shard(plan, spec.shard[0], spec.shard[1], spec.feature_block, spec.view_block(plan.views))
+    return plan
 
-    import numpy as np
 
-    from featbench import cache as C
-    from featbench.encoders import Encoder, ViewTransform, sha256_json
-
-    enc = Encoder(model, pretrained, device, view_scale=view_scale, view_seed=view_seed)
-    # one view set per crop scale; the first is the encoder's (and /splits/train/views, as before view sets)
-    view_sets = [(C.VIEW_SET_NAMES[0], view_scale, enc.view_transform)]
+def load_encoder(spec: ExtractSpec):
+    """The encoder and one view set per crop scale; the first is the encoder's own view transform."""
+    scales = spec.view_scales
+    enc = Encoder(spec.model, spec.pretrained, spec.device, view_scale=scales[0], view_seed=spec.view_seed)
+    view_sets = [(C.VIEW_SET_NAMES[0], scales[0], enc.view_transform)]
     for i, sc in enumerate(scales[1:], start=1):
-        vt = ViewTransform(enc.image_size, enc.mean, enc.std, scale=sc, base_seed=int(view_seed) + 7919 * i)
+        vt = ViewTransform(enc.image_size, enc.mean, enc.std, scale=sc, base_seed=spec.view_seed + 7919 * i)
         view_sets.append((C.VIEW_SET_NAMES[i], sc, vt))
+    return enc, view_sets
+
+
+def _preprocess(spec: ExtractSpec, ds, enc) -> dict:
+    """What the fingerprint covers besides the weights: image preprocessing and the text side."""
     preprocess = {
         **enc.preprocess_info(),
-        "classname_style": classname_style,
+        "classname_style": spec.classname_style,
         "templates_sha256": sha256_json(list(ds.templates)),
     }
-    if classnames is not None:  # user class names: another text side, another fingerprint
+    if spec.classnames is not None:  # user class names: another text side, another fingerprint
         preprocess["classnames_sha256"] = sha256_json(list(ds.classnames))
-    if len(scales) > 1:  # single-scale caches keep their fingerprint and job identity
-        preprocess["view_scales"] = [list(sc) for sc in scales]
-    fingerprint = C.compute_fingerprint(enc.name, enc.pretrained_label, preprocess, enc.checkpoint_sha256)
-    if pre_projection and not enc.supports_pre_projection():
-        raise FeatbenchError(f"--pre-projection: not supported for {enc.name} (only open_clip ViT and ModifiedResNet image towers)")
+    if len(spec.view_scales) > 1:  # single-scale caches keep their fingerprint and job identity
+        preprocess["view_scales"] = [list(sc) for sc in spec.view_scales]
+    return preprocess
+
+
+def _job(spec: ExtractSpec, ds, plan: Plan) -> dict:
+    """The extraction job recorded in the cache: what `unserved` compares a later request against."""
     job = {
         "dataset": ds.name,
         "splits": sorted(plan.splits),
         "index_sha256": _index_sha(plan),
         "classnames_sha256": sha256_json(list(ds.classnames)),
         "views": plan.views,
-        "view_shots": list(view_shots),
-        "seeds": seeds,
-        "train_rows": train_rows,
-        "all_views": bool(all_views),
-        "dtype": dtype,
-        "pre_projection": bool(pre_projection),
+        "view_shots": list(spec.view_shots),
+        "seeds": list(spec.seeds),
+        "train_rows": spec.train_rows,
+        "all_views": spec.all_views,
+        "dtype": spec.dtype,
+        "pre_projection": spec.pre_projection,
     }
     if getattr(ds.info, "border_crop", 0):
         job["border_crop"] = int(ds.info.border_crop)
-    if len(scales) > 1:
-        job["view_scales"] = [list(sc) for sc in scales]
-    target = Path(out) if out else C.default_cache_path(cache_dir, enc.name, enc.pretrained_label, ds.name)
+    if len(spec.view_scales) > 1:
+        job["view_scales"] = [list(sc) for sc in spec.view_scales]
+    return job
 
-    # -- an existing final cache -----------------------------------------------------------------------
-    if target.exists() and not overwrite:
-        fp, old_job = C.read_identity(target)
-        if fp is None:
-            raise FeatbenchError(f"{target} exists but is not a readable featbench cache; pass --overwrite to rebuild it or --out another file")
-        if fp != fingerprint:
-            raise C.FingerprintMismatch(
-                f"{target} was built with a different encoder/preprocessing (fingerprint {fp[:12]} vs {fingerprint[:12]}); "
-                "pass --overwrite to rebuild it or --out another file"
-            )
-        diff = unserved(old_job, job, lambda splits: _index_sha(_restrict(plan, ds, splits)))
-        if diff:
-            raise C.FingerprintMismatch(
-                f"{target} was extracted with arguments that cannot serve this request ({'; '.join(diff)}); "
-                "pass --overwrite to rebuild it or --out another file"
-            )
-        if shard_label is not None:
-            with C.Cache(target) as done:
-                old_shard = done.attrs.get("shard")
-            if old_shard != shard_label:
-                raise C.FingerprintMismatch(
-                    f"{target} is the part of shard {old_shard or 'none'}, not {shard_label}; rerun with its original "
-                    "torchrun world size and --batch-size, or pass --overwrite to rebuild it"
-                )
-        C.remove_stale_partial(target, fingerprint, old_job)  # killed after the rename, before the partial went
-        say(f"up to date: {target}" if old_job == json.loads(json.dumps(job)) else
-            f"up to date: {target} (its extraction covers this request)")
-        return target
 
-    # -- the partial file: resume or create ------------------------------------------------------------
-    writer = C.CacheWriter(target, fingerprint=fingerprint, job=job, shard=shard_label)
-    resumed = writer.try_resume(overwrite=overwrite)
-    dt = np.float16 if dtype == "float16" else np.float32
-    d = enc.embed_dim
-    if not resumed:
-        text, text_pre = enc.encode_text(ds.classnames, ds.templates, pre_projection=pre_projection)
-        arrays, extra, tasks = {}, {}, []
-        split_meta = {}
-        pre_dim = None
-        if pre_projection:
-            w, b = enc.image_projection()
-            pre_dim = int(w.shape[0])
-            extra["/model/image_projection"] = w
-            if b is not None:
-                extra["/model/image_projection_bias"] = b
-            tp = enc.text_projection()
-            if tp is not None and text_pre is not None:
-                extra["/model/text_projection"] = tp
-        for s, items in plan.splits.items():
-            rows = plan.feature_rows[s]
-            split_meta[s] = {"paths": [p for p, _ in items], "labels": [y for _, y in items], "rows": rows}
-            m = plan.n_features(s)
-            targets = [f"/splits/{s}/features"]
-            arrays[targets[0]] = ((m, d), dt)
-            if pre_projection:
-                targets.append(f"/splits/{s}/features_pre")
-                arrays[targets[1]] = ((m, pre_dim), dt)
-            tasks.append(C.BlockTask(name=f"{s}/features", n=m, block=feat_block, targets=tuple(targets)))
-        if plan.views and (plan.view_rows or shard is None):
-            k = len(plan.view_rows)
-            extra["/splits/train/view_rows"] = np.asarray(plan.view_rows, dtype=np.int64)
-            for vname, _, _ in view_sets:
-                targets = [f"/splits/train/{vname}"]
-                arrays[targets[0]] = ((plan.views, k, d), dt)
-                if pre_projection:
-                    targets.append(f"/splits/train/{vname}_pre")
-                    arrays[targets[1]] = ((plan.views, k, pre_dim), dt)
-                tasks.append(C.BlockTask(name=f"train/{vname}", n=k, block=view_block, targets=tuple(targets), axis=1))
-        from featbench.texttower import cache_record
+# -- an existing final cache ----------------------------------------------------------------------------
+def _reuse(request: Request, say: Callable[[str], None]) -> Path:
+    """Return the existing cache when it serves the request (else the refusal from `Request.served_by`)."""
+    target = request.target
+    old_job = request.served_by(target)
+    C.remove_stale_partial(target, request.fingerprint, old_job)  # killed after the rename, before the partial went
+    say(f"up to date: {target}" if old_job == json.loads(json.dumps(request.job)) else
+        f"up to date: {target} (its extraction covers this request)")
+    return target
 
-        tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
-        extra.update(tower_arrays)
-        attrs = C.base_attrs(
-            model=enc.name, pretrained=enc.pretrained_label, dataset=ds.name, embed_dim=d,
-            logit_scale=enc.logit_scale, fingerprint=fingerprint, preprocess=preprocess,
-            checkpoint_sha256=enc.checkpoint_sha256 or "", **({"text_tower": tower} if tower else {}),
-        )
-        attrs.pop("created", None)
-        if ds.class_map is not None:  # ObjectNet: per class, the ImageNet class names it stands for
-            attrs["class_map"] = json.dumps(ds.class_map)
-        writer.create(
-            attrs=attrs, classnames=ds.classnames, splits=split_meta, text_features=text,
-            templates=ds.templates, text_features_pre=text_pre if pre_projection else None,
-            arrays=arrays, extra=extra, tasks=tasks, dtype=dtype,
-        )
-        for vname, sc, _ in view_sets:  # each view set records its crop scale
-            for suffix in ("", "_pre"):
-                writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
-    else:
+
+# -- the partial file: resume or create -------------------------------------------------------------------
+def _open_partial(request: Request, say: Callable[[str], None]):
+    """A writer on `<target>.partial`: the same job's partial resumed, or a new one laid out."""
+    spec = request.spec
+    writer = C.CacheWriter(request.target, fingerprint=request.fingerprint, job=request.job, shard=spec.shard_label)
+    if writer.try_resume(overwrite=spec.overwrite):
         say(f"resuming {writer.partial}")
+        return writer
+    enc, ds = request.enc, request.ds
+    text, text_pre = enc.encode_text(ds.classnames, ds.templates, pre_projection=spec.pre_projection)
+    arrays, extra, tasks, split_meta = _layout(request, text_pre)
+    tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
+    extra.update(tower_arrays)
+    writer.create(
+        attrs=_attrs(request, tower), classnames=ds.classnames, splits=split_meta, text_features=text,
+        templates=ds.templates, text_features_pre=text_pre if spec.pre_projection else None,
+        arrays=arrays, extra=extra, tasks=tasks, dtype=spec.dtype,
+    )
+    for vname, sc, _ in request.view_sets:  # each view set records its crop scale
+        for suffix in ("", "_pre"):
+            writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
+    return writer
 
-    # -- encode the pending blocks ----------------------------------------------------------------------
+
+def _layout(request: Request, text_pre) -> tuple[dict, dict, list, dict]:
+    """(arrays to preallocate, extra datasets, block tasks, split index) of a new partial file."""
+    spec, plan, d = request.spec, request.plan, request.enc.embed_dim
+    dt = np.float16 if spec.dtype == "float16" else np.float32
+    extra, pre_dim = _projections(request.enc, text_pre) if spec.pre_projection else ({}, None)
+    arrays, tasks, split_meta = {}, [], {}
+    for s, items in plan.splits.items():
+        split_meta[s] = {"paths": [p for p, _ in items], "labels": [y for _, y in items], "rows": plan.feature_rows[s]}
+        m = plan.n_features(s)
+        tasks.append(_task(arrays, f"{s}/features", f"/splits/{s}/features", (m,), d, pre_dim, dt, spec.feature_block))
+    if plan.views and (plan.view_rows or spec.shard is None):
+        k = len(plan.view_rows)
+        extra["/splits/train/view_rows"] = np.asarray(plan.view_rows, dtype=np.int64)
+        for vname, _, _ in request.view_sets:
+            tasks.append(_task(arrays, f"train/{vname}", f"/splits/train/{vname}", (plan.views, k), d, pre_dim, dt,
+                               spec.view_block(plan.views), axis=1))
+    return arrays, extra, tasks, split_meta
+
+
+def _projections(enc, text_pre) -> tuple[dict, int]:
+    """The final projections (stored with pre-projection features) and the pre-projection width."""
+    w, b = enc.image_projection()
+    extra = {"/model/image_projection": w}
+    if b is not None:
+        extra["/model/image_projection_bias"] = b
+    tp = enc.text_projection()
+    if tp is not None and text_pre is not None:
+        extra["/model/text_projection"] = tp
+    return extra, int(w.shape[0])
+
+
+def _task(arrays: dict, name: str, target: str, lead: tuple[int, ...], d: int, pre_dim: int | None, dt, block: int,
+          axis: int = 0):
+    """One block task over `target` (and `target`_pre with pre-projection features); adds their arrays."""
+    targets = [target]
+    arrays[target] = ((*lead, d), dt)
+    if pre_dim is not None:
+        targets.append(f"{target}_pre")
+        arrays[f"{target}_pre"] = ((*lead, pre_dim), dt)
+    return C.BlockTask(name=name, n=lead[axis], block=block, targets=tuple(targets), axis=axis)
+
+
+def _attrs(request: Request, tower: dict) -> dict:
+    """The cache's root attributes (no creation time: finalisation stamps it)."""
+    enc, ds = request.enc, request.ds
+    attrs = C.base_attrs(
+        model=enc.name, pretrained=enc.pretrained_label, dataset=ds.name, embed_dim=enc.embed_dim,
+        logit_scale=enc.logit_scale, fingerprint=request.fingerprint, preprocess=request.preprocess,
+        checkpoint_sha256=enc.checkpoint_sha256 or "", **({"text_tower": tower} if tower else {}),
+    )
+    attrs.pop("created", None)
+    if ds.class_map is not None:  # ObjectNet: per class, the ImageNet class names it stands for
+        attrs["class_map"] = json.dumps(ds.class_map)
+    return attrs
+
+
+# -- encode the pending blocks, then finalise --------------------------------------------------------------
+def _encode_and_finalise(request: Request, writer, after_block, say: Callable[[str], None]) -> Path:
+    """Encode every pending block, then compact and rename the partial into place."""
     try:
-        _run_tasks(writer, enc, ds, plan, workers=int(workers), skip_bad_images=skip_bad_images,
-                   pre_projection=pre_projection, progress=progress, after_block=_after_block,
-                   view_transforms={vname: vt for vname, _, vt in view_sets})
-        row_sets = {f"{s}/features": (f"/splits/{s}/rows", s) for s in plan.splits}
-        for vname, _, _ in view_sets:
+        _run_tasks(writer, request, after_block)
+        row_sets = {f"{s}/features": (f"/splits/{s}/rows", s) for s in request.plan.splits}
+        for vname, _, _ in request.view_sets:
             row_sets[f"train/{vname}"] = ("/splits/train/view_rows", "train")
         path, skipped = writer.finalize(row_sets=row_sets)
     finally:
         writer.close()
     if skipped:
         say(f"skipped {len(skipped)} unreadable image(s) (listed in /skipped of the cache), e.g. {skipped[0]}")
-    return path
+    return Path(path)
 
 
-def _run_tasks(writer, enc, ds, plan: Plan, *, workers, skip_bad_images, pre_projection, progress, after_block,
-               view_transforms=None):
-    from torch.utils.data import DataLoader
-
+def _block_jobs(writer, request: Request) -> list[tuple[str, list[str], int, Any]]:
+    """(task name, relative paths of its rows, views per row (0: plain features), view transform) per task."""
+    plan = request.plan
     jobs = []
     for s in plan.splits:
-        name = f"{s}/features"
-        rel = [plan.splits[s][r][0] for r in plan.feature_row_list(s)]
-        jobs.append((name, rel, 0, None))
-    for vname, vt in (view_transforms or {"views": enc.view_transform}).items():
+        jobs.append((f"{s}/features", [plan.splits[s][r][0] for r in plan.feature_row_list(s)], 0, None))
+    for vname, _, vt in request.view_sets:
         if f"train/{vname}" in writer.tasks:
-            rel = [plan.splits["train"][r][0] for r in plan.view_rows]
-            jobs.append((f"train/{vname}", rel, plan.views, vt))
+            jobs.append((f"train/{vname}", [plan.splits["train"][r][0] for r in plan.view_rows], plan.views, vt))
+    return jobs
+
+
+def _run_tasks(writer, request: Request, after_block) -> None:
+    jobs = _block_jobs(writer, request)
     pending = {name: writer.pending_blocks(name) for name, _, _, _ in jobs}
     total = 0
-    for name, rel, v, _ in jobs:
+    for name, _, v, _ in jobs:
         t = writer.tasks[name]
         total += sum(t.bounds(b)[1] - t.bounds(b)[0] for b in pending[name]) * max(v, 1)
-    bar = _Progress(total, enabled=progress)
+    bar = _Progress(total, enabled=request.spec.progress)
     try:
         for name, rel, v, vt in jobs:
-            task = writer.tasks[name]
-            blocks = pending[name]
-            if not blocks:
-                continue
-            bar.describe(name)
-            source = _Blocks(ds.root, rel, task, blocks, enc.test_transform, vt if v else None,
-                             views=v, image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0)
-            loader = DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
-                                worker_init_fn=_worker_init if workers else None,
-                                pin_memory=enc.device.startswith("cuda"), persistent_workers=False)
-            for b, x, bad in loader:
-                if bad and not skip_bad_images:
-                    pos, relpath, msg = bad[0]
-                    raise FeatbenchError(
-                        f"cannot read image {Path(ds.root) / relpath} ({msg}); fix or remove it, or pass --skip-bad-images"
-                    )
-                feats, pre = enc.encode_images(x, pre_projection=pre_projection)
-                data = [feats.cpu().numpy()] + ([pre.cpu().numpy()] if pre_projection else [])
-                if v:  # [n*V, D] (image-major) -> [V, n, D]
-                    data = [a.reshape(-1, v, a.shape[-1]).transpose(1, 0, 2) for a in data]
-                writer.write_block(name, b, data, bad=[p for p, _, _ in bad])
-                bar.advance(int(x.shape[0]))
-                if after_block is not None:
-                    after_block(name, b)
+            if pending[name]:
+                bar.describe(name)
+                _encode_task(writer, request, name, rel, pending[name], v, vt, bar, after_block)
     finally:
         bar.close()
 
+
+def _encode_task(writer, request: Request, name: str, rel: list[str], blocks: list[int], v: int, vt, bar,
+                 after_block) -> None:
+    """Load, encode and write the pending `blocks` of one task (images decoded in DataLoader workers)."""
+    from torch.utils.data import DataLoader
+
+    spec, enc, ds = request.spec, request.enc, request.ds
+    source = _Blocks(ds.root, rel, writer.tasks[name], blocks, enc.test_transform, vt if v else None,
+                     views=v, image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0)
+    loader = DataLoader(source, batch_size=None, shuffle=False, num_workers=spec.workers,
+                        worker_init_fn=_worker_init if spec.workers else None,
+                        pin_memory=enc.device.startswith("cuda"), persistent_workers=False)
+    for b, x, bad in loader:
+        if bad and not spec.skip_bad_images:
+            pos, relpath, msg = bad[0]
+            raise FeatbenchError(
+                f"cannot read image {Path(ds.root) / relpath} ({msg}); fix or remove it, or pass --skip-bad-images"
+            )
+        feats, pre = enc.encode_images(x, pre_projection=spec.pre_projection)
+        data = [feats.cpu().numpy()] + ([pre.cpu().numpy()] if spec.pre_projection else [])
+        if v:  # [n*V, D] (image-major) -> [V, n, D]
+            data = [a.reshape(-1, v, a.shape[-1]).transpose(1, 0, 2) for a in data]
+        writer.write_block(name, b, data, bad=[p for p, _, _ in bad])
+        bar.advance(int(x.shape[0]))
+        if after_block is not None:
+            after_block(name, b)
 
 class _Progress:
     """A rich progress bar with images/s, or nothing."""
@@ -597,33 +640,6 @@ class _Progress:
             self._p.stop()
 
 
-def dataset_name(dataset: str, name: str | None) -> str:
-    """The name a cache records: the catalog name, or for custom datasets (folder, csv) the required --name.
-
-    Two custom datasets encoded by one model would otherwise share a cache path and result rows.
-    """
-    import re
-
-    from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
-
-    canonical = resolve_name(dataset)
-    if dataset_info(canonical).group != "custom":
-        if name is not None and name != canonical:
-            raise FeatbenchError(f"--name only applies to custom datasets (folder, csv); {canonical} is always named {canonical}")
-        return canonical
-    if not name:
-        raise FeatbenchError(f"--dataset {canonical} needs --name NAME (e.g. --name my-birds) so its cache path and result "
-                             f"rows are distinct from other custom datasets'")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise FeatbenchError(f"--name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (it names the cache file)")
-    if name in list_datasets():
-        raise FeatbenchError(f"--name {name}: that is a catalog dataset's name; pick a name of your own")
-    return name
-
-
 def target_path(dataset: str, model: str, pretrained: str, cache_dir="cache", name: str | None = None) -> Path:
     """Where `extract` puts a cache by default, computed without loading the model (for torchrun ranks)."""
-    from featbench.cache import default_cache_path
-    from featbench.encoders import model_label, weights_label
-
-    return default_cache_path(cache_dir, model_label(model), weights_label(pretrained), dataset_name(dataset, name))
+    return C.default_cache_path(cache_dir, model_label(model), weights_label(pretrained), dataset_name(dataset, name))

@@ -244,7 +244,7 @@ class Recipe:
         return self.root
 
     def extract_options(self, *, test_only: bool = False) -> dict[str, Any]:
-        """Keyword arguments for featbench.extract.extract (views default to the recipe's shots/seeds)."""
+        """Keyword arguments for ExtractSpec.from_kwargs (views default to the recipe's shots/seeds)."""
         opts = dict(self.extract)
         if test_only:  # evaluation-only datasets (eval_on): just the test split, no views
             opts["splits"] = ["test"]
@@ -518,7 +518,7 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
             raise FeatbenchError(f"--only-fit: cache(s) not found: {', '.join(missing)}; run without --only-fit "
                                  "to extract them first")
     else:
-        from featbench.extract import extract
+        from featbench.extract import ExtractSpec, run_extract
 
         for ds in [*recipe.datasets, *recipe.eval_on]:
             ds_root = recipe.dataset_root(ds, root)
@@ -532,10 +532,10 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
                                      f"{recipe.path or 'the recipe'}")
             opts = recipe.extract_options(test_only=ds in recipe.eval_on)
             echo(f"extract {ds} ({recipe.model}/{recipe.pretrained}) from {ds_root}")
+            spec = ExtractSpec.from_kwargs(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
+                                           cache_dir=recipe.cache_dir, progress=progress, overwrite=overwrite, **opts)
             try:
-                caches[ds] = Path(extract(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
-                                          cache_dir=recipe.cache_dir, progress=progress, overwrite=overwrite,
-                                          log=echo, **opts))
+                caches[ds] = run_extract(spec, log=echo)
             except FingerprintMismatch as err:  # the message names extract's flags; say what run takes
                 raise FingerprintMismatch(str(err).replace("pass --overwrite to rebuild it or --out another file",
                                                            "rerun with `featbench run --overwrite` to rebuild it, "

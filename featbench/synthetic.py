@@ -13,9 +13,10 @@ import colorsys
 import csv
 import io
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -122,88 +123,135 @@ def make_dataset(
     info = dataset_info(layout)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    counts = dict(zip(SPLITS, (int(n) for n in per_split)))
-    names = [class_name(y) for y in range(n_classes)]
-
-    def image(y: int, i: int, split: str) -> Image.Image:
-        return class_image(y, i, size=size, seed=seed, split=split)
-
-    reader = info.reader
-    if reader == "split_json":
-        ddir = root / info.folder
-        image_dir = ddir / info.image_dir
-        sub = _SPLIT_SUBDIR.get(info.name, {})
-        split_json: dict[str, list] = {}
-        for split in info.splits:
-            entries = []
-            for i, y in _items(n_classes, counts[split]):
-                rel = f"{sub[split]}/{split}_{y:03d}_{i:04d}.jpg" if sub else f"{names[y]}/{split}_{i:04d}.jpg"
-                _save(image(y, i, split), image_dir / rel)
-                entries.append([rel, y, names[y]])
-            split_json[split] = entries
-        (ddir / info.split_file).write_text(json.dumps(split_json), encoding="utf-8")
-    elif reader == "fgvc":
-        ddir = root / info.folder
-        variants = [n.replace("_", " ") for n in names]  # FGVC variant names contain spaces
-        (ddir / info.classnames_file).parent.mkdir(parents=True, exist_ok=True)
-        (ddir / info.classnames_file).write_text("\n".join(variants) + "\n", encoding="utf-8")
-        next_id = 1000000
-        for split in info.splits:
-            lines = []
-            for i, y in _items(n_classes, counts[split]):
-                image_id = f"{next_id:07d}"
-                next_id += 1
-                _save(image(y, i, split), ddir / info.image_dir / f"{image_id}.jpg")
-                lines.append(f"{image_id} {variants[y]}")
-            (ddir / info.split_file.format(split=split)).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    elif reader == "wnid_folders":
-        ddir = root / info.folder
-        # ImageNet-A/-R hold a subset of ImageNet's classes (200 of 1000): here the odd ones of 2 x n_classes,
-        # drawn like those classes, so a head trained on a synthetic ImageNet of 2 x n_classes classes
-        # transfers to them (domain-generalisation runs on generated data)
-        sparse = info.name in ("imagenet_a", "imagenet_r")
-        listed = range(2 * n_classes) if sparse else range(n_classes)
-        present = [2 * y + 1 for y in range(n_classes)] if sparse else list(range(n_classes))
-        ddir.mkdir(parents=True, exist_ok=True)
-        (ddir / info.classnames_file).write_text(
-            "".join(f"{_wnid(k)} {class_name(k).replace('_', ' ')}\n" for k in listed), encoding="utf-8"
-        )
-        for split in info.splits:
-            sub = info.split_dirs.get(split, split)
-            split_dir = ddir / info.image_dir / sub
-            for i, y in _items(n_classes, counts[split]):
-                k = present[y]
-                _save(image(k, i, split), split_dir / _wnid(k) / f"{_wnid(k)}_{i:05d}.JPEG")
-            if sparse:
-                (split_dir / "README.txt").write_text("synthetic stand-in\n", encoding="utf-8")
-    elif reader == "int_folders":
-        ddir = root / info.folder
-        ddir.mkdir(parents=True, exist_ok=True)
-        (ddir / info.classnames_file).write_text(
-            "".join(f"{_wnid(y)} {names[y].replace('_', ' ')}\n" for y in range(n_classes)), encoding="utf-8"
-        )
-        for i, y in _items(n_classes, counts["test"]):
-            _save(image(y, i, "test"), ddir / info.image_dir / str(y) / f"{i:04d}.jpeg")
-    elif reader == "objectnet":
-        write_objectnet(root, n_classes=n_classes, per_class=counts["test"], size=size, seed=seed)
-    elif reader == "folder":
-        for split in SPLITS:
-            for i, y in _items(n_classes, counts[split]):
-                _save(image(y, i, split), root / split / names[y] / f"{i:04d}.jpg")
-    elif reader == "csv":
-        rows = []
-        for split in SPLITS:
-            for i, y in _items(n_classes, counts[split]):
-                rel = f"images/{names[y]}/{split}_{i:04d}.jpg"
-                _save(image(y, i, split), root / rel)
-                rows.append((rel, names[y], split))
-        with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(("path", "label", "split"))
-            writer.writerows(rows)
-    else:  # a catalog reader this generator does not know yet
-        raise ValueError(f"make_dataset cannot write layout {layout!r} (reader {reader!r})")
+    job = _Job(root=root, info=info, n_classes=n_classes, counts=dict(zip(SPLITS, (int(n) for n in per_split))),
+               names=[class_name(y) for y in range(n_classes)], size=size, seed=seed)
+    write = _WRITERS.get(info.reader)
+    if write is None:  # a catalog reader this generator does not know yet
+        raise ValueError(f"make_dataset cannot write layout {layout!r} (reader {info.reader!r})")
+    write(job)
     return root
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every layout writer needs: where, which catalog entry, how many images of which classes."""
+
+    root: Path
+    info: Any
+    n_classes: int
+    counts: dict[str, int]
+    names: list[str]
+    size: int
+    seed: int
+
+    def image(self, y: int, i: int, split: str) -> Image.Image:
+        return class_image(y, i, size=self.size, seed=self.seed, split=split)
+
+    def items(self, split: str):
+        return _items(self.n_classes, self.counts[split])
+
+
+def _write_split_json(job: _Job) -> None:
+    """CoOp's split_zhou_*.json layouts: images under image_dir, one JSON with every split's entries."""
+    info, names = job.info, job.names
+    ddir = job.root / info.folder
+    image_dir = ddir / info.image_dir
+    sub = _SPLIT_SUBDIR.get(info.name, {})
+    split_json: dict[str, list] = {}
+    for split in info.splits:
+        entries = []
+        for i, y in job.items(split):
+            rel = f"{sub[split]}/{split}_{y:03d}_{i:04d}.jpg" if sub else f"{names[y]}/{split}_{i:04d}.jpg"
+            _save(job.image(y, i, split), image_dir / rel)
+            entries.append([rel, y, names[y]])
+        split_json[split] = entries
+    (ddir / info.split_file).write_text(json.dumps(split_json), encoding="utf-8")
+
+
+def _write_fgvc(job: _Job) -> None:
+    """FGVCAircraft: numbered images, a variants file, one "<image id> <variant>" file per split."""
+    info = job.info
+    ddir = job.root / info.folder
+    variants = [n.replace("_", " ") for n in job.names]  # FGVC variant names contain spaces
+    (ddir / info.classnames_file).parent.mkdir(parents=True, exist_ok=True)
+    (ddir / info.classnames_file).write_text("\n".join(variants) + "\n", encoding="utf-8")
+    next_id = 1000000
+    for split in info.splits:
+        lines = []
+        for i, y in job.items(split):
+            image_id = f"{next_id:07d}"
+            next_id += 1
+            _save(job.image(y, i, split), ddir / info.image_dir / f"{image_id}.jpg")
+            lines.append(f"{image_id} {variants[y]}")
+        (ddir / info.split_file.format(split=split)).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_wnid_folders(job: _Job) -> None:
+    """ImageNet and its variants: one folder per wnid and a classnames.txt of "<wnid> <name>" lines.
+
+    ImageNet-A/-R hold a subset of ImageNet's classes (200 of 1000): here the odd ones of 2 x n_classes,
+    drawn like those classes, so a head trained on a synthetic ImageNet of 2 x n_classes classes transfers
+    to them (domain-generalisation runs on generated data).
+    """
+    info, n = job.info, job.n_classes
+    ddir = job.root / info.folder
+    sparse = info.name in ("imagenet_a", "imagenet_r")
+    listed = range(2 * n) if sparse else range(n)
+    present = [2 * y + 1 for y in range(n)] if sparse else list(range(n))
+    ddir.mkdir(parents=True, exist_ok=True)
+    (ddir / info.classnames_file).write_text(
+        "".join(f"{_wnid(k)} {class_name(k).replace('_', ' ')}\n" for k in listed), encoding="utf-8"
+    )
+    for split in info.splits:
+        split_dir = ddir / info.image_dir / info.split_dirs.get(split, split)
+        for i, y in job.items(split):
+            k = present[y]
+            _save(job.image(k, i, split), split_dir / _wnid(k) / f"{_wnid(k)}_{i:05d}.JPEG")
+        if sparse:
+            (split_dir / "README.txt").write_text("synthetic stand-in\n", encoding="utf-8")
+
+
+def _write_int_folders(job: _Job) -> None:
+    """ImageNet-V2: test images in numbered class folders, and a classnames.txt."""
+    info, names = job.info, job.names
+    ddir = job.root / info.folder
+    ddir.mkdir(parents=True, exist_ok=True)
+    (ddir / info.classnames_file).write_text(
+        "".join(f"{_wnid(y)} {names[y].replace('_', ' ')}\n" for y in range(job.n_classes)), encoding="utf-8"
+    )
+    for i, y in job.items("test"):
+        _save(job.image(y, i, "test"), ddir / info.image_dir / str(y) / f"{i:04d}.jpeg")
+
+
+def _write_objectnet(job: _Job) -> None:
+    write_objectnet(job.root, n_classes=job.n_classes, per_class=job.counts["test"], size=job.size, seed=job.seed)
+
+
+def _write_folder(job: _Job) -> None:
+    """A plain image folder: root/<split>/<class>/*.jpg."""
+    for split in SPLITS:
+        for i, y in job.items(split):
+            _save(job.image(y, i, split), job.root / split / job.names[y] / f"{i:04d}.jpg")
+
+
+def _write_csv(job: _Job) -> None:
+    """Images under root/images/<class>/ and a manifest.csv of (path, class name, split)."""
+    rows = []
+    for split in SPLITS:
+        for i, y in job.items(split):
+            rel = f"images/{job.names[y]}/{split}_{i:04d}.jpg"
+            _save(job.image(y, i, split), job.root / rel)
+            rows.append((rel, job.names[y], split))
+    with open(job.root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("path", "label", "split"))
+        writer.writerows(rows)
+
+
+_WRITERS = {
+    "split_json": _write_split_json, "fgvc": _write_fgvc, "wnid_folders": _write_wnid_folders,
+    "int_folders": _write_int_folders, "objectnet": _write_objectnet, "folder": _write_folder, "csv": _write_csv,
+}
 
 
 def objectnet_folder(j: int) -> str:

@@ -25,6 +25,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from featbench.devices import resolve_device
+from featbench.encoders import INIT_SEED, quiet_root_logger, resolve_weights
 from featbench.errors import FeatbenchError
 
 ATTR = "text_tower"
@@ -108,14 +110,8 @@ class TextTower:
         if self.device == device or (device.type == self.device.type and device.index is None):
             return self
         moved = copy.copy(self)
-        for name in ("token_embedding", "transformer", "ln_final"):
-            setattr(moved, name, copy.deepcopy(getattr(self, name)).to(device))
-        for name in ("positional_embedding", "attn_mask"):
-            t = getattr(self, name)
-            setattr(moved, name, None if t is None else t.detach().to(device))
-        tp = self.text_projection
-        moved.text_projection = (None if tp is None else copy.deepcopy(tp).to(device) if isinstance(tp, torch.nn.Module)
-                                 else tp.detach().to(device))
+        for name in ("token_embedding", "transformer", "ln_final", "positional_embedding", "attn_mask", "text_projection"):
+            setattr(moved, name, _copy_to(getattr(self, name), device))
         return moved
 
     # -- text -> tensors -------------------------------------------------------------------------------
@@ -146,6 +142,12 @@ class TextTower:
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         x = self.transformer(x, attn_mask=mask)
         x = x[torch.arange(x.shape[0], device=x.device), eot]  # ln_final is per token: pool first, same values
+        return self._project(x)
+
+    def _project(self, x):
+        """ln_final, then the text projection (a Linear module or a matrix), as CLIP.encode_text ends."""
+        import torch
+
         x = self.ln_final(x)
         tp = self.text_projection
         if tp is None:
@@ -184,17 +186,25 @@ class TextTower:
         mask_s = torch.cat([mask.new_zeros(length - p, p), mask[p:length, p:length]], dim=1)
         for block in self.transformer.resblocks:
             xp, xs = _shared_block(block, xp, xs, mask_p, mask_s)
-        x = xs[torch.arange(xs.shape[0], device=xs.device), eot - p]
-        x = self.ln_final(x)
-        tp = self.text_projection
-        if tp is None:
-            return x
-        return tp(x) if isinstance(tp, torch.nn.Module) else x @ tp
+        return self._project(xs[torch.arange(xs.shape[0], device=xs.device), eot - p])
 
     def encode_text(self, texts, cut: bool = True):
         """Features of plain prompts (what ``CLIP.encode_text`` gives for them)."""
         tokens = self.tokenize(texts)
         return self.encode(self.embed(tokens), self.eot_positions(tokens), cut=cut)
+
+
+def _copy_to(part, device):
+    """A copy of a module (deep) or tensor (detached) on `device`; None stays None."""
+    import copy
+
+    import torch
+
+    if part is None:
+        return None
+    if isinstance(part, torch.nn.Module):
+        return copy.deepcopy(part).to(device)
+    return part.detach().to(device)
 
 
 def _shared_block(block, xp, xs, mask_p, mask_s):
@@ -343,40 +353,15 @@ def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
     """Rebuild the recorded tower, check its tensor hash, keep only the text pieces."""
     import gc
 
-    import torch
     import open_clip
-
-    from featbench.encoders import INIT_SEED, quiet_root_logger, resolve_weights
 
     where = f"cache {cache.path}" if cache is not None else "text-tower record"
     name = _register_config(record)
-    with quiet_root_logger(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        net = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
-    kind = record["weights"]
-    if kind == "none":
-        if cache is None or not record.get("state"):
-            raise FeatbenchError(f"{where}: a random-weight tower needs its stored state; {reextract_hint(cache)}")
-        flat = torch.from_numpy(cache.array(record["state"]).astype("float32", copy=False))
-        state, pos = {}, 0
-        for key, shape in record["state_layout"]:
-            n = 1
-            for s in shape:
-                n *= int(s)
-            state[key] = flat[pos:pos + n].reshape(shape)
-            pos += n
-        missing, _ = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k.split(".", 1)[0] in PARTS]
-        if missing or pos != flat.numel():
-            raise FeatbenchError(f"{where}: the stored text-tower state does not fit {record['model']}; {reextract_hint(cache)}")
+    net = _create_network(name, record)
+    if record["weights"] == "none":
+        _load_stored_state(net, record, cache, where)
     else:
-        path = record["pretrained"] if kind == "file" else resolve_weights(record["model"], record["pretrained"]).path
-        try:
-            with quiet_root_logger():
-                open_clip.load_checkpoint(net, path)
-        except Exception as err:
-            raise FeatbenchError(f"{where}: could not load the text tower's weights from {path} "
-                                 f"({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+        _load_checkpoint(net, record, where)
     sha = state_sha256(text_state(net))
     if sha != record["sha256"]:
         raise FeatbenchError(f"{where}: the rebuilt text tower differs from the one that made the cache (sha256 {sha[:12]} "
@@ -389,10 +374,52 @@ def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
     return tower.on(device)
 
 
+def _create_network(name: str, record: dict):
+    """The recorded open_clip model, initialised from the encoders' fixed seed (as extraction made it)."""
+    import open_clip
+    import torch
+
+    with quiet_root_logger(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
+
+
+def _load_stored_state(net, record: dict, cache, where: str) -> None:
+    """Random weights: load the text-tower state the cache stores as one flat float32 vector."""
+    import torch
+
+    if cache is None or not record.get("state"):
+        raise FeatbenchError(f"{where}: a random-weight tower needs its stored state; {reextract_hint(cache)}")
+    flat = torch.from_numpy(cache.array(record["state"]).astype("float32", copy=False))
+    state, pos = {}, 0
+    for key, shape in record["state_layout"]:
+        n = 1
+        for s in shape:
+            n *= int(s)
+        state[key] = flat[pos:pos + n].reshape(shape)
+        pos += n
+    missing, _ = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.split(".", 1)[0] in PARTS]
+    if missing or pos != flat.numel():
+        raise FeatbenchError(f"{where}: the stored text-tower state does not fit {record['model']}; {reextract_hint(cache)}")
+
+
+def _load_checkpoint(net, record: dict, where: str) -> None:
+    """Pretrained weights: the recorded checkpoint file, or the open_clip tag's file found again."""
+    import open_clip
+
+    kind = record["weights"]
+    path = record["pretrained"] if kind == "file" else resolve_weights(record["model"], record["pretrained"]).path
+    try:
+        with quiet_root_logger():
+            open_clip.load_checkpoint(net, path)
+    except Exception as err:
+        raise FeatbenchError(f"{where}: could not load the text tower's weights from {path} "
+                             f"({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+
+
 def load_for_cache(cache, device="cpu") -> TextTower:
     """The text tower that made ``cache``, on ``device``; memoised per process by its tensor hash."""
-    from featbench.devices import resolve_device
-
     device = resolve_device(device)
     record = cache_tower_record(cache)
     key = (record["sha256"], str(device))

@@ -12,7 +12,6 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app, parse_int_list, parse_str_list
-from featbench.devices import check_device
 from featbench.errors import FeatbenchError
 
 
@@ -21,12 +20,6 @@ def _choice(value: str, flag: str, allowed: tuple[str, ...]) -> str:
     if v not in allowed:
         raise FeatbenchError(f"{flag} {value}: expected one of {', '.join(allowed)}")
     return v
-
-
-def _positive(value: int, flag: str, allow_zero: bool = False) -> int:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise FeatbenchError(f"{flag} {value}: expected {'0 or more' if allow_zero else 'a positive integer'}")
-    return value
 
 
 @app.command()
@@ -63,47 +56,23 @@ def extract(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Encode a dataset once into an HDF5 feature cache (resumable; rerun the same command to continue)."""
-    split_list = parse_str_list(splits)
-    for s in split_list:
-        _choice(s, "--splits", ("train", "val", "test"))
-    _positive(views, "--views", allow_zero=True)
-    _positive(batch_size, "--batch-size")
-    _positive(workers, "--workers", allow_zero=True)
-    shots = parse_int_list(view_shots, "--view-shots")
-    if any(k < 1 for k in shots):
-        raise FeatbenchError(f"--view-shots {view_shots}: shot counts must be positive")
-    seed_list = parse_int_list(seeds, "--seeds")
-    train_rows = _choice(train_rows, "--train-rows", ("all", "fewshot"))
-    device = check_device(device)
-    dtype = _choice(dtype, "--dtype", ("float16", "float32"))
-    classname_style = _choice(classname_style, "--classname-style", ("clean", "raw"))
+    from featbench.distributed import dist_env  # lazy: the command's heavy imports stay out of `--help`
+    from featbench.extract import run_extract_sharded
+    from featbench.extract_spec import ExtractSpec
 
-    from featbench.extract import expand_view_shots, extract as run_extract, parse_view_scale, parse_view_scales
-
-    scale = parse_view_scale(view_scale)
-    scales = parse_view_scales(view_scales) if view_scales is not None else None
-    kwargs = dict(
-        model=model, pretrained=pretrained, splits=tuple(split_list), views=views,
-        view_shots=expand_view_shots(shots), seeds=tuple(seed_list), train_rows=train_rows, all_views=all_views,
-        batch_size=batch_size, workers=workers, dtype=dtype, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-        manifest=manifest, classname_style=classname_style, view_scale=scale, view_scales=scales,
-        pre_projection=pre_projection, templates=templates, classnames=classnames,
-        progress=not no_progress, log=lambda m: typer.echo(m, err=True), name=name,
+    spec = ExtractSpec.from_cli(
+        dataset=dataset, root=root, manifest=manifest, name=name, model=model, pretrained=pretrained,
+        splits=parse_str_list(splits), views=views, view_shots=parse_int_list(view_shots, "--view-shots"),
+        view_scale=view_scale, view_scales=view_scales, seeds=parse_int_list(seeds, "--seeds"),
+        train_rows=train_rows, all_views=all_views, batch_size=batch_size, workers=workers, device=device,
+        dtype=dtype, cache_dir=cache_dir, out=out, overwrite=overwrite, skip_bad_images=skip_bad_images,
+        classname_style=classname_style, templates=templates, classnames=classnames,
+        pre_projection=pre_projection, no_progress=no_progress,
     )
-    from featbench.distributed import dist_env
-
-    env = dist_env()
-    if env.distributed:  # under torchrun: every rank encodes its shard, rank 0 merges
-        from featbench.distributed import run_sharded
-        from featbench.extract import target_path
-
-        final = Path(out) if out else target_path(dataset, model, pretrained, cache_dir, name=name)
-        path = run_sharded(run_extract, final, device=device, overwrite=overwrite, dataset=dataset, root=root, **kwargs)
-        if not env.is_main:
-            return
-    else:
-        path = run_extract(dataset, root, out=out, device=device, overwrite=overwrite, **kwargs)
-    typer.echo(str(path))
+    env = dist_env()  # under torchrun: every rank encodes its shard, rank 0 merges and prints the path
+    path = run_extract_sharded(spec, log=lambda m: typer.echo(m, err=True), env=env)
+    if env.is_main:
+        typer.echo(str(path))
 
 
 @app.command()
