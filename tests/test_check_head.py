@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -215,6 +216,13 @@ def test_string_labels_round_trip_and_index_labels_stay_columns():
     indexed = LinearProbe(search=False).fit(X, labels)
     assert indexed.decision_function(X).shape == (15, 5) and list(indexed.classes_) == [0, 1, 2, 3, 4]
     assert (indexed.predict(X) == labels).all()
+
+
+def test_one_shot_index_labels_fit_without_warnings():
+    problem = toy_problem(LinearProbe, shots=1)  # one row per class: type_of_target would call y "regression"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LinearProbe(search=False).fit(problem.X, problem.y)
 
 
 def test_bad_arrays_are_one_line_featbench_and_value_errors():

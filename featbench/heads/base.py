@@ -247,9 +247,9 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The best class per row: a column index, or the label fit saw when labels were not indices."""
-        return self.labels_of(np.asarray(self.decision_function(X)).argmax(axis=1))
+        return self._labels_of(np.asarray(self.decision_function(X)).argmax(axis=1))
 
-    def labels_of(self, columns: np.ndarray) -> np.ndarray:
+    def _labels_of(self, columns: np.ndarray) -> np.ndarray:
         """Map logit columns to labels: identity for index labels, ``classes_[columns]`` for encoded ones."""
         classes = getattr(self, "classes_", None)
         if classes is None or is_index_labels(classes):
@@ -310,11 +310,11 @@ def check_fit_input(head: Head, X, y):
             X = validate_data(head, X, y=None, reset=True)  # raises when the head's tags require y
             return X, y, None
         X, y = validate_data(head, X, y, reset=True)
+        if y.dtype.kind in "iu" and (y.size == 0 or y.min() >= 0):
+            return X, y, None  # class indices (1-shot: one row per class, which type_of_target would warn about)
         check_classification_targets(y)
     except ValueError as err:
         raise _one_line(head, err) from None
-    if y.dtype.kind in "iu" and (y.size == 0 or y.min() >= 0):
-        return X, y, None
     classes, indices = np.unique(y, return_inverse=True)
     return X, indices.reshape(-1), classes
 
