@@ -62,7 +62,7 @@ from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 from featbench.heads.paper import FEWSHOT_VAL
 from featbench.heads.spec import check_params
 
@@ -296,9 +296,12 @@ def is_index_labels(classes: np.ndarray) -> bool:
 
 
 def _one_line(head: Head, err: ValueError) -> InvalidInputError:
-    """A scikit-learn validation error as one InvalidInputError line naming the head."""
-    text = " ".join(str(err).split())
-    return InvalidInputError(f"head '{head.head_name()}': {text}")
+    """A scikit-learn validation error as one InvalidInputError line naming the head (no array dumps, no
+    advice about other scikit-learn estimators)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(("array=", "[")) and "does not accept missing values" not in ln]
+    text = short_repr(" ".join(" ".join(kept).split()), 300, plain=True)
+    return InvalidInputError(f"head '{head.head_name()}': {text} (a head takes X [N, D] of finite numbers, y [N] of class labels)")
 
 
 def check_fit_input(head: Head, X, y):
