@@ -177,6 +177,8 @@ def test_check_head_refuses_what_is_not_a_head():
 # ----------------------------------------------------------------------------------------------------
 # the scikit-learn side
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # torch, on the read-only memmap check
+@pytest.mark.filterwarnings("ignore:Skipping check check_array_api_input")  # needs SCIPY_ARRAY_API=1
 def test_linear_probe_passes_check_estimator_but_the_documented_departures():
     head = LinearProbe(max_iter=50)  # small solver budget: the checks' blobs converge well before
     results = check_estimator(head, on_fail=None)
