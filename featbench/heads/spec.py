@@ -4,6 +4,11 @@ A head lists its hyperparameters in ``Head.hyperparams`` as ``{name: Param(...)}
 recipes and ``get_head`` all pass values through ``Param.check``, so ``alpha=nan``, ``epochs=-5`` or
 ``batch_size="x"`` become one clear line naming the head and parameter instead of a plausible-looking row.
 ``featbench heads NAME`` prints the same declarations.
+
+Built-in heads declare every ``__init__`` parameter (tests/test_bad_inputs.py enforces it). Declarations are
+optional for plugin heads: an undeclared parameter passes ``check_params`` as given and is still recorded in
+result rows (``Head.hyperparameters``). ``featbench.testing.check_head`` checks that each declaration accepts
+the head's default and that ``set_params`` refuses a value outside it.
 """
 
 from __future__ import annotations
