@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -64,11 +65,11 @@ def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
 
 #: the fields a table or a plot reads: ``load_results(..., fields=TABLE_FIELDS)`` keeps only these, so a big
 #: results file (notes, timestamps, per-class counts) is read in a fraction of its size
-TABLE_FIELDS = ("dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "cache", "head",
-                "params", "selected", "overrides", "paper_defaults", "protocol", "test_selection", "classes",
-                "fallback", "shots", "seed", "acc", "mean_per_class_recall")
+TABLE_FIELDS = ("dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "head", "params",
+                "selected", "overrides", "paper_defaults", "protocol", "test_selection", "classes", "fallback",
+                "shots", "seed", "acc", "mean_per_class_recall")
 #: what ``featbench compare`` reads in addition
-PER_CLASS_FIELDS = TABLE_FIELDS + ("per_class",)
+PER_CLASS_FIELDS = TABLE_FIELDS + ("cache", "per_class")
 
 
 def result_files(paths: Iterable[str | Path] | str | Path) -> list[Path]:
@@ -113,15 +114,6 @@ def row_sources(df) -> list[str]:
     return [f"row {o + 1}" for o in df["_order"]]
 
 
-def _hashable(value) -> object:
-    """A key under which equal values (exactly: 1, 1.0 and True stay apart) share one stored object."""
-    if isinstance(value, dict):
-        return ("d",) + tuple((k, type(v).__name__, _hashable(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return ("l",) + tuple((type(v).__name__, _hashable(v)) for v in value)
-    return value
-
-
 class RowReader:
     """Validated result rows, kept column by column with every repeated value stored once.
 
@@ -131,12 +123,23 @@ class RowReader:
     """
 
     def __init__(self, fields: Iterable[str] | None = None):
-        self.fields = None if fields is None else tuple(fields)
+        self.fields = None if fields is None else tuple(fields) + ("_file", "_line")
         self.columns: dict[str, list] = {}
         self.n = 0
-        self._pool: dict = {}
-        self._seen: dict[tuple, int] = {}
+        self._present: set[str] = set()  # the fields some row had (a column no row had is left out)
+        self._slots: list[tuple] = []  # (field, column, pool of its strings, pool of its dicts and lists)
+        self._seen: dict[int, int] = {}
+        self._clashes: dict[tuple, int] = {}
         self._canon: dict[int, str] = {}
+        for k in self.fields or ():
+            self._add_column(k)
+
+    def _add_column(self, k: str) -> None:
+        if k in _COMPACT:  # 8 bytes a row instead of a Python number each
+            self.columns[k] = array(_COMPACT[k], [0 if _COMPACT[k] == "q" else math.nan] * self.n)
+        else:
+            self.columns[k] = [None] * self.n
+        self._slots.append((k, self.columns[k], {}, None if k in _UNSHARED else {}))
 
     def read_file(self, f: Path) -> None:
         n_before, name = self.n, str(f)
@@ -160,64 +163,83 @@ class RowReader:
                 return  # a line an interrupted run cut short (kept: files are append-only); the runner redid it
             raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
         check_result_row(row, f"{f}:{lineno}")
-        self._check_conflict(self._append(row, f, lineno))
+        row["_file"], row["_line"] = f, lineno
+        self._append(row)
+        self._check_conflict()
 
-    def _check_conflict(self, row: dict) -> None:
+    def _append(self, row: dict) -> None:
+        """Store the row's kept fields, each repeated string, setting or list stored once."""
+        self._present.update(row)
+        if self.fields is None and not self._present <= self.columns.keys():
+            for k in self._present - self.columns.keys():
+                self._add_column(k)
+        get = row.get
+        for k, col, strings, others in self._slots:
+            v = get(k)
+            if col.__class__ is array:
+                v = math.nan if v is None else v  # checked numbers (shots, seed: integers)
+            elif v.__class__ is str:
+                v = strings.setdefault(v, v)
+            elif others is not None and (v.__class__ is dict or v.__class__ is list):
+                v = others.setdefault(repr(v), v)  # repr is exact here: 1, 1.0 and True stay apart
+            col.append(v)
+        self.n += 1
+
+    def _check_conflict(self) -> None:
         """The same run (its resume key) read twice with another accuracy: an error naming both lines."""
-        key = self._run_key(row)
-        first = self._seen.setdefault(key, row["_order"])
-        if first == row["_order"]:
+        i, c = self.n - 1, self.columns
+        key = self._run_key(i)
+        first = self._seen.setdefault(hash(key), i)  # a hash a row: the keys themselves would cost more memory
+        if first != i and self._run_key(first) != key:  # two runs whose keys share a hash
+            first = self._clashes.setdefault(key, i)
+        if first == i or round(float(c["acc"][first]), 10) == round(float(c["acc"][i]), 10):
             return
-        acc = self.columns["acc"][first]
-        if round(float(acc), 10) != round(float(row["acc"]), 10):
-            where = f"{self.columns['_file'][first]}:{self.columns['_line'][first]}"
-            raise FeatbenchError(
-                f"conflicting result rows for {row['head']} on {row['dataset']}, {row['shots']}-shot, seed "
-                f"{row['seed']}: {where} (acc {acc:g}), {row['_file']}:{row['_line']} (acc {row['acc']:g}); the "
-                "same run with different numbers: remove the wrong line(s) or keep the files apart")
+        raise FeatbenchError(
+            f"conflicting result rows for {c['head'][i]} on {c['dataset'][i]}, {c['shots'][i]}-shot, seed "
+            f"{c['seed'][i]}: {c['_file'][first]}:{c['_line'][first]} (acc {c['acc'][first]:g}), "
+            f"{c['_file'][i]}:{c['_line'][i]} (acc {c['acc'][i]:g}); the same run with different numbers: remove "
+            "the wrong line(s) or keep the files apart")
 
-    def _run_key(self, row: dict) -> tuple:
-        """:func:`featbench.results.row_key` of a stored row, its settings' JSON computed once per setting."""
-        params = row.get("params") or {}
+    def _run_key(self, i: int) -> tuple:
+        """:func:`featbench.results.row_key` of stored row ``i``, each setting's JSON computed once."""
+        c = self.columns
+        params = (c["params"][i] if "params" in c else None) or {}
         canon = self._canon.get(id(params))
         if canon is None:
             canon = self._canon[id(params)] = canonical_json(params)
-        return (row.get("fingerprint"), row.get("content") or "", row.get("source_dataset") or row["dataset"],
-                row["dataset"], row["head"], canon, row["protocol"], row["shots"], row["seed"],
-                row.get("classes") or "all")
-
-    def _append(self, row: dict, f: str, lineno: int) -> dict:
-        """Store the row's kept fields (repeated values shared); returns what was stored."""
-        if self.fields is not None:
-            row = {k: row[k] for k in self.fields if k in row}
-        row["_order"], row["_file"], row["_line"] = self.n, f, lineno
-        for k in row.keys() - self.columns.keys():
-            self.columns[k] = [None] * self.n
-        pool = self._pool
-        for k, col in self.columns.items():
-            v = row.get(k)
-            if v is not None and not isinstance(v, (int, float)) and k not in _UNSHARED:
-                try:
-                    v = row[k] = pool.setdefault((k, _hashable(v)), v)
-                except TypeError:  # an unhashable oddity (a nested value): kept as it is
-                    pass
-            col.append(v)
-        self.n += 1
-        return row
+        get = lambda k: c[k][i] if k in c else None  # noqa: E731
+        return (get("fingerprint"), get("content") or "", get("source_dataset") or c["dataset"][i],
+                c["dataset"][i], c["head"][i], canon, c["protocol"][i], c["shots"][i], c["seed"][i],
+                get("classes") or "all")
 
     def frame(self):
         """The rows read so far as one DataFrame (column by column, so only one column is ever copied twice)."""
+        import numpy as np
         import pandas as pd
 
-        data = {k: pd.Series(self.columns.pop(k)) for k in list(self.columns)}
-        self._pool.clear()
+        self._slots.clear()
         self._seen.clear()
+        self._clashes.clear()
         self._canon.clear()
+        data = {}
+        for k in [k for k in self.columns if k in self._present]:
+            col = self.columns.pop(k)
+            if col.__class__ is array:
+                data[k] = pd.Series(np.frombuffer(col, dtype=col.typecode if col.typecode == "d" else np.int64))
+            else:
+                data[k] = pd.Series(col, dtype=None if k in _NUMERIC else object)
+            del col
+        self.columns.clear()
+        data["_order"] = pd.RangeIndex(self.n)
         return pd.DataFrame(data, copy=False)
 
 
+#: columns stored as machine numbers while reading (array typecodes): checked integers and percentages
+_COMPACT = {"shots": "q", "seed": "q", "_line": "q", "acc": "d", "mean_per_class_recall": "d"}
+#: columns of numbers (their dtype is inferred); every other column holds Python objects
+_NUMERIC = ("shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "_order", "_line")
 #: values unique to (almost) every row: sharing them would only cost memory
-_UNSHARED = ("timestamp", "per_class", "_line", "_order")
+_UNSHARED = ("per_class",)
 
 
 
@@ -233,6 +255,8 @@ def check_result_row(row, where: str) -> None:
     for k in ("shots", "seed"):
         if not isinstance(row[k], int) or isinstance(row[k], bool):
             raise FeatbenchError(f"{where}: '{k}' must be an integer, got {row[k]!r}")
+        if not -2**63 <= row[k] < 2**63:
+            raise FeatbenchError(f"{where}: '{k}' is {row[k]}, too large for a table; fix or remove that line")
     _check_row(row, where)
 
 
@@ -327,7 +351,7 @@ def _setting(head, params, selected, overrides, paper_keys, model, pretrained, p
 
 def _setting_codes(df) -> tuple[list[int], list[_Setting]]:
     """Each row's setting code and the distinct settings (rows sharing stored values are looked at once)."""
-    cols = [df[c] if c in df.columns else [None] * len(df) for c in
+    cols = [df[c].tolist() if c in df.columns else [None] * len(df) for c in
             ("head", "params", "selected", "overrides", "paper_defaults", "model", "pretrained", "protocol",
              "fingerprint", "content")]
     index: dict[tuple, int] = {}
@@ -401,7 +425,7 @@ def _head_labels(df, names: str = "registry") -> tuple[list[str], list[bool]]:
 def _dataset_labels(df) -> list[str]:
     in_domain = set(df.loc[df["source_dataset"] == df["dataset"], "dataset"])
     out = []
-    for ds, src in zip(df["dataset"], df["source_dataset"]):
+    for ds, src in zip(df["dataset"].tolist(), df["source_dataset"].tolist()):
         out.append(ds if ds == src or ds not in in_domain else f"{ds} (from {src})")
     return out
 
@@ -418,7 +442,7 @@ def prepare(df, metric: str = "acc", protocol: str | None = None, *, names: str 
         raise FeatbenchError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if protocol is not None and protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
-    df = df.copy()
+    df = df.copy(deep=False)  # columns are added, never changed in place (copy-on-write keeps the caller's)
     if "_order" not in df.columns:
         df["_order"] = range(len(df))
     for col, default in (("params", None), ("selected", None), ("model", ""), ("pretrained", "")):
@@ -436,16 +460,23 @@ def prepare(df, metric: str = "acc", protocol: str | None = None, *, names: str 
             raise FeatbenchError(f"no result rows with --protocol {protocol}")
     if metric not in df.columns or df[metric].isna().all():
         raise FeatbenchError(f"the result rows have no '{metric}' values; choose another --metric")
-    df = df[df[metric].notna()].reset_index(drop=True)
+    df = keep_rows(df, df[metric].notna())
     df["head_label"], df["has_overrides"] = _head_labels(df, names)
     df["dataset_label"] = _dataset_labels(df)
     df["value"] = df[metric].astype(float)
     df["is_oracle"] = (df["protocol"] == "oracle") | _true(df, "test_selection")
     df["is_fallback"] = (df["classes"] == "new") & _present(df, "fallback")
-    df = df.sort_values("_order")
-    _check_duplicates(df, metric)
-    df = df.drop_duplicates(["head_label", "dataset_label", "shots", "seed", "classes"], keep="first")
-    return df.reset_index(drop=True)
+    if not df["_order"].is_monotonic_increasing:
+        df = df.sort_values("_order")
+    duplicated = _check_duplicates(df, metric)
+    return keep_rows(df, ~duplicated)
+
+
+def keep_rows(df, mask):
+    """``df[mask]`` with a fresh index; the frame itself (no copy of 200,000 rows) when the mask keeps all."""
+    if bool(mask.all()):
+        return df.reset_index(drop=True)  # copy-on-write: shares the data
+    return df[mask].reset_index(drop=True)
 
 
 def _true(df, col: str):
@@ -461,12 +492,14 @@ def _present(df, col: str):
     return df[col].notna() & (df[col].astype(object) != "")
 
 
-def _check_duplicates(df, metric: str) -> None:
-    """Rows for the same cell and seed must agree; identical copies count once, conflicting ones are an error."""
+def _check_duplicates(df, metric: str):
+    """Rows for the same cell and seed must agree: identical copies count once (the returned mask marks the
+    later copies), conflicting ones are an error naming their lines."""
     key = ["head_label", "dataset_label", "shots", "seed"] + (["classes"] if "classes" in df.columns else [])
-    dup = df[df.duplicated(key, keep=False)]
-    if dup.empty:
-        return
+    repeated = df.duplicated(key, keep=False)
+    if not repeated.any():
+        return repeated
+    dup = df[repeated]
     values = [c for c in dict.fromkeys(("acc", metric)) if c in dup.columns]
     for _, group in dup.groupby(key, sort=False):
         distinct = group[values].astype(float).round(10).drop_duplicates()
@@ -477,6 +510,7 @@ def _check_duplicates(df, metric: str) -> None:
             raise FeatbenchError(
                 f"conflicting result rows for {head} on {ds}, {shots}-shot, seed {seed}: {shown}; "
                 "the same run with different numbers: remove the wrong line(s) or keep the files apart")
+    return df.duplicated(key, keep="first")
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------
@@ -485,7 +519,6 @@ def cell_stats(df):
 
     Columns: head, dataset, shots, mean, std, n, oracle. ``df`` is the output of :func:`prepare`.
     """
-    import numpy as np
     import pandas as pd
 
     g = df.groupby(["head_label", "dataset_label", "shots"], sort=False)
@@ -493,28 +526,34 @@ def cell_stats(df):
     cells.insert(1, "std", g["value"].std(ddof=0))  # population std, as CoOp's parser prints
     cells = cells.reset_index()
     cells = cells.rename(columns={"head_label": "head", "dataset_label": "dataset"})
-    datasets = sorted(set(df["dataset_label"]))
-    avg_rows = []
-    for (head, shots), sub in df.groupby(["head_label", "shots"], sort=False):
-        have = set(sub["dataset_label"])
-        oracle = bool(sub["is_oracle"].any())
-        if have != set(datasets):
-            avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=math.nan, std=math.nan, n=0,
-                                 oracle=oracle))
-            continue
-        per = sub.pivot_table(index="seed", columns="dataset_label", values="value", aggfunc="last")
-        means = per.mean(axis=0)  # per-dataset mean over that dataset's seeds
-        mean = float(means.mean())
-        complete = per.dropna(axis=0, how="any")
-        if len(complete) == len(per):  # every dataset has the same seeds: std over seeds of the average
-            std = float(np.std(complete.mean(axis=1).to_numpy(), ddof=0))
-            n = len(complete)
-        else:
-            std, n = math.nan, int(per.notna().sum(axis=0).min())
-        avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=mean, std=std, n=n, oracle=oracle))
-    if avg_rows:
-        cells = pd.concat([cells, pd.DataFrame(avg_rows)], ignore_index=True)
-    return cells
+    return pd.concat([cells, _average_cells(df, cells)], ignore_index=True)
+
+
+def _average_cells(df, cells):
+    """The "Average" rows of :func:`cell_stats`, one per (head, shots), in grouped (not per-group) steps.
+
+    The mean of the per-dataset means, only where every dataset has the cell; its std is the std over seeds
+    of the per-seed average when every dataset has the same seeds (else no std, and n the fewest seeds).
+    """
+    n_ds = df["dataset_label"].nunique()
+    by_cell = cells.groupby(["head", "shots"], sort=False)
+    out = by_cell.agg(have=("dataset", "nunique"), mean=("mean", "mean"), fewest=("n", "min"),
+                      oracle=("oracle", "any"))
+    seeds = df.groupby(["head_label", "shots", "seed"], sort=False).agg(avg=("value", "mean"),
+                                                                         k=("dataset_label", "nunique"))
+    by_seed = seeds.groupby(level=[0, 1], sort=False)
+    per_seed = by_seed.agg(k_min=("k", "min"), n_seeds=("k", "size"))
+    per_seed["std"] = by_seed["avg"].std(ddof=0)
+    per_seed.index = per_seed.index.set_names(["head", "shots"])
+    out = out.join(per_seed)
+    complete = out["have"] == n_ds
+    same_seeds = complete & (out["k_min"] == n_ds)
+    out["mean"] = out["mean"].where(complete)
+    out["std"] = out["std"].where(same_seeds)
+    out["n"] = out["n_seeds"].where(same_seeds, out["fewest"].where(complete, 0)).astype(int)
+    out = out.reset_index()
+    out["dataset"] = AVERAGE
+    return out[["head", "dataset", "shots", "mean", "std", "n", "oracle"]]
 
 
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
@@ -538,7 +577,7 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     if model is not None or pretrained is not None:
         df = filter_encoder(df, model, pretrained)
     prepared = prepare(df, metric=metric, protocol=protocol, names=names)
-    prepared = prepared[prepared["classes"] == "all"]
+    prepared = keep_rows(prepared, prepared["classes"] == "all")
     if prepared.empty:
         raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
     prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
@@ -631,16 +670,18 @@ def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
         df = filter_encoder(df, kwargs.pop("model", None), kwargs.pop("pretrained", None))
     kwargs.pop("model", None)
     kwargs.pop("pretrained", None)
-    df = df.copy()
+    df = df.copy(deep=False)
     for col in ("model", "pretrained"):
         if col not in df.columns:
             df[col] = ""
-    labels = [encoder_label(m, p) for m, p in zip(df["model"], df["pretrained"])]
-    df["_encoder"] = labels
+    pairs = df.groupby(["model", "pretrained"], sort=False, dropna=False).ngroup()
+    firsts = pairs.reset_index(drop=True).drop_duplicates()  # index: each pair's first position
+    label_of = {code: encoder_label(df["model"].iat[i], df["pretrained"].iat[i]) for i, code in firsts.items()}
+    labels = pairs.map(label_of)
     out, first_error = [], None
-    for enc in sorted(set(labels)):
+    for enc in sorted(set(label_of.values())):
         try:
-            out.append((enc, build(df[df["_encoder"] == enc].drop(columns="_encoder"), **kwargs)))
+            out.append((enc, build(keep_rows(df, labels == enc), **kwargs)))
         except FeatbenchError as err:
             if not any(m in str(err) for m in ("no result rows", "have no", "base-to-new rows")):
                 raise  # a real error, not "this encoder has nothing left to show"
