@@ -15,9 +15,9 @@ METRICS = ("acc", "mean_per_class_recall")
 FORMATS = ("csv", "latex", "markdown")
 AVERAGE = "Average"
 MISSING = "—"
-ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol): not a few-shot result, never bold or ranked"
+ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol): not a few-shot result; never bold or ranked."
 FALLBACK_NOTE = ("zero-shot CLIP fallback: the head cannot score classes it was not trained on, so this is "
-                 "zero-shot CLIP's New (and the H built on it); never bold or ranked")
+                 "zero-shot CLIP's New (and the H built on it); never bold or ranked.")
 OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
                   "paper's per-dataset/per-shot defaults.")
 #: how heads are named: "paper" (each paper's name: TaskRes, Tip-Adapter-F) or "registry" (taskres, tip-adapter-f)
