@@ -4,7 +4,7 @@
 
 Writes a synthetic results file of ``--rows`` rows of about 1 KB each (the fields `featbench fit` writes:
 paths, fingerprints, parameters, notes, timestamps; 10 heads x 10 datasets x 5 shot counts x as many seeds as
-it takes), with ``--per-class`` also each row's per-class counts (100 classes: about 1 KB more a row). Then,
+it takes), with ``--per-class`` also each row's per-class counts (180 classes: about 1 KB more a row). Then,
 each in a fresh subprocess so that nothing is shared or cached:
 
 - ``featbench table FILE`` (its Markdown table to /dev/null);
@@ -66,7 +66,7 @@ def make_row(i: int, per_class: bool) -> dict:
         "featbench_version": "0.9.0", "timestamp": f"2026-12-06T04:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
     }
     if per_class:
-        row["per_class"] = {"correct": [(i + c) % 30 for c in range(100)], "total": [30] * 100}
+        row["per_class"] = {"correct": [(i + c) % 30 for c in range(180)], "total": [30] * 180}
     return row
 
 
@@ -87,7 +87,7 @@ def measure(cmd: list[str]) -> tuple[int, float, int]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--per-class", action="store_true", help="rows carry per-class counts (100 classes)")
+    ap.add_argument("--per-class", action="store_true", help="rows carry per-class counts (180 classes)")
     ap.add_argument("--keep", type=Path, default=None, help="write the results file here and keep it")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
