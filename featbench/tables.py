@@ -9,18 +9,26 @@ Rules (so a table can go into a paper without a notebook in between):
 - "Average" over datasets exists only where every dataset of the table has the cell; otherwise it is shown as
   missing ("—"), never as an average of a partial set. Its std is the std over seeds of the per-seed average,
   shown only when every dataset has the same seeds.
-- A head run with several hyperparameter settings (a grid, ``--set`` variants, several models or protocols in the
-  same files) is never averaged together: the keys that differ between rows of the same (dataset, shots, seed)
-  are added to its label, e.g. ``taskres (alpha=0.25)``. Keys a protocol search selected are not identity.
+- A row is labelled by its head (the paper's name with ``names="paper"``, as ``featbench table`` prints it: TaskRes,
+  CLIP-Adapter; the registry's otherwise) plus what the user changed: rows that record ``overrides`` show every
+  override (``TaskRes (epochs=20)``, even when all rows share it) and never a ``paper_defaults`` key, so a head's
+  paper-default runs form one row across shots and datasets whatever their per-shot epochs.
+- A head run with several settings (a grid, ``--set`` variants, several models or protocols in the same files) is
+  never averaged together: the keys that differ between rows of the same (dataset, shots, seed) are added to its
+  label, e.g. ``taskres (alpha=0.25)`` (for rows without ``overrides``, written by older versions, these keys are
+  the only label). Keys a protocol search selected are not identity.
 - Domain-generalisation rows (trained on ``source_dataset``, evaluated on ``dataset``) are labelled by the
   dataset evaluated on (``imagenetv2 (from imagenet)`` only if that name would collide with in-domain rows).
-- Cells from the ``oracle`` protocol (hyperparameters picked on the test set) carry a dagger and a footnote.
+- Cells from the ``oracle`` protocol or rows with ``test_selection`` (hyperparameters picked on the test set) carry
+  a dagger, base-to-new New/H cells from the zero-shot fallback a double dagger, each with a footnote; they are
+  never bold and their heads never ranked (honest cells compete only with honest cells).
 - Never across encoders: rows of different encoders (model/pretrained) are never averaged together. The CLI
   prints one table per encoder under an "Encoder:" heading (:func:`aggregate_by_encoder`); a single
   :class:`Table` holding several encoders labels every head with its encoder. ``--model``/``--pretrained`` filter.
 - Duplicates: the same run (same table cell, seed and cache fingerprint) written twice with the same numbers
   counts once (e.g. a results file passed twice); with *different* numbers it is an error naming both lines
-  (never "the later row wins"). Rows that differ only in the cache (same encoder name, other preprocessing or
+  (never "the later row wins"; two lines of one run, by :func:`featbench.results.row_key`, are reported as soon as
+  the second is read). Rows that differ only in the cache (same encoder name, other preprocessing or
   prompts: ``fingerprint=...``; other data or class names: ``content=...``) are labelled apart, never averaged.
 - ``acc`` (and ``mean_per_class_recall`` where present) must be finite numbers; anything else is an error naming
   the file and line.
@@ -29,6 +37,8 @@ Rules (so a table can go into a paper without a notebook in between):
   of the dataset-average accuracy. Heads with a missing cell are not ranked.
 - Base-to-new rows (``"classes": "base"``/``"new"``) never mix with ordinary (``"all"``) rows: ``aggregate``
   uses the "all" rows, ``featbench.b2n_table.aggregate_base_to_new`` the others (B / N / H columns, see its docstring).
+- Reading streams: :func:`load_results` keeps the fields asked for, each repeated value once (``TABLE_FIELDS``:
+  a 200,000-row file needs less memory than its size).
 - Bold marks the best head: per column when heads are the rows, per row when heads are the columns, per cell
   across blocks when heads are the blocks (ties all bold; compared at the printed precision).
 """
