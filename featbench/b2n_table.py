@@ -7,7 +7,7 @@ and an H column; the class arithmetic that produces the rows lives in featbench.
 from __future__ import annotations
 
 from featbench.errors import FeatbenchError
-from featbench.table_model import AVERAGE, Table, order_datasets, order_heads
+from featbench.table_model import AVERAGE, OVERRIDES_NOTE, Table, order_datasets, order_heads
 from featbench.tables import filter_rows, prepare
 
 # ----------------------------------------------------------------------------------------------------
@@ -27,8 +27,12 @@ def is_base_to_new(df) -> bool:
 
 
 def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, *, heads=None, shots=None,
-                    datasets=None):
-    """Base / New / H table: one block per head (and shot count), rows = datasets + Average.
+                          datasets=None, names: str = "registry"):
+    """Base / New / H table: one block per head (and shot count), rows = datasets + Average; every format
+    shows the head as a leading column.
+
+    A New cell from the zero-shot fallback (the head cannot score unseen classes), and the H built on it, is
+    marked ‡ and never bold: zero-shot CLIP's own New must not make a head look better than zero-shot.
 
     Base and New are mean ± population std over seeds of the base and new rows; H = 2BN/(B+N) is computed from
     those means (CoCoOp reports H of the averaged accuracies, also for the dataset Average), so it has no std.
@@ -38,7 +42,7 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
     import numpy as np  # lazy: `featbench --help` must not pay for numpy/pandas
     import pandas as pd
 
-    prepared = prepare(df, metric=metric, protocol=protocol)
+    prepared = prepare(df, metric=metric, protocol=protocol, names=names)
     prepared = prepared[prepared["classes"].isin(["base", "new"])]
     prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
     if prepared.empty:
@@ -55,10 +59,6 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
     index = pd.MultiIndex.from_tuples([(b, d) for b in blocks for d in ds_order + with_avg], names=["head", "dataset"])
     mean = pd.DataFrame(np.nan, index=index, columns=list(B2N_COLUMNS))
     std, n = mean.copy(), pd.DataFrame(0.0, index=index, columns=list(B2N_COLUMNS))
-    fallback_blocks = set()
-    if "fallback" in prepared.columns:
-        fb = prepared[(prepared["classes"] == "new") & prepared["fallback"].notna()]
-        fallback_blocks = set(fb["block"])
     for block, sub in prepared.groupby("block", sort=False):
         per = {c: sub[sub["classes"] == c].pivot_table(index="seed", columns="dataset_label", values="value",
                                                         aggfunc="last") for c in ("base", "new")}
@@ -89,15 +89,27 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
     for block in set(prepared.loc[prepared["is_oracle"], "block"]):
         oracle.loc[block] = True
     table = Table(mean=mean, std=std, n=n, oracle=oracle, rows="dataset", cols="classes", block_dim="head",
-                  metric=metric, protocol=protocol)
+                  metric=metric, protocol=protocol, fallback=_fallback_cells(prepared, mean.index),
+                  overrides=bool(prepared["has_overrides"].any()), block_column=True)
     table.notes.append(H_NOTE)
-    if fallback_blocks:
-        names = ", ".join(b for b in blocks if b in fallback_blocks)
-        table.notes.append(f"New of {names}: zero-shot CLIP fallback (the head cannot score classes it was not "
-                           "trained on).")
+    if prepared["has_overrides"].any():
+        table.notes.append(OVERRIDES_NOTE)
     table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell."
                        if with_avg else f"Dataset: {ds_order[0]}.")
     return table
+
+
+def _fallback_cells(prepared, index):
+    """New and H cells built on a zero-shot fallback: per dataset, and the Average where any dataset is."""
+    import pandas as pd
+
+    flags = pd.DataFrame(False, index=index, columns=list(B2N_COLUMNS))
+    fb = prepared[prepared["is_fallback"]]
+    for block, ds in set(zip(fb["block"], fb["dataset_label"])):
+        for key in ((block, ds), (block, AVERAGE)):
+            if key in flags.index:
+                flags.loc[key, ["New", "H"]] = True
+    return flags
 
 
 aggregate_table = aggregate_base_to_new  # the name earlier releases exported

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featbench.errors import FeatbenchError
+from featbench.table_model import display_name
 
 
 @dataclass
@@ -31,6 +32,20 @@ class Comparison:
         return sorted(d, key=lambda t: (-t[1], t[0]))
 
 
+#: class names longer than this are cut (with "…") so that a table of gains and losses stays readable
+MAX_CLASSNAME = 40
+
+
+def _where(row) -> str:
+    """file:line of a row from featbench.tables.load_results ("a row" for a hand-made frame)."""
+    return f"{row['_file']}:{row['_line']}" if "_file" in row and "_line" in row else "a row"
+
+
+def short_name(name: str, width: int = MAX_CLASSNAME) -> str:
+    """``name`` cut to ``width`` characters, the cut marked with "…"."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def _classnames(cache_path, n: int) -> list[str]:
     if cache_path and Path(str(cache_path)).is_file():
         try:
@@ -46,7 +61,8 @@ def _classnames(cache_path, n: int) -> list[str]:
 
 
 def _match(df, head: str):
-    sub = df[(df["head"] == head) | (df["head_label"] == head)]
+    named = {h for h in set(df["head"]) if head in (h, display_name(h))}
+    sub = df[df["head"].isin(named) | (df["head_label"] == head)]
     labels = sorted(set(sub["head_label"]))
     if len(labels) > 1:
         raise FeatbenchError(f"--heads {head}: several variants in the results ({'; '.join(labels)}); "
@@ -91,7 +107,7 @@ def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_p
             for s in seeds:
                 pc = rows[s]["per_class"]
                 if not isinstance(pc, dict) or "correct" not in pc or "total" not in pc:
-                    raise FeatbenchError(f"{rows[s].get('_source', 'a row')}: no per-class counts in this row")
+                    raise FeatbenchError(f"{_where(rows[s])}: no per-class counts in this row")
                 c, t = list(pc["correct"]), list(pc["total"])
                 correct = c if correct is None else [x + y for x, y in zip(correct, c)]
                 total = t if total is None else [x + y for x, y in zip(total, t)]
@@ -122,7 +138,7 @@ def render(comparisons: list[Comparison], head_a: str, head_b: str, top: int = 1
         lines.append(f"{c.dataset}, {c.shots}-shot, {c.encoder}, seeds {','.join(map(str, c.seeds))}: "
                      f"{head_b} vs {head_a}: mean per-class accuracy {mean_b:.2f} vs {mean_a:.2f}; "
                      f"{better} classes better, {worse} worse, {len(d) - better - worse} equal")
-        width = max([len(n) for n in c.classnames] + [5])
+        width = min(max([len(n) for n in c.classnames] + [5]), MAX_CLASSNAME)
         head = f"  {'class':{width}s}  {head_a[:12]:>12s}  {head_b[:12]:>12s}  {'delta':>7s}"
         gains = [t for t in d if t[1] > 0][:top]
         losses = [t for t in reversed(d) if t[1] < 0][:top]
@@ -132,9 +148,9 @@ def render(comparisons: list[Comparison], head_a: str, head_b: str, top: int = 1
             lines.append(f" {title}:")
             lines.append(head)
             for i, v in part:
-                lines.append(f"  {c.classnames[i]:{width}s}  {c.acc_a[i]:12.2f}  {c.acc_b[i]:12.2f}  {v:+7.2f}")
+                lines.append(f"  {short_name(c.classnames[i], width):{width}s}  {c.acc_a[i]:12.2f}  {c.acc_b[i]:12.2f}  {v:+7.2f}")
         lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["compare", "render", "Comparison"]
+__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME"]

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from featbench.errors import FeatbenchError
+from featbench.heads.paper import DISPLAY_NAMES
 
 PLOT_SUFFIXES = (".png", ".pdf")
 DEFAULT_STEM = "accuracy-vs-shots"
@@ -57,10 +58,13 @@ def plain(text) -> str:
 
 
 def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | None = None,
-                ncols: int = 4, dpi: int = 150, title: str | None = None) -> list[Path]:
-    """Draw the curves of result rows ``df`` (from :func:`featbench.tables.load_results`); return the files."""
+                ncols: int = 4, dpi: int = 150, title: str | None = None, **pick) -> list[Path]:
+    """Draw the curves of result rows ``df`` (from :func:`featbench.tables.load_results`); return the files.
+
+    ``pick``: ``names``, ``heads``, ``datasets``, ``shots`` as :func:`make_figure` takes them.
+    """
     stem = check_output(out)
-    fig = make_figure(df, metric=metric, protocol=protocol, ncols=ncols, title=title)
+    fig = make_figure(df, metric=metric, protocol=protocol, ncols=ncols, title=title, **pick)
     written = []
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -76,20 +80,30 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
     return written
 
 
-def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: int = 4, title: str | None = None):
-    """The matplotlib Figure of :func:`plot_curves` (not saved)."""
+def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: int = 4, title: str | None = None,
+                names: str = "registry", heads=None, datasets=None, shots=None):
+    """The matplotlib Figure of :func:`plot_curves` (not saved).
+
+    ``heads``/``datasets``/``shots`` keep only those curves, panels and points (as ``featbench table``'s
+    filters do); ``names="paper"`` labels heads by their papers' names.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
     from featbench import tables
 
-    prepared = tables.prepare(df, metric=metric, protocol=protocol)
+    prepared = tables.prepare(df, metric=metric, protocol=protocol, names=names)
     prepared = prepared[prepared["classes"] == "all"].reset_index(drop=True)  # base-to-new rows have no curve
     if prepared.empty:
         raise FeatbenchError("no accuracy-vs-shots rows: base-to-new rows are shown by `featbench table --base-to-new`")
+    prepared = tables.filter_rows(prepared, heads=heads, shots=shots, datasets=datasets).reset_index(drop=True)
+    if prepared.empty:
+        raise FeatbenchError("nothing to plot after filtering by --heads/--datasets/--shots; check the names "
+                             "against `featbench table`")
     cells = tables.cell_stats(prepared)
     heads = tables.order_heads(prepared)
+    styles = _line_styles(prepared)
     datasets = tables.order_datasets(prepared["dataset_label"])
     panels = datasets + ([tables.AVERAGE] if len(datasets) > 1 else [])
     shots_all = sorted({int(s) for s in prepared["shots"]})
@@ -100,8 +114,6 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     fig = Figure(figsize=(width, 2.7 * nrows + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    colors = _colors(len(heads))
-    markers = "osD^vP*Xh<>p"
     handles: dict[str, object] = {}
     any_oracle = False
     for k, panel in enumerate(panels):
@@ -116,10 +128,11 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
             s = line["std"].fillna(0.0).to_numpy(dtype=float)
             oracle = bool(line["oracle"].any())
             any_oracle |= oracle
-            (ln,) = ax.plot(x, y, color=colors[h], marker=markers[h % len(markers)], markersize=3.5,
-                            linewidth=1.4, linestyle="--" if oracle else "-",
+            color, marker, dashes = styles[head]
+            (ln,) = ax.plot(x, y, color=color, marker=marker, markersize=3.5,
+                            linewidth=1.4, linestyle="--" if oracle else dashes,
                             label=plain(head) + (" †" if oracle else ""))
-            ax.fill_between(x, y - s, y + s, color=colors[h], alpha=0.15, linewidth=0)
+            ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)
             handles.setdefault(head, ln)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(shots_all))
@@ -156,11 +169,35 @@ def legend_columns(labels: list[str], width_in: float, fontsize: float = 8.0) ->
     return max(1, min(len(labels), 5, int((width_in - 0.2) // entry_in)))
 
 
-def _colors(n: int) -> list:
+#: line styles that tell a head's variants (its runs with overrides) apart; "--" is kept for oracle curves
+_VARIANT_DASHES = ("-", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)))
+_MARKERS = "osD^vP*Xh<>pd8H"
+
+
+def head_style(head: str) -> tuple:
+    """(colour, marker) of a head in every figure: fixed by its registry name (built-in heads in the
+    registry's order, any other head by a hash of its name), never by which heads a figure happens to draw."""
+    import zlib
+
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    known = list(DISPLAY_NAMES)
+    slot = known.index(head) if head in known else len(known) + zlib.crc32(str(head).encode()) % 64
+    tab20 = colormaps["tab20"]
+    color = tab20((2 * slot) % 20 + (slot // 10) % 2)  # the 10 dark colours first, then the light ones
+    return color, _MARKERS[slot % len(_MARKERS)]
 
 
-__all__ = ["plot_curves", "make_figure", "output_stem", "check_output", "plain", "legend_columns"]
+def _line_styles(prepared) -> dict[str, tuple]:
+    """label -> (colour, marker, line style): a head's colour and marker, its variants in other line styles."""
+    styles: dict[str, tuple] = {}
+    pairs = prepared[["head", "head_label"]].drop_duplicates().sort_values("head_label")
+    for head, group in pairs.groupby("head", sort=False):
+        color, marker = head_style(head)
+        plain_names = (head, DISPLAY_NAMES.get(head))
+        for k, label in enumerate(sorted(group["head_label"], key=lambda lab: (lab not in plain_names, lab))):
+            styles[label] = (color, marker, _VARIANT_DASHES[k % len(_VARIANT_DASHES)])
+    return styles
+
+
+__all__ = ["plot_curves", "make_figure", "head_style", "output_stem", "check_output", "plain", "legend_columns"]

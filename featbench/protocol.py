@@ -297,6 +297,9 @@ def _base_row(cell: Cell, src, cls, tr: _Training, head, combo: dict, fit_second
     if views_used is None:
         views_used = int(tr.views.shape[0]) if tr.views is not None else 0
     view_scale = tr.view_scale if views_used else None
+    # what the user set (--set/--grid/the API) and what came from the paper's per-dataset/per-shot defaults:
+    # tables label a row by its overrides only, so a head's paper runs form one row across shots and datasets
+    paper_keys = sorted(k for k in cls.paper_defaults(src.dataset, int(cell.shots)) if k not in cell.overrides)
     return {
         "source_dataset": src.dataset,
         "model": src.model,
@@ -305,8 +308,11 @@ def _base_row(cell: Cell, src, cls, tr: _Training, head, combo: dict, fit_second
         "content": src.content_id,
         "head": cell.head,
         "params": planned_params(cell, src.dataset),
+        "overrides": jsonable(dict(cell.overrides)),
+        "paper_defaults": paper_keys,
         "selected": selected,
         "protocol": cell.protocol,
+        "test_selection": needs_selection_split(cls, cell.protocol, cell.overrides) and cell.protocol == "oracle",
         "classes": "all",
         "shots": int(cell.shots),
         "seed": int(cell.seed),

@@ -6,14 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from featbench.errors import FeatbenchError
 from featbench.fitspec import PROTOCOLS  # noqa: F401  (defined once, in the evaluation layer)
+from featbench.heads.paper import DISPLAY_NAMES
 
 DIMS = ("dataset", "head", "shots")
 METRICS = ("acc", "mean_per_class_recall")
 FORMATS = ("csv", "latex", "markdown")
 AVERAGE = "Average"
 MISSING = "—"
-ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol)"
+ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol): not a few-shot result; never bold or ranked."
+FALLBACK_NOTE = ("zero-shot CLIP fallback: the head cannot score classes it was not trained on, so this is "
+                 "zero-shot CLIP's New (and the H built on it); never bold or ranked.")
+OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
+                  "paper's per-dataset/per-shot defaults.")
+#: how heads are named: "paper" (each paper's name: TaskRes, Tip-Adapter-F) or "registry" (taskres, tip-adapter-f)
+NAMES = ("paper", "registry")
 REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
 MAX_DECIMALS = 10
 
@@ -46,15 +54,37 @@ class Table:
     protocol: str | None
     rank: object = None
     notes: list[str] = field(default_factory=list)
+    fallback: object = None  # like ``oracle``: cells built on a fallback (base-to-new New/H from zero-shot)
+    overrides: bool = False  # whether a row of the table runs with parameters the user set
+    block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
 
     @property
     def any_oracle(self) -> bool:
         return bool(self.oracle.to_numpy().any())
 
+    @property
+    def any_fallback(self) -> bool:
+        return self.fallback is not None and bool(self.fallback.to_numpy().any())
+
+    def flagged(self):
+        """Cells that are never bold or ranked: built on test-set selection or on a fallback."""
+        return self.oracle if self.fallback is None else (self.oracle | self.fallback)
+
     def uniform_seeds(self) -> int | None:
         """The seed count when every present cell has the same one (then shown once, in a note)."""
         vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
         return vals.pop() if len(vals) == 1 else None
+
+
+def check_names(names: str) -> str:
+    if names not in NAMES:
+        raise FeatbenchError(f"--names must be one of {', '.join(NAMES)}; got {names!r}")
+    return names
+
+
+def display_name(head: str, names: str = "paper") -> str:
+    """The name tables and plots show for a head: its paper's (``names="paper"``) or the registry's."""
+    return str(head) if names == "registry" else DISPLAY_NAMES.get(str(head), str(head))
 
 
 # -- orders ---------------------------------------------------------------------------------------------------

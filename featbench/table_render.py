@@ -8,7 +8,8 @@ touched). Rules for bold, rank and footnotes are in :mod:`featbench.tables`.
 from __future__ import annotations
 
 from featbench.errors import FeatbenchError
-from featbench.table_model import AVERAGE, FORMATS, MAX_DECIMALS, METRIC_NAMES, MISSING, ORACLE_NOTE, Table
+from featbench.table_model import (AVERAGE, FALLBACK_NOTE, FORMATS, MAX_DECIMALS, METRIC_NAMES, MISSING, ORACLE_NOTE,
+                                   Table)
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -51,10 +52,11 @@ def _dim_label(dim: str, value) -> str:
 
 
 def _best_mask(table: Table, decimals: int):
-    """Boolean frame: cells holding the best head's value (see the module docstring)."""
+    """Boolean frame: cells holding the best head's value among the honest cells (see the module docstring):
+    a cell built on test-set selection or a fallback is never bold, and never keeps an honest cell from it."""
     import pandas as pd
 
-    rounded = table.mean.round(decimals)
+    rounded = table.mean.round(decimals).where(~table.flagged())
     best = pd.DataFrame(False, index=rounded.index, columns=rounded.columns)
     if table.rows == "head":
         groups = [rounded] if table.block_dim is None else [g for _, g in rounded.groupby(level=0, sort=False)]
@@ -85,13 +87,16 @@ def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
         return None
     std = table.std.iat[r, c]
     n = int(table.n.iat[r, c])
+    fallback = table.fallback is not None and bool(table.fallback.iat[r, c])
     return dict(mean=f"{mean:.{decimals}f}", std=None if std != std else f"{std:.{decimals}f}",
-                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]))
+                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]), fallback=fallback)
 
 
 def _caption(table: Table, seeds: int | None) -> str:
     metric = METRIC_NAMES.get(table.metric, table.metric)
     proto = f", {table.protocol} protocol" if table.protocol else ""
+    if table.overrides:
+        proto += " with overrides" if table.protocol else ", with overrides"
     over = f" over {seeds} seed{'s' if seeds != 1 else ''}" if seeds else " over seeds (seed count in parentheses)"
     return f"{metric}: mean ± population std{over}{proto}."
 
@@ -171,7 +176,7 @@ def _render_csv(table: Table, decimals: int) -> str:
         header.append("rank")
     for c in table.mean.columns:
         lab = _dim_label(table.cols, c)
-        header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle"]
+        header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle", f"{lab} fallback"]
     w.writerow([_csv_text(h) for h in header])
     for i, block, row in _row_keys(table):
         out = [_csv_text(v) for v in ([block] if table.block_dim else []) + [row]]
@@ -180,8 +185,10 @@ def _render_csv(table: Table, decimals: int) -> str:
             out.append("" if rk != rk else int(rk))
         for j in range(table.mean.shape[1]):
             m, s, n = table.mean.iat[i, j], table.std.iat[i, j], int(table.n.iat[i, j])
+            fb = table.fallback is not None and bool(table.fallback.iat[i, j])
             out += ["" if m != m else f"{m:.{decimals + 2}f}", "" if s != s else f"{s:.{decimals + 2}f}",
-                    n if m == m else "", int(bool(table.oracle.iat[i, j])) if m == m else ""]
+                    n if m == m else "", int(bool(table.oracle.iat[i, j])) if m == m else "",
+                    int(fb) if m == m else ""]
         w.writerow(out)
     return buf.getvalue()
 
@@ -194,6 +201,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
         text = rf"\textbf{{{text}}}" if bold else text
         if parts["oracle"]:
             text += r"$^\dagger$"
+        if parts["fallback"]:
+            text += r"$^\ddagger$"
         if parts["std"] is not None:
             text += rf" $\pm$ {parts['std']}"
         if parts["n"] is not None:
@@ -203,6 +212,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
     text = f"**{text}**" if bold else text
     if parts["oracle"]:
         text += "†"
+    if parts["fallback"]:
+        text += "‡"
     if parts["std"] is not None:
         text += f" ± {parts['std']}"
     if parts["n"] is not None:
@@ -214,9 +225,12 @@ def _footnotes(table: Table, seeds: int | None) -> list[str]:
     notes = [_caption(table, seeds)]
     if table.any_oracle:
         notes.append(f"† {ORACLE_NOTE}")
+    if table.any_fallback:
+        notes.append(f"‡ {FALLBACK_NOTE}")
     if table.rank is not None:
+        flagged = ", or a † / ‡ cell," if table.any_oracle or table.any_fallback else ""
         notes.append("rank: by the head's mean over the columns" + (" (without Average)" if AVERAGE in
-                     list(table.mean.columns) else "") + "; 1 = best; heads with a missing cell are unranked.")
+                     list(table.mean.columns) else "") + f"; 1 = best; heads with a missing cell{flagged} are unranked.")
     notes += table.notes
     return notes
 
@@ -248,10 +262,12 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
     seeds = table.uniform_seeds()
     best = _best_mask(table, decimals)
     has_rank = table.rank is not None
-    n_lead = 1 + (1 if has_rank else 0)
+    as_column = bool(table.block_dim and table.block_column)  # the base-to-new layout: as in Markdown and CSV
+    n_lead = 1 + (1 if has_rank else 0) + (1 if as_column else 0)
     ncols = table.mean.shape[1]
-    spec = "l" + ("r" if has_rank else "") + "r" * ncols
-    header = [latex_escape(table.rows.capitalize())] + (["Rank"] if has_rank else []) + [
+    spec = "l" * (1 + as_column) + ("r" if has_rank else "") + "r" * ncols
+    header = ([latex_escape(table.block_dim.capitalize())] if as_column else []) + [
+        latex_escape(table.rows.capitalize())] + (["Rank"] if has_rank else []) + [
         latex_escape(_dim_label(table.cols, c)) for c in table.mean.columns]
     out = []
     if standalone:
@@ -262,7 +278,11 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
             " & ".join(header) + r" \\", r"\midrule"]
     prev_block = object()
     for i, block, row in _row_keys(table):
-        if table.block_dim and block != prev_block:
+        if as_column and block != prev_block:
+            if i > 0:
+                out.append(r"\midrule")
+            prev_block = block
+        elif table.block_dim and block != prev_block:
             if i > 0:
                 out.append(r"\midrule")
             title = latex_escape(_block_title(table, block))
@@ -272,7 +292,8 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
             out.append(r"\midrule")
         elif table.block_dim and row == AVERAGE:
             out.append(r"\cmidrule(lr){1-%d}" % (n_lead + ncols))
-        cells = [latex_escape(_dim_label(table.rows, row))]
+        cells = [latex_escape(_dim_label(table.block_dim, block))] if as_column else []
+        cells.append(latex_escape(_dim_label(table.rows, row)))
         if has_rank:
             rk = table.rank.iat[i]
             cells.append("---" if rk != rk else str(int(rk)))
@@ -283,9 +304,11 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
     notes = _footnotes(table, seeds)
     caption = latex_escape(notes[0]).replace("±", r"$\pm$")
     rest = []
+    marks = {"† ": r"$^\dagger$ ", "‡ ": r"$^\ddagger$ "}
     for note in notes[1:]:
-        text = latex_escape(note.replace("† ", "", 1)) if note.startswith("† ") else latex_escape(note)
-        rest.append((r"$^\dagger$ " if note.startswith("† ") else "") + text)
+        mark = marks.get(note[:2], "")
+        text = latex_escape(note[2:] if mark else note).replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$")
+        rest.append(mark + text)
     if rest:
         out.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(rest) + "}")
     out += [rf"\caption{{{caption}}}", r"\end{table}"]

@@ -9,18 +9,26 @@ Rules (so a table can go into a paper without a notebook in between):
 - "Average" over datasets exists only where every dataset of the table has the cell; otherwise it is shown as
   missing ("—"), never as an average of a partial set. Its std is the std over seeds of the per-seed average,
   shown only when every dataset has the same seeds.
-- A head run with several hyperparameter settings (a grid, ``--set`` variants, several models or protocols in the
-  same files) is never averaged together: the keys that differ between rows of the same (dataset, shots, seed)
-  are added to its label, e.g. ``taskres (alpha=0.25)``. Keys a protocol search selected are not identity.
+- A row is labelled by its head (the paper's name with ``names="paper"``, as ``featbench table`` prints it: TaskRes,
+  CLIP-Adapter; the registry's otherwise) plus what the user changed: rows that record ``overrides`` show every
+  override (``TaskRes (epochs=20)``, even when all rows share it) and never a ``paper_defaults`` key, so a head's
+  paper-default runs form one row across shots and datasets whatever their per-shot epochs.
+- A head run with several settings (a grid, ``--set`` variants, several models or protocols in the same files) is
+  never averaged together: the keys that differ between rows of the same (dataset, shots, seed) are added to its
+  label, e.g. ``taskres (alpha=0.25)`` (for rows without ``overrides``, written by older versions, these keys are
+  the only label). Keys a protocol search selected are not identity.
 - Domain-generalisation rows (trained on ``source_dataset``, evaluated on ``dataset``) are labelled by the
   dataset evaluated on (``imagenetv2 (from imagenet)`` only if that name would collide with in-domain rows).
-- Cells from the ``oracle`` protocol (hyperparameters picked on the test set) carry a dagger and a footnote.
+- Cells from the ``oracle`` protocol or rows with ``test_selection`` (hyperparameters picked on the test set) carry
+  a dagger, base-to-new New/H cells from the zero-shot fallback a double dagger, each with a footnote; they are
+  never bold and their heads never ranked (honest cells compete only with honest cells).
 - Never across encoders: rows of different encoders (model/pretrained) are never averaged together. The CLI
   prints one table per encoder under an "Encoder:" heading (:func:`aggregate_by_encoder`); a single
   :class:`Table` holding several encoders labels every head with its encoder. ``--model``/``--pretrained`` filter.
 - Duplicates: the same run (same table cell, seed and cache fingerprint) written twice with the same numbers
   counts once (e.g. a results file passed twice); with *different* numbers it is an error naming both lines
-  (never "the later row wins"). Rows that differ only in the cache (same encoder name, other preprocessing or
+  (never "the later row wins"; two lines of one run, by :func:`featbench.results.row_key`, are reported as soon as
+  the second is read). Rows that differ only in the cache (same encoder name, other preprocessing or
   prompts: ``fingerprint=...``; other data or class names: ``content=...``) are labelled apart, never averaged.
 - ``acc`` (and ``mean_per_class_recall`` where present) must be finite numbers; anything else is an error naming
   the file and line.
@@ -29,6 +37,8 @@ Rules (so a table can go into a paper without a notebook in between):
   of the dataset-average accuracy. Heads with a missing cell are not ranked.
 - Base-to-new rows (``"classes": "base"``/``"new"``) never mix with ordinary (``"all"``) rows: ``aggregate``
   uses the "all" rows, ``featbench.b2n_table.aggregate_base_to_new`` the others (B / N / H columns, see its docstring).
+- Reading streams: :func:`load_results` keeps the fields asked for, each repeated value once (``TABLE_FIELDS``:
+  a 200,000-row file needs less memory than its size).
 - Bold marks the best head: per column when heads are the rows, per row when heads are the columns, per cell
   across blocks when heads are the blocks (ties all bold; compared at the printed precision).
 """
@@ -37,21 +47,25 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from featbench.errors import FeatbenchError
-from featbench.results import canonical_json, is_partial_row
+from featbench.results import canonical_json, is_partial_row, row_key
 from featbench.table_model import (AVERAGE, DATASET_ORDER, DIMS, FORMATS, MAX_DECIMALS, METRIC_NAMES, METRICS,  # noqa: F401
-                                   MISSING, ORACLE_NOTE, PROTOCOLS, REQUIRED_KEYS, Table, order_datasets, order_heads)
+                                   MISSING, NAMES, ORACLE_NOTE, OVERRIDES_NOTE, PROTOCOLS, REQUIRED_KEYS, Table,
+                                   check_names, display_name, order_datasets, order_heads)
 from featbench.table_render import check_decimals, latex_escape, render, render_groups
 
 # -- loading ----------------------------------------------------------------------------------------------
 def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
-    """Keep the rows of the given heads (registry names or labels), shot counts and datasets (None: all)."""
+    """Keep the rows of the given heads (registry names, paper names or labels), shot counts and datasets (None: all)."""
     if heads is not None:
         wanted = set(heads)
-        prepared = prepared[prepared["head"].isin(wanted) | prepared["head_label"].isin(wanted)]
+        named = {h for h in set(prepared["head"]) if h in wanted or display_name(h) in wanted}
+        prepared = prepared[prepared["head"].isin(named) | prepared["head_label"].isin(wanted)]
     if shots is not None:
         prepared = prepared[prepared["shots"].isin(set(shots))]
     if datasets is not None:
@@ -59,10 +73,17 @@ def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
     return prepared
 
 
-def load_results(paths: Iterable[str | Path] | str | Path):
-    """Read result JSON-lines files (or directories of ``*.jsonl``) into one DataFrame, validating every line."""
-    import pandas as pd
+#: the fields a table or a plot reads: ``load_results(..., fields=TABLE_FIELDS)`` keeps only these, so a big
+#: results file (notes, timestamps, per-class counts) is read in a fraction of its size
+TABLE_FIELDS = ("dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "head", "params",
+                "selected", "overrides", "paper_defaults", "protocol", "test_selection", "classes", "fallback",
+                "shots", "seed", "acc", "mean_per_class_recall")
+#: what ``featbench compare`` reads in addition
+PER_CLASS_FIELDS = TABLE_FIELDS + ("cache", "per_class")
 
+
+def result_files(paths: Iterable[str | Path] | str | Path) -> list[Path]:
+    """The files behind ``paths`` (a folder stands for its ``*.jsonl``), each checked to exist."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
@@ -79,39 +100,174 @@ def load_results(paths: Iterable[str | Path] | str | Path):
             files.append(p)
     if not files:
         raise FeatbenchError("no results files given; pass one or more .jsonl files written by `featbench fit`")
-    records: list[dict] = []
-    for f in files:
-        n_before = len(records)
+    return files
+
+
+def load_results(paths: Iterable[str | Path] | str | Path, *, fields: Iterable[str] | None = None):
+    """Read result JSON-lines files (or directories of ``*.jsonl``) into one DataFrame, validating every line.
+
+    The files are read line by line and each repeated value is stored once, so memory grows with the rows'
+    kept fields, not the file's size; ``fields`` keeps only those columns (None: every field). A row that
+    repeats an earlier run (same :func:`featbench.results.row_key`) with other numbers is an error at once.
+    Columns ``_order`` (input order), ``_file`` and ``_line`` say where each row came from.
+    """
+    reader = RowReader(fields)
+    for f in result_files(paths):
+        reader.read_file(f)
+    return reader.frame()
+
+
+def row_sources(df) -> list[str]:
+    """``file:line`` of each row of a frame from :func:`load_results` (``row N`` for a hand-made frame)."""
+    if "_file" in df.columns and "_line" in df.columns:
+        return [f"{f}:{n}" for f, n in zip(df["_file"], df["_line"])]
+    return [f"row {o + 1}" for o in df["_order"]]
+
+
+class RowReader:
+    """Validated result rows, kept column by column with every repeated value stored once.
+
+    A results file repeats a few hundred distinct strings and settings over its rows: storing each once keeps
+    the memory of 200,000 rows far below the file's size. Conflicting copies of a run are reported as soon
+    as the second one is read.
+    """
+
+    def __init__(self, fields: Iterable[str] | None = None):
+        self.fields = None if fields is None else tuple(fields) + ("_file", "_line")
+        self.columns: dict[str, list] = {}
+        self.n = 0
+        self._present: set[str] = set()  # the fields some row had (a column no row had is left out)
+        self._slots: list[tuple] = []  # (field, column, pool of its strings, pool of its dicts and lists)
+        self._seen: dict[int, int] = {}
+        self._clashes: dict[tuple, int] = {}
+        self._canon: dict[int, str] = {}
+        for k in self.fields or ():
+            self._add_column(k)
+
+    def _add_column(self, k: str) -> None:
+        if k in _COMPACT:  # 8 bytes a row instead of a Python number each
+            self.columns[k] = array(_COMPACT[k], [0 if _COMPACT[k] == "q" else math.nan] * self.n)
+        else:
+            self.columns[k] = [None] * self.n
+        self._slots.append((k, self.columns[k], {}, None if k in _UNSHARED else {}))
+
+    def read_file(self, f: Path) -> None:
+        n_before, name = self.n, str(f)
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            with open(f, "rb") as fh:
+                for lineno, raw in enumerate(fh, 1):
+                    if raw.strip():
+                        self._read_line(raw, name, lineno)
+        except OSError as err:
             raise FeatbenchError(f"{f}: cannot read results file ({err})") from None
-        lines = text.splitlines()
-        last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                if (lineno - 1 == last and not text.endswith("\n")) or is_partial_row(line.encode()):
-                    continue  # a line an interrupted run cut short (kept: files are append-only); the runner redid it
-                raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
-            if not isinstance(row, dict):
-                raise FeatbenchError(f"{f}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in row]
-            if missing:
-                raise FeatbenchError(f"{f}:{lineno}: result row lacks {', '.join(missing)}; is this a featbench results file?")
-            for k in ("shots", "seed"):
-                if not isinstance(row[k], int) or isinstance(row[k], bool):
-                    raise FeatbenchError(f"{f}:{lineno}: '{k}' must be an integer, got {row[k]!r}")
-            _check_row(row, f"{f}:{lineno}")
-            row["_order"] = len(records)
-            row["_source"] = f"{f}:{lineno}"
-            records.append(row)
-        if len(records) == n_before:
+        if self.n == n_before:
             raise FeatbenchError(f"{f}: results file is empty (no result rows); run `featbench fit` first")
-    return pd.DataFrame.from_records(records)
+
+    def _read_line(self, raw: bytes, f: str, lineno: int) -> None:
+        try:
+            row = json.loads(raw)
+        except UnicodeDecodeError as err:
+            raise FeatbenchError(f"{f}: cannot read results file ({err})") from None
+        except json.JSONDecodeError as err:
+            if not raw.endswith(b"\n") or is_partial_row(raw):
+                return  # a line an interrupted run cut short (kept: files are append-only); the runner redid it
+            raise FeatbenchError(f"{f}:{lineno}: not valid JSON ({err.msg}); is this a featbench results file?") from None
+        check_result_row(row, f"{f}:{lineno}")
+        row["_file"], row["_line"] = f, lineno
+        self._append(row)
+        self._check_conflict()
+
+    def _append(self, row: dict) -> None:
+        """Store the row's kept fields, each repeated string, setting or list stored once."""
+        self._present.update(row)
+        if self.fields is None and not self._present <= self.columns.keys():
+            for k in self._present - self.columns.keys():
+                self._add_column(k)
+        get = row.get
+        for k, col, strings, others in self._slots:
+            v = get(k)
+            if col.__class__ is array:
+                v = math.nan if v is None else v  # checked numbers (shots, seed: integers)
+            elif v.__class__ is str:
+                v = strings.setdefault(v, v)
+            elif others is not None and (v.__class__ is dict or v.__class__ is list):
+                v = others.setdefault(repr(v), v)  # repr is exact here: 1, 1.0 and True stay apart
+            col.append(v)
+        self.n += 1
+
+    def _check_conflict(self) -> None:
+        """The same run (its resume key) read twice with another accuracy: an error naming both lines."""
+        i, c = self.n - 1, self.columns
+        key = self._run_key(i)
+        first = self._seen.setdefault(hash(key), i)  # a hash a row: the keys themselves would cost more memory
+        if first != i and self._run_key(first) != key:  # two runs whose keys share a hash
+            first = self._clashes.setdefault(key, i)
+        if first == i or round(float(c["acc"][first]), 10) == round(float(c["acc"][i]), 10):
+            return
+        raise FeatbenchError(
+            f"conflicting result rows for {c['head'][i]} on {c['dataset'][i]}, {c['shots'][i]}-shot, seed "
+            f"{c['seed'][i]}: {c['_file'][first]}:{c['_line'][first]} (acc {c['acc'][first]:g}), "
+            f"{c['_file'][i]}:{c['_line'][i]} (acc {c['acc'][i]:g}); the same run with different numbers: remove "
+            "the wrong line(s) or keep the files apart")
+
+    def _run_key(self, i: int) -> tuple:
+        """:func:`featbench.results.row_key` of stored row ``i``, each setting's JSON computed once."""
+        c = self.columns
+        params = (c["params"][i] if "params" in c else None) or {}
+        canon = self._canon.get(id(params))
+        if canon is None:
+            canon = self._canon[id(params)] = canonical_json(params)
+        get = lambda k: c[k][i] if k in c else None  # noqa: E731
+        return (get("fingerprint"), get("content") or "", get("source_dataset") or c["dataset"][i],
+                c["dataset"][i], c["head"][i], canon, c["protocol"][i], c["shots"][i], c["seed"][i],
+                get("classes") or "all")
+
+    def frame(self):
+        """The rows read so far as one DataFrame (column by column, so only one column is ever copied twice)."""
+        import numpy as np
+        import pandas as pd
+
+        self._slots.clear()
+        self._seen.clear()
+        self._clashes.clear()
+        self._canon.clear()
+        data = {}
+        for k in [k for k in self.columns if k in self._present]:
+            col = self.columns.pop(k)
+            if col.__class__ is array:
+                data[k] = pd.Series(np.frombuffer(col, dtype=col.typecode if col.typecode == "d" else np.int64))
+            else:
+                data[k] = pd.Series(col, dtype=None if k in _NUMERIC else object)
+            del col
+        self.columns.clear()
+        data["_order"] = pd.RangeIndex(self.n)
+        return pd.DataFrame(data, copy=False)
+
+
+#: columns stored as machine numbers while reading (array typecodes): checked integers and percentages
+_COMPACT = {"shots": "q", "seed": "q", "_line": "q", "acc": "d", "mean_per_class_recall": "d"}
+#: columns of numbers (their dtype is inferred); every other column holds Python objects
+_NUMERIC = ("shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "_order", "_line")
+#: values unique to (almost) every row: sharing them would only cost memory
+_UNSHARED = ("per_class",)
+
+
+
+
+def check_result_row(row, where: str) -> None:
+    """Everything a table relies on in one parsed line (a JSON object with the required keys, integer
+    shots/seed, typed fields, finite percentages); anything else is an error naming ``where``."""
+    if not isinstance(row, dict):
+        raise FeatbenchError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in row]
+    if missing:
+        raise FeatbenchError(f"{where}: result row lacks {', '.join(missing)}; is this a featbench results file?")
+    for k in ("shots", "seed"):
+        if not isinstance(row[k], int) or isinstance(row[k], bool):
+            raise FeatbenchError(f"{where}: '{k}' must be an integer, got {row[k]!r}")
+        if not -2**63 <= row[k] < 2**63:
+            raise FeatbenchError(f"{where}: '{k}' is {row[k]}, too large for a table; fix or remove that line")
+    _check_row(row, where)
 
 
 def _shown(value) -> str:
@@ -126,7 +282,7 @@ def _check_row(row: dict, where: str) -> None:
     for k in ("dataset", "head", "protocol", "model", "pretrained", "source_dataset", "fingerprint", "content"):
         if k in row and not (isinstance(row[k], str) or (row[k] is None and k not in REQUIRED_KEYS)):
             raise FeatbenchError(f"{where}: '{k}' must be a string, got {_shown(row[k])}; fix or remove that line")
-    for k in ("params", "selected"):
+    for k in ("params", "selected", "overrides"):
         if row.get(k) is not None and not isinstance(row[k], dict):
             raise FeatbenchError(f"{where}: '{k}' must be an object, got {_shown(row[k])}; fix or remove that line")
     for k in METRICS:
@@ -168,78 +324,135 @@ def _fmt_param(value) -> str:
     return str(value)
 
 
-def _head_labels(df) -> list[str]:
-    """Label each row by its head plus the identity keys that distinguish variants of that head.
+_META_KEYS = ("model", "protocol", "fingerprint", "content")
 
-    With more than one encoder in ``df`` every label names its encoder, so nothing averages across encoders.
-    """
-    idents: list[dict[str, str]] = []
-    shown: list[dict[str, str]] = []
-    fps = df["fingerprint"] if "fingerprint" in df.columns else [""] * len(df)
-    contents = df["content"] if "content" in df.columns else [""] * len(df)
-    for params, selected, model, pretrained, protocol, fp, content in zip(
-        df["params"], df["selected"], df["model"], df["pretrained"], df["protocol"], fps, contents
-    ):
-        params = params if isinstance(params, dict) else {}
-        selected = selected if isinstance(selected, dict) else {}
-        ident = {f"{k}": canonical_json(v) for k, v in params.items() if k not in selected}
-        show = {f"{k}": _fmt_param(v) for k, v in params.items() if k not in selected}
-        ident["model"] = show["model"] = encoder_label(model, pretrained)
-        ident["protocol"] = show["protocol"] = str(protocol)
-        show["fingerprint"] = str(fp or "")[:8]
-        show["content"] = str(content if isinstance(content, str) else "")[:8]
-        idents.append(ident)
-        shown.append(show)
+
+@dataclass
+class _Setting:
+    """One distinct head setting of the rows: what identifies it, how it is shown, what is always marked."""
+
+    head: str
+    ident: dict  # key -> canonical JSON: what tells two settings of a head apart
+    shown: dict  # key -> text for the label
+    always: tuple  # the overrides: marked in the label even when every row shares them
+    new_style: bool  # the row records its overrides (rows of older featbench versions do not)
+
+
+def _setting(head, params, selected, overrides, paper_keys, model, pretrained, protocol, fp, content) -> _Setting:
+    """A row's setting. Rows that record ``overrides`` are identified by them (and by anything that is neither
+    a paper default nor selected); older rows by every parameter the protocol did not select."""
+    params = params if isinstance(params, dict) else {}
+    selected = selected if isinstance(selected, dict) else {}
+    new_style = isinstance(overrides, dict)
+    skip = set(selected) | (set(paper_keys) if new_style and isinstance(paper_keys, (list, tuple)) else set())
+    ident = {str(k): canonical_json(v) for k, v in params.items() if k not in skip}
+    shown = {str(k): _fmt_param(v) for k, v in params.items() if k not in skip}
+    always: tuple = ()
+    if new_style:
+        for k, v in overrides.items():
+            ident[str(k)], shown[str(k)] = canonical_json(v), _fmt_param(v)
+        always = tuple(str(k) for k in overrides)
+    ident["model"] = shown["model"] = encoder_label(model, pretrained)
+    ident["protocol"] = shown["protocol"] = str(protocol)
+    shown["fingerprint"] = str(fp if isinstance(fp, str) else "")[:8]
+    shown["content"] = str(content if isinstance(content, str) else "")[:8]
+    return _Setting(str(head), ident, shown, always, new_style)
+
+
+def _setting_codes(df) -> tuple[list[int], list[_Setting]]:
+    """Each row's setting code and the distinct settings (rows sharing stored values are looked at once)."""
+    cols = [df[c].tolist() if c in df.columns else [None] * len(df) for c in
+            ("head", "params", "selected", "overrides", "paper_defaults", "model", "pretrained", "protocol",
+             "fingerprint", "content")]
+    index: dict[tuple, int] = {}
+    settings: list[_Setting] = []
+    by_ident: dict[str, int] = {}
+    codes = []
+    for values in zip(*cols):
+        key = tuple(v if isinstance(v, (str, int, float, type(None))) else id(v) for v in values)
+        code = index.get(key)
+        if code is None:
+            setting = _setting(*values)
+            # equal settings held in different objects (a hand-made frame) share one code too
+            code = by_ident.setdefault(canonical_json([setting.head, setting.ident, setting.always,
+                                                       setting.shown["fingerprint"], setting.shown["content"]]),
+                                       len(settings))
+            if code == len(settings):
+                settings.append(setting)
+            index[key] = code
+        codes.append(code)
+    return codes, settings
+
+
+def _varying_keys(df, codes: list[int], settings: list[_Setting]) -> dict[str, set[str]]:
+    """Per head, the keys that differ between its settings on the same (dataset, shots, seed)."""
     varying: dict[str, set[str]] = {}
-    if len({i["model"] for i in idents}) > 1:
-        for head in set(df["head"]):
-            varying.setdefault(head, set()).add("model")
-    groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(zip(df["head"], df["dataset"], df["source_dataset"], df["shots"], df["seed"])):
-        groups.setdefault(key, []).append(i)
-    for key, members in groups.items():
-        if len(members) < 2:
-            continue
-        keys = set().union(*(idents[i].keys() for i in members))
-        for k in keys:
-            if len({idents[i].get(k, "None") for i in members}) > 1:
-                varying.setdefault(key[0], set()).add(k)
+    if len({s.ident["model"] for s in settings}) > 1:
+        for s in settings:
+            varying.setdefault(s.head, set()).add("model")
+    keys = ["head", "dataset", "source_dataset", "shots", "seed"]
+    cells = df[keys].assign(_code=codes).drop_duplicates()
+    many = cells[cells.groupby(keys, sort=False)["_code"].transform("size") > 1]
+    for (head, *_), members in many.groupby(keys, sort=False)["_code"]:
+        group = [settings[c] for c in members]
+        for k in set().union(*(s.ident.keys() for s in group)):
+            if len({s.ident.get(k, "None") for s in group}) > 1:
+                varying.setdefault(head, set()).add(k)
         # same encoder name and settings, other cache (preprocessing, prompts, data): never merged
-        by_ident: dict[str, set[tuple[str, str]]] = {}
-        for i in members:
-            by_ident.setdefault(canonical_json(idents[i]), set()).add((shown[i]["fingerprint"], shown[i]["content"]))
-        for caches in by_ident.values():
-            if len({fp for fp, _ in caches}) > 1:
-                varying.setdefault(key[0], set()).add("fingerprint")
-            elif len(caches) > 1:
-                varying.setdefault(key[0], set()).add("content")
-    labels = []
-    for i, head in enumerate(df["head"]):
-        keys = sorted(varying.get(head, ()), key=lambda k: (k in ("model", "protocol", "fingerprint", "content"), k))
-        if not keys:
-            labels.append(str(head))
-        else:
-            inner = ", ".join(f"{k}={shown[i].get(k, 'None')}" for k in keys)
-            labels.append(f"{head} ({inner})")
-    return labels
+        caches: dict[str, set[tuple[str, str]]] = {}
+        for s in group:
+            caches.setdefault(canonical_json(s.ident), set()).add((s.shown["fingerprint"], s.shown["content"]))
+        for pairs in caches.values():
+            if len({fp for fp, _ in pairs}) > 1:
+                varying.setdefault(head, set()).add("fingerprint")
+            elif len(pairs) > 1:
+                varying.setdefault(head, set()).add("content")
+    return varying
+
+
+def _label(setting: _Setting, varying: set[str], names: str) -> str:
+    if setting.new_style:  # its overrides, and what varies among what it records (never a paper default)
+        keys = set(setting.always) | {k for k in varying if k in setting.ident or k in _META_KEYS}
+    else:
+        keys = set(varying)
+    keys = sorted(keys, key=lambda k: (k in _META_KEYS, k))
+    name = display_name(setting.head, names)
+    if not keys:
+        return name
+    inner = ", ".join(f"{k}={setting.shown.get(k, 'None')}" for k in keys)
+    return f"{name} ({inner})"
+
+
+def _head_labels(df, names: str = "registry") -> tuple[list[str], list[bool]]:
+    """Label each row by its head plus the keys that tell its setting apart (see the module docstring), and
+    say whether the row runs with overrides. With more than one encoder every label names its encoder."""
+    codes, settings = _setting_codes(df)
+    varying = _varying_keys(df, codes, settings)
+    labels = [_label(s, varying.get(s.head, set()), names) for s in settings]
+    return [labels[c] for c in codes], [bool(settings[c].always) for c in codes]
 
 
 def _dataset_labels(df) -> list[str]:
     in_domain = set(df.loc[df["source_dataset"] == df["dataset"], "dataset"])
     out = []
-    for ds, src in zip(df["dataset"], df["source_dataset"]):
+    for ds, src in zip(df["dataset"].tolist(), df["source_dataset"].tolist()):
         out.append(ds if ds == src or ds not in in_domain else f"{ds} (from {src})")
     return out
 
 
-def prepare(df, metric: str = "acc", protocol: str | None = None):
+def prepare(df, metric: str = "acc", protocol: str | None = None, *, names: str = "registry"):
     """Filter by protocol, label heads/datasets, keep one row per (head, dataset, shots, seed); conflicting
-    copies of a row are an error naming their lines."""
+    copies of a row are an error naming their lines. ``names``: "paper" labels heads by their papers' names.
+
+    Adds ``head_label``, ``dataset_label``, ``value``, ``is_oracle`` (selected on the test set),
+    ``is_fallback`` (a base-to-new New from the zero-shot fallback) and ``has_overrides``.
+    """
+    check_names(names)
     if metric not in METRICS:
         raise FeatbenchError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if protocol is not None and protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
-    df = df.copy()
+    df = df.copy(deep=False)  # columns are added, never changed in place (copy-on-write keeps the caller's)
     if "_order" not in df.columns:
         df["_order"] = range(len(df))
     for col, default in (("params", None), ("selected", None), ("model", ""), ("pretrained", "")):
@@ -257,33 +470,57 @@ def prepare(df, metric: str = "acc", protocol: str | None = None):
             raise FeatbenchError(f"no result rows with --protocol {protocol}")
     if metric not in df.columns or df[metric].isna().all():
         raise FeatbenchError(f"the result rows have no '{metric}' values; choose another --metric")
-    df = df[df[metric].notna()].reset_index(drop=True)
-    df["head_label"] = _head_labels(df)
+    df = keep_rows(df, df[metric].notna())
+    df["head_label"], df["has_overrides"] = _head_labels(df, names)
     df["dataset_label"] = _dataset_labels(df)
     df["value"] = df[metric].astype(float)
-    df["is_oracle"] = df["protocol"] == "oracle"
-    df = df.sort_values("_order")
-    _check_duplicates(df, metric)
-    df = df.drop_duplicates(["head_label", "dataset_label", "shots", "seed", "classes"], keep="first")
-    return df.reset_index(drop=True)
+    df["is_oracle"] = (df["protocol"] == "oracle") | _true(df, "test_selection")
+    df["is_fallback"] = (df["classes"] == "new") & _present(df, "fallback")
+    if not df["_order"].is_monotonic_increasing:
+        df = df.sort_values("_order")
+    duplicated = _check_duplicates(df, metric)
+    return keep_rows(df, ~duplicated)
 
 
-def _check_duplicates(df, metric: str) -> None:
-    """Rows for the same cell and seed must agree; identical copies count once, conflicting ones are an error."""
+def keep_rows(df, mask):
+    """``df[mask]`` with a fresh index; the frame itself (no copy of 200,000 rows) when the mask keeps all."""
+    if bool(mask.all()):
+        return df.reset_index(drop=True)  # copy-on-write: shares the data
+    return df[mask].reset_index(drop=True)
+
+
+def _true(df, col: str):
+    """Rows whose ``col`` is JSON true (a missing column or value: false)."""
+    if col not in df.columns:
+        return False
+    return df[col].map(lambda v: v is True or v == True)  # noqa: E712 - numpy bools too
+
+
+def _present(df, col: str):
+    if col not in df.columns:
+        return False
+    return df[col].notna() & (df[col].astype(object) != "")
+
+
+def _check_duplicates(df, metric: str):
+    """Rows for the same cell and seed must agree: identical copies count once (the returned mask marks the
+    later copies), conflicting ones are an error naming their lines."""
     key = ["head_label", "dataset_label", "shots", "seed"] + (["classes"] if "classes" in df.columns else [])
-    dup = df[df.duplicated(key, keep=False)]
-    if dup.empty:
-        return
+    repeated = df.duplicated(key, keep=False)
+    if not repeated.any():
+        return repeated
+    dup = df[repeated]
     values = [c for c in dict.fromkeys(("acc", metric)) if c in dup.columns]
     for _, group in dup.groupby(key, sort=False):
         distinct = group[values].astype(float).round(10).drop_duplicates()
         if len(distinct) > 1:
-            where = [str(s) for s in group.get("_source", group["_order"].map(lambda o: f"row {o + 1}"))]
+            where = row_sources(group)
             head, ds, shots, seed = (group.iloc[0][k] for k in key[:4])
             shown = ", ".join(f"{w} ({metric} {v:g})" for w, v in zip(where, group[metric].astype(float)))
             raise FeatbenchError(
                 f"conflicting result rows for {head} on {ds}, {shots}-shot, seed {seed}: {shown}; "
                 "the same run with different numbers: remove the wrong line(s) or keep the files apart")
+    return df.duplicated(key, keep="first")
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------
@@ -292,45 +529,52 @@ def cell_stats(df):
 
     Columns: head, dataset, shots, mean, std, n, oracle. ``df`` is the output of :func:`prepare`.
     """
-    import numpy as np
     import pandas as pd
 
     g = df.groupby(["head_label", "dataset_label", "shots"], sort=False)
-    cells = g.agg(mean=("value", "mean"), std=("value", lambda v: float(np.std(v.to_numpy(), ddof=0))),
-                  n=("seed", "nunique"), oracle=("is_oracle", "any")).reset_index()
+    cells = g.agg(mean=("value", "mean"), n=("seed", "nunique"), oracle=("is_oracle", "any"))
+    cells.insert(1, "std", g["value"].std(ddof=0))  # population std, as CoOp's parser prints
+    cells = cells.reset_index()
     cells = cells.rename(columns={"head_label": "head", "dataset_label": "dataset"})
-    datasets = sorted(set(df["dataset_label"]))
-    avg_rows = []
-    for (head, shots), sub in df.groupby(["head_label", "shots"], sort=False):
-        have = set(sub["dataset_label"])
-        oracle = bool(sub["is_oracle"].any())
-        if have != set(datasets):
-            avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=math.nan, std=math.nan, n=0,
-                                 oracle=oracle))
-            continue
-        per = sub.pivot_table(index="seed", columns="dataset_label", values="value", aggfunc="last")
-        means = per.mean(axis=0)  # per-dataset mean over that dataset's seeds
-        mean = float(means.mean())
-        complete = per.dropna(axis=0, how="any")
-        if len(complete) == len(per):  # every dataset has the same seeds: std over seeds of the average
-            std = float(np.std(complete.mean(axis=1).to_numpy(), ddof=0))
-            n = len(complete)
-        else:
-            std, n = math.nan, int(per.notna().sum(axis=0).min())
-        avg_rows.append(dict(head=head, dataset=AVERAGE, shots=shots, mean=mean, std=std, n=n, oracle=oracle))
-    if avg_rows:
-        cells = pd.concat([cells, pd.DataFrame(avg_rows)], ignore_index=True)
-    return cells
+    return pd.concat([cells, _average_cells(df, cells)], ignore_index=True)
+
+
+def _average_cells(df, cells):
+    """The "Average" rows of :func:`cell_stats`, one per (head, shots), in grouped (not per-group) steps.
+
+    The mean of the per-dataset means, only where every dataset has the cell; its std is the std over seeds
+    of the per-seed average when every dataset has the same seeds (else no std, and n the fewest seeds).
+    """
+    n_ds = df["dataset_label"].nunique()
+    by_cell = cells.groupby(["head", "shots"], sort=False)
+    out = by_cell.agg(have=("dataset", "nunique"), mean=("mean", "mean"), fewest=("n", "min"),
+                      oracle=("oracle", "any"))
+    seeds = df.groupby(["head_label", "shots", "seed"], sort=False).agg(avg=("value", "mean"),
+                                                                         k=("dataset_label", "nunique"))
+    by_seed = seeds.groupby(level=[0, 1], sort=False)
+    per_seed = by_seed.agg(k_min=("k", "min"), n_seeds=("k", "size"))
+    per_seed["std"] = by_seed["avg"].std(ddof=0)
+    per_seed.index = per_seed.index.set_names(["head", "shots"])
+    out = out.join(per_seed)
+    complete = out["have"] == n_ds
+    same_seeds = complete & (out["k_min"] == n_ds)
+    out["mean"] = out["mean"].where(complete)
+    out["std"] = out["std"].where(same_seeds)
+    out["n"] = out["n_seeds"].where(same_seeds, out["fewest"].where(complete, 0)).astype(int)
+    out = out.reset_index()
+    out["dataset"] = AVERAGE
+    return out[["head", "dataset", "shots", "mean", "std", "n", "oracle"]]
 
 
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
               *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None,
               datasets: Iterable[str] | None = None, model: str | None = None,
-              pretrained: str | None = None) -> Table:
+              pretrained: str | None = None, names: str = "registry") -> Table:
     """Aggregate result rows (the DataFrame from :func:`load_results`) into a :class:`Table`.
 
-    ``heads``/``shots``/``datasets`` optionally restrict the table (heads match the registry name or the
-    full label; datasets the dataset evaluated on).
+    ``heads``/``shots``/``datasets`` optionally restrict the table (heads match the registry name, the paper's
+    name or the full label; datasets the dataset evaluated on). ``names="paper"`` labels heads by their
+    papers' names (``featbench table`` does), "registry" by their registry names.
     """
     import pandas as pd
 
@@ -342,8 +586,8 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         raise FeatbenchError(f"--rows and --cols must differ (both are {rows!r})")
     if model is not None or pretrained is not None:
         df = filter_encoder(df, model, pretrained)
-    prepared = prepare(df, metric=metric, protocol=protocol)
-    prepared = prepared[prepared["classes"] == "all"]
+    prepared = prepare(df, metric=metric, protocol=protocol, names=names)
+    prepared = keep_rows(prepared, prepared["classes"] == "all")
     if prepared.empty:
         raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
     prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
@@ -353,7 +597,7 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     cells = cell_stats(prepared)
     orders = {
         "head": order_heads(prepared),
-        "dataset": order_datasets(prepared["dataset_label"]) + [AVERAGE],
+        "dataset": _with_average(order_datasets(prepared["dataset_label"]), rows, cols),
         "shots": sorted(set(int(s) for s in prepared["shots"])),
     }
     block = next(d for d in DIMS if d not in (rows, cols))
@@ -389,23 +633,40 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         keep = keep & mean.index.get_level_values(0).isin(blocks_with_rows)
     mean, std, n, piv_o = mean[keep], std[keep], n[keep], piv_o[keep]
     table = Table(mean=mean, std=std, n=n, oracle=piv_o, rows=rows, cols=cols, block_dim=block_dim,
-                  metric=metric, protocol=protocol)
+                  metric=metric, protocol=protocol, overrides=bool(prepared["has_overrides"].any()))
     if rows == "head":
-        table.rank = _rank(mean)
+        table.rank = _rank(mean, table.flagged())
+    table.notes += _notes(prepared, block)
+    return table
+
+
+def _with_average(datasets: list[str], rows: str, cols: str) -> list[str]:
+    """The dataset order plus "Average", which a table with one dataset as rows or columns would only repeat."""
+    if len(datasets) == 1 and "dataset" in (rows, cols):
+        return datasets
+    return datasets + [AVERAGE]
+
+
+def _notes(prepared, block: str) -> list[str]:
+    """The notes under a table: encoders, what the cells average, what a label's (k=v) means."""
+    notes = []
     names = sorted(set(prepared["dataset_label"]))
     n_ds = len(names)
-    encoders = sorted({encoder_label(m, p) for m, p in zip(prepared["model"], prepared["pretrained"])})
+    pairs = prepared[["model", "pretrained"]].drop_duplicates()
+    encoders = sorted({encoder_label(m, p) for m, p in zip(pairs["model"], pairs["pretrained"])})
     if len(encoders) == 1:
-        table.notes.append(f"Encoder: {encoders[0]}.")
+        notes.append(f"Encoder: {encoders[0]}.")
     else:
-        table.notes.append(f"Encoders: {', '.join(encoders)} (each head row names its encoder; never averaged across them).")
-    if block == "dataset" and n_ds == 1:
-        table.notes.append(f"Dataset: {names[0]}.")
+        notes.append(f"Encoders: {', '.join(encoders)} (each head row names its encoder; never averaged across them).")
+    if n_ds == 1:
+        notes.append(f"Dataset: {names[0]}.")
     elif block == "dataset":
-        table.notes.append(f"Each cell: mean over the {n_ds} datasets, shown only where every dataset has it.")
+        notes.append(f"Each cell: mean over the {n_ds} datasets, shown only where every dataset has it.")
     else:
-        table.notes.append(f"{AVERAGE}: mean over the {n_ds} datasets, shown only where every dataset has the cell.")
-    return table
+        notes.append(f"{AVERAGE}: mean over the {n_ds} datasets, shown only where every dataset has the cell.")
+    if prepared["has_overrides"].any():
+        notes.append(OVERRIDES_NOTE)
+    return notes
 
 
 def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
@@ -419,16 +680,18 @@ def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
         df = filter_encoder(df, kwargs.pop("model", None), kwargs.pop("pretrained", None))
     kwargs.pop("model", None)
     kwargs.pop("pretrained", None)
-    df = df.copy()
+    df = df.copy(deep=False)
     for col in ("model", "pretrained"):
         if col not in df.columns:
             df[col] = ""
-    labels = [encoder_label(m, p) for m, p in zip(df["model"], df["pretrained"])]
-    df["_encoder"] = labels
+    pairs = df.groupby(["model", "pretrained"], sort=False, dropna=False).ngroup()
+    firsts = pairs.reset_index(drop=True).drop_duplicates()  # index: each pair's first position
+    label_of = {code: encoder_label(df["model"].iat[i], df["pretrained"].iat[i]) for i, code in firsts.items()}
+    labels = pairs.map(label_of)
     out, first_error = [], None
-    for enc in sorted(set(labels)):
+    for enc in sorted(set(label_of.values())):
         try:
-            out.append((enc, build(df[df["_encoder"] == enc].drop(columns="_encoder"), **kwargs)))
+            out.append((enc, build(keep_rows(df, labels == enc), **kwargs)))
         except FeatbenchError as err:
             if not any(m in str(err) for m in ("no result rows", "have no", "base-to-new rows")):
                 raise  # a real error, not "this encoder has nothing left to show"
@@ -438,12 +701,16 @@ def aggregate_by_encoder(df, **kwargs) -> list[tuple[str, Table]]:
     return out
 
 
-def _rank(mean):
-    """Rank heads by their mean over the table's columns (without "Average"); rows with a gap get no rank."""
+def _rank(mean, flagged=None):
+    """Rank heads by their mean over the table's columns (without "Average"); rows with a gap, or with a cell
+    built on test-set selection or a fallback (``flagged``), get no rank: they never compete with honest ones."""
     import pandas as pd
 
     use = mean[[c for c in mean.columns if c != AVERAGE]]
-    score = use.mean(axis=1).where(use.notna().all(axis=1))
+    honest = use.notna().all(axis=1)
+    if flagged is not None:
+        honest &= ~flagged.any(axis=1)
+    score = use.mean(axis=1).where(honest)
     if isinstance(mean.index, pd.MultiIndex):
         ranks = score.groupby(level=0, sort=False).rank(ascending=False, method="min")
     else:
@@ -451,6 +718,8 @@ def _rank(mean):
     return ranks
 
 
-__all__ = ["load_results", "prepare", "cell_stats", "aggregate", "aggregate_by_encoder",
+__all__ = ["load_results", "result_files", "row_sources", "check_result_row", "RowReader", "TABLE_FIELDS",
+           "PER_CLASS_FIELDS", "NAMES", "check_names", "display_name", "filter_rows",
+           "prepare", "cell_stats", "aggregate", "aggregate_by_encoder",
            "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
            "check_decimals", "Table"]

@@ -144,7 +144,7 @@ def test_cli_flag_and_table(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 * 2 * 2 * 2
     assert len({r["acc"] for r in rows}) > 2  # not all 100%: the checks below compare real numbers
-    res = CliRunner().invoke(app, ["table", str(out), "--format", "csv"])
+    res = CliRunner().invoke(app, ["table", str(out), "--format", "csv", "--names", "registry"])
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert lines[0].startswith("head,dataset,Base mean")
@@ -162,7 +162,7 @@ def test_cli_flag_and_table(tmp_path):
         assert float(line[col["H mean"]]) == pytest.approx(2 * b * n / (b + n), abs=1e-4)
     avg_b = (mean("taskres", "caltech101", "base") + mean("taskres", "dtd", "base")) / 2
     avg_n = (mean("taskres", "caltech101", "new") + mean("taskres", "dtd", "new")) / 2
-    line = cells[("taskres", "Average")]
+    line = cells[("taskres (epochs=2)", "Average")]  # --set taskres.epochs=2: an override, always marked
     assert float(line[col["H mean"]]) == pytest.approx(2 * avg_b * avg_n / (avg_b + avg_n), abs=1e-4)
     md = CliRunner().invoke(app, ["table", str(out)]).output
     assert "| Base | New | H |" in md and "fallback" in md

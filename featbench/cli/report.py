@@ -32,6 +32,7 @@ def table(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing to stdout."),
     force: bool = typer.Option(False, "--force", help="Let --out replace an existing file that is not a featbench table."),
     base_to_new: Optional[bool] = typer.Option(None, "--base-to-new/--no-base-to-new", help="Base / New / H table of `fit --base-to-new` rows (default: when the rows are all base/new rows)."),
+    names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, tip-adapter-f, ...)."),
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
@@ -43,13 +44,14 @@ def table(
     if format not in tables.FORMATS:
         raise FeatbenchError(f"--format must be one of {', '.join(tables.FORMATS)}; got {format!r}")
     tables.check_decimals(decimals)
+    tables.check_names(names)
     if out is not None:
         from featbench.outputs import guard_output, looks_like_table
 
         guard_output(out, results, flag="--out", force=force, looks_ours=looks_like_table, what="table")
     from featbench import b2n_table  # lazy, like tables: pandas only when a table is asked for
 
-    df = tables.load_results(results)
+    df = tables.load_results(results, fields=tables.TABLE_FIELDS)
     if base_to_new is None:
         base_to_new = b2n_table.is_base_to_new(df)
     layout = dict(build=b2n_table.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
@@ -58,7 +60,7 @@ def table(
         heads=parse_str_list(heads) if heads else None,
         shots=parse_int_list(shots, "--shots") if shots else None,
         datasets=parse_str_list(datasets) if datasets else None,
-        model=model, pretrained=pretrained,
+        model=model, pretrained=pretrained, names=names,
     )
     text = tables.render_groups(groups, format, decimals=decimals, standalone=standalone)
     if out is None:
@@ -80,13 +82,24 @@ def plot(
     metric: str = typer.Option("acc", "--metric", help="acc | mean_per_class_recall"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
     title: Optional[str] = typer.Option(None, "--title", help="A title line above the panels."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names, paper names or labels) to draw."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to draw."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to draw, e.g. 1,2,4."),
+    names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, ...)."),
 ) -> None:
-    """Accuracy-vs-shots curves: one panel per dataset plus Average, one line per head, ±std bands."""
+    """Accuracy-vs-shots curves: one panel per dataset plus Average, one line per head, ±std bands.
+
+    Each head keeps one colour and marker in every figure (derived from its name, not the plot's order).
+    """
     from featbench import tables
     from featbench.plots import plot_curves
 
-    df = tables.load_results(results)
-    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title):
+    tables.check_names(names)
+    df = tables.load_results(results, fields=tables.TABLE_FIELDS)
+    picked = dict(heads=parse_str_list(heads) if heads else None,
+                  datasets=parse_str_list(datasets) if datasets else None,
+                  shots=parse_int_list(shots, "--shots") if shots else None)
+    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title, names=names, **picked):
         typer.echo(f"wrote {path}")
 
 
@@ -107,7 +120,7 @@ def compare(
         raise FeatbenchError(f"--heads {heads}: give exactly two heads, e.g. --heads zeroshot,taskres")
     if not 1 <= top <= 1000:
         raise FeatbenchError(f"--top {top}: give a number from 1 to 1000")
-    df = tables.load_results(results)
+    df = tables.load_results(results, fields=tables.PER_CLASS_FIELDS)
     comps = perclass.compare(df, pair[0], pair[1], datasets=parse_str_list(datasets) if datasets else None,
                              shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
     typer.echo(perclass.render(comps, pair[0], pair[1], top=top), nl=False)

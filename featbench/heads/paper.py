@@ -45,6 +45,25 @@ TIP_SCALE = (0.5, 1.0)
 DASSL_SCALE = (0.08, 1.0)
 
 
+#: how the papers name each method (tables and plots print these; ``--names registry`` keeps the registry names).
+#: Data keyed by registry name: a head not listed here (a plugin) is shown under its registry name.
+DISPLAY_NAMES = {
+    "zeroshot": "Zero-shot CLIP",
+    "linear-probe": "Linear probe CLIP",
+    "tip-adapter": "Tip-Adapter",
+    "tip-adapter-f": "Tip-Adapter-F",
+    "taskres": "TaskRes",
+    "clip-adapter": "CLIP-Adapter",
+    "gda": "GDA",
+    "lp++": "LP++",
+    "clap": "CLAP",
+    "prolip": "ProLIP",
+    "text-projection": "Text projection",
+    "coop": "CoOp",
+    "kgcoop": "KgCoOp",
+}
+
+
 def epochs_for_shots(table: dict[int, int], shots: int) -> int:
     """The epochs a per-shot table (the papers list 1/2/4/8/16 shots) gives ``shots``: the entry of the
     smallest listed shot count >= shots, the largest one's past the end (3 shots train like 4)."""
@@ -53,6 +72,6 @@ def epochs_for_shots(table: dict[int, int], shots: int) -> int:
 
 
 __all__ = [
-    "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
+    "DISPLAY_NAMES", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
     "TEMPLATES_7", "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",
 ]
