@@ -54,8 +54,12 @@ def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
 
 
-def _head_name(head) -> tuple[str, dict]:
-    """(registry name, parameters fixed by the caller) for a name, a Head class or a Head instance."""
+def _head_name(head, dataset: str, shots: int) -> tuple[str, dict]:
+    """(registry name, parameters fixed by the caller) for a name, a Head class or a Head instance.
+
+    An instance fixes the parameters where it departs from the paper's defaults for this dataset and shot
+    count: the fitted head is exactly the instance, and rows (and table labels) show only real departures.
+    """
     if isinstance(head, str):
         get_head_class(head)  # unknown names fail here, with the registry's suggestion
         return head, {}
@@ -65,10 +69,12 @@ def _head_name(head) -> tuple[str, dict]:
     name = next((n for n in list_heads() if _registered(n) is cls), None)
     if name is None:
         name = f"{cls.__module__}:{cls.__qualname__}"
-        register_head(name, name)
+        register_head(name, cls)
     if isinstance(head, type):
         return name, {}
-    fixed = {k: v for k, v in head.get_params().items() if k not in RUNTIME_PARAMS}
+    paper = get_head(name, dataset=dataset, shots=shots).get_params(deep=False)
+    fixed = {k: v for k, v in head.get_params(deep=False).items()
+             if k not in RUNTIME_PARAMS and (k not in paper or paper[k] != v)}
     return name, fixed
 
 
@@ -117,7 +123,9 @@ def evaluate(head, cache, *, shots: int, seed: int = 1, protocol: str = "paper",
     >>> round(row["acc"], 2)  # doctest: +SKIP
     """
     path = str(cache.path) if isinstance(cache, Cache) else os.fspath(cache)
-    name, fixed = _head_name(head)
+    with open_cache(path) as opened:
+        dataset = opened.dataset
+    name, fixed = _head_name(head, dataset, int(shots))
     spec = FitSpec(caches=[path], heads=[name], shots=[shots], seeds=[seed], protocol=protocol, device=device,
                    eval_on=tuple(eval_on), base_to_new=base_to_new, progress=False)
     overrides = {**fixed, **params}

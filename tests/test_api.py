@@ -77,6 +77,7 @@ def test_evaluate_takes_an_instance_and_keeps_its_hyperparameters(tmp_path):
     head = featbench.get_head("taskres", alpha=0.25, epochs=3)
     row = featbench.evaluate(head, cache, shots=1, seed=1)
     assert row["head"] == "taskres" and row["params"]["alpha"] == 0.25 and row["params"]["epochs"] == 3
+    assert row["overrides"] == {"alpha": 0.25, "epochs": 3}  # only where the instance departs from the paper
 
 
 def test_api_errors_are_one_line(tmp_path):
