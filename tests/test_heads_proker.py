@@ -113,6 +113,16 @@ def test_registry_builds_it_with_paper_defaults():
     get_head("proker", dataset="my_dataset", shots=None)  # no config: the class defaults
 
 
+def test_too_many_kernel_points_is_one_clear_error():
+    from featbench.errors import FeatbenchError
+
+    X, y, views, Xv, yv, Xt, yt, text = _data()
+    with pytest.raises(FeatbenchError, match="n_views=1"):
+        get_head("proker", max_points=20).fit(X, y, text=text, views=views)
+    head = get_head("proker", max_points=20, n_views=1, search=False).fit(X, y, text=text, views=views)
+    assert head.fit_info_["kernel_points"] == 10
+
+
 # ---------------------------------------------------------------------------------------------------- real fixture
 def imagenet_subset(real_fixtures, shots, n_classes):
     """Support = the first `shots` train rows per class, selection = the other train rows, and the test rows."""
@@ -136,3 +146,4 @@ def test_real_imagenet_beats_zeroshot(real_fixtures, shots):
     zs = get_head("zeroshot").fit(X, y, text=text).score(Xt, yt)
     acc = get_head("proker", dataset="imagenet", shots=shots).fit(X, y, text=text, X_val=Xs, y_val=ys).score(Xt, yt)
     assert acc > zs, f"proker {shots}-shot: {acc:.4f} <= zero-shot {zs:.4f}"
+

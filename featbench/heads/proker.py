@@ -97,6 +97,7 @@ class ProKeR(Head):
         "lmbda_range": Param("floats", low=0, length=3, doc="[low, high, steps] of the lambda linspace searched"),
         "n_views": Param("int", low=0, none_ok=True, doc="cached views per image used as kernel points (null: all; 0: plain features)"),
         "search": Param("bool", doc="search beta/lambda on the selection split"),
+        "max_points": positive("int", doc="refuse more kernel points than this (the S x S kernel is float64)"),
         "device": DEVICE,
     }
     # main.py: --hp-selection tip-adapter (every val feature), dataset templates (ImageNet's 7), clean names,
@@ -109,13 +110,14 @@ class ProKeR(Head):
 
     def __init__(self, beta: float = 3.0, lmbda: float = 0.05, beta_range=DEFAULT_RANGES[0],
                  lmbda_range=DEFAULT_RANGES[1], n_views: int | None = None, search: bool = True,
-                 device: str = "cpu"):
+                 max_points: int = 20000, device: str = "cpu"):
         self.beta = beta
         self.lmbda = lmbda
         self.beta_range = beta_range
         self.lmbda_range = lmbda_range
         self.n_views = n_views
         self.search = search
+        self.max_points = max_points
         self.device = device
 
     @classmethod
@@ -179,8 +181,12 @@ class ProKeR(Head):
             used = int(v.shape[0])
         else:
             pts, labels, used = X, y, 0
-            if views is None:
-                notes.append("no augmented views: kernel points are the plain train features")
+            notes.append("no augmented views: kernel points are the plain train features" if views is None
+                         else "n_views=0: kernel points are the plain train features")
+        if pts.shape[0] > int(self.max_points):
+            gb = 2 * 8 * pts.shape[0] ** 2 / 1e9
+            raise FeatbenchError(f"head '{self.name}': {pts.shape[0]} kernel points (views x shots) need ~{gb:.0f} GB; "
+                                 f"use fewer views (--set {self.name}.n_views=1) or raise {self.name}.max_points")
         pts = T.l2norm(T.as_tensor(pts, self.device_, dtype=torch.float64))
         return pts, labels, used
 
