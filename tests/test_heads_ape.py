@@ -228,7 +228,7 @@ def test_registry_builds_them_with_paper_defaults():
     for name in ("ape", "ape-t"):
         cls = get_head_class(name)
         assert cls.searches_internally and cls.uses_views and cls.needs_text and cls.paper_selection == "full_val"
-        assert cls.reference_selects_on_test == ("imagenet",)
+        assert cls.reference_selects_on_test == ("imagenet",) and not cls.scores_unseen_classes
     ape = get_head("ape", dataset="imagenet", shots=4)
     assert list(ape.search_scale) == [7, 7, 0.5] and list(ape.search_steps) == [200, 20, 5]
     assert ape.feat_num == 500 and list(ape.w) == [0.7, 0.3] and ape.alpha == 2.0

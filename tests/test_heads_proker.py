@@ -103,6 +103,7 @@ def test_registry_builds_it_with_paper_defaults():
     cls = get_head_class("proker")
     assert cls.__name__ == "ProKeR" and cls.searches_internally and cls.uses_views and cls.needs_text
     assert cls.paper_selection == "full_val" and cls.reference_selects_on_test == ("imagenet",)
+    assert not cls.scores_unseen_classes  # per-point dual coefficients: base-to-new falls back to zero-shot
     head = get_head("proker", dataset="oxford_pets", shots=16)
     assert list(head.beta_range) == [0.01, 5.0, 40] and list(head.lmbda_range) == [0.01, 0.3, 20]
     assert (head.beta, head.lmbda) == TRANSFER_HP[16] and head.n_views is None
