@@ -39,6 +39,10 @@ _BUILT_INS: dict[str, str] = {
     # prompt learners: run the cache's own text tower at fit time (featbench.texttower)
     "coop": "featbench.heads.coop:CoOp",
     "kgcoop": "featbench.heads.coop:KgCoOp",
+    # training-free cache/kernel methods of 2023-25 (issue 19)
+    "proker": "featbench.heads.proker:ProKeR",
+    "ape": "featbench.heads.ape:APE",
+    "ape-t": "featbench.heads.ape:APET",
 }
 
 
