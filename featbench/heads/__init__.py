@@ -39,6 +39,8 @@ _BUILT_INS: dict[str, str] = {
     # prompt learners: run the cache's own text tower at fit time (featbench.texttower)
     "coop": "featbench.heads.coop:CoOp",
     "kgcoop": "featbench.heads.coop:KgCoOp",
+    # CoOp + a meta-net conditioning the context on each image (per-image prompts through the text tower)
+    "cocoop": "featbench.heads.cocoop:CoCoOp",
 }
 
 
