@@ -41,6 +41,8 @@ _BUILT_INS: dict[str, str] = {
     "kgcoop": "featbench.heads.coop:KgCoOp",
     # CoOp + a meta-net conditioning the context on each image (per-image prompts through the text tower)
     "cocoop": "featbench.heads.cocoop:CoCoOp",
+    # transductive: adapts to the unlabeled test features on top of a base head (rows say "transductive": true)
+    "transclip": "featbench.heads.transclip:TransCLIP",
 }
 
 
