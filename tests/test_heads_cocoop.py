@@ -170,3 +170,26 @@ def test_registry_builds_it_with_the_config_defaults(tower, task):
         CoCoOp(epochs=0).fit(X, y, classnames=NAMES)
     with pytest.raises(FeatbenchError, match="D // 16"):
         CoCoOp(epochs=0).fit(X[:, :8], y, text_tower=tower, classnames=NAMES)
+
+
+def test_base_to_new_through_the_cli_scores_new_classes_itself(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from featbench.cli import app
+    from featbench.synthetic import make_dataset
+
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    root = make_dataset(tmp_path / "data", "caltech101", n_classes=4, per_split=(3, 2, 2), size=36)
+    res = run("extract", "--dataset", "caltech101", "--root", root, "--model", "tiny-vit", "--pretrained", "none",
+              "--views", "2", "--view-shots", "2", "--seeds", "1", "--batch-size", "8", "--device", "cpu",
+              "--cache-dir", tmp_path / "cache", "--no-progress", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "rows.jsonl"
+    res = run("fit", tmp_path / "cache" / "tiny-vit--none" / "caltech101.h5", "--heads", "cocoop", "--shots", "2",
+              "--seeds", "1", "--set", "cocoop.epochs=1", "--base-to-new", "--out", out, "--no-progress")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["classes"] for r in rows] == ["base", "new"] and all(r["fallback"] is None for r in rows)
+    assert rows[1]["n_classes"] == 2 and rows[0]["views_used"] == 2 and 0.0 <= rows[1]["acc"] <= 100.0
