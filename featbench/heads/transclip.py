@@ -67,9 +67,9 @@ KNN_CHUNK = 2048  # rows of the similarity matrix held at once
 # ----------------------------------------------------------------------------------------------------
 # the solver, on normalised float tensors
 # ----------------------------------------------------------------------------------------------------
-def knn_affinity(rows, cols, k: int, drop_first):
-    """Sparse W [R, N]: each row's k most similar columns (cosine), without its first match where
-    ``drop_first[r]`` (a query's own column); values are the similarities."""
+def knn_graph(rows, cols, k: int, drop_first):
+    """(W, Wᵀ) as sparse [R, N] / [N, R]: each row's k most similar columns (cosine), without its first match
+    where ``drop_first[r]`` (a query's own column); the values are the similarities."""
     import torch
 
     idx, val = [], []
@@ -81,8 +81,17 @@ def knn_affinity(rows, cols, k: int, drop_first):
     idx, val = torch.cat(idx), torch.cat(val)
     r = torch.arange(rows.shape[0], device=rows.device).repeat_interleave(k)
     W = torch.sparse_coo_tensor(torch.stack([r, idx.flatten()]), val.flatten(), (rows.shape[0], cols.shape[0]),
-                                check_invariants=False)
-    return W.coalesce()
+                                check_invariants=False).coalesce()
+    return W, W.t().coalesce()
+
+
+def neighbour_sums(graph, zf, q0: int, n: int):
+    """(Wᵀ zf + W zf[q0:q0+n])[rows q0..q0+n]: the Laplacian term of update_z, with the rows of W and of the
+    stacked zf paired by position, as the reference's matrix products pair them."""
+    import torch
+
+    W, Wt = graph
+    return torch.sparse.mm(Wt, zf) + torch.sparse.mm(W, zf[q0:q0 + n])[q0:q0 + n]
 
 
 def gmm_log_likelihood(q, mu, var):
@@ -91,43 +100,44 @@ def gmm_log_likelihood(q, mu, var):
     return -0.5 * ((q * q) @ inv[:, None] - 2.0 * q @ (mu * inv).T + ((mu * mu) @ inv)[None])
 
 
-def update_z(ll, prior, z, W, Wt, onehot, q0: int, k: int, iters: int):
+def update_z(ll, prior, z, graph, onehot, q0: int, k: int, iters: int):
     """``iters`` rounds of z_i ∝ prior_i · exp((l_i + 50/(2k) (Wᵀz + Wz)_i) / 50); shots keep one-hot z.
 
     The stacked z has the query rows at [q0, q0 + N) and the shots' one-hot rows around them (q0 = 0: after)."""
     import torch
 
     n = ll.shape[0]
-    zf = z if onehot is None else (torch.cat([z, onehot]) if q0 == 0 else torch.cat([onehot, z]))
+    zf = z.clone() if onehot is None else (torch.cat([z, onehot]) if q0 == 0 else torch.cat([onehot, z]))
     for _ in range(iters):
-        nb = torch.sparse.mm(Wt, zf) + torch.sparse.mm(W, zf[q0:q0 + n])[q0:q0 + n]
-        logit = ll + TEMPERATURE / (2 * k) * nb
+        logit = ll + TEMPERATURE / (2 * k) * neighbour_sums(graph, zf, q0, n)
         logit = logit - logit.max(dim=1, keepdim=True).values
         new = prior * torch.exp(logit / TEMPERATURE)
-        zf = torch.cat([zf[:q0], new / new.sum(dim=1, keepdim=True), zf[q0 + n:]])
+        zf[q0:q0 + n] = new / new.sum(dim=1, keepdim=True)
     return zf[q0:q0 + n]
 
 
-def update_mu(q, z, support, onehot, gamma: float):
-    """Unit-norm means of the z-weighted queries (weight 1/N) plus the shots (weight γ·50/N_shots)."""
+def update_mu(sums, n: int, shot_sums, n_shots: int, gamma: float):
+    """Unit-norm means from the class sums Σ_i z_ik q_i (weight 1/N) and of the shots (weight γ·50/N_shots)."""
     from featbench.heads._torch import l2norm
 
-    mu = z.T @ q / q.shape[0]
-    if onehot is not None:
-        mu = mu + gamma * TEMPERATURE / support.shape[0] * (onehot.T @ support)
+    mu = sums / n
+    if shot_sums is not None:
+        mu = mu + gamma * TEMPERATURE / n_shots * shot_sums
     return l2norm(mu)  # the reference divides by the total weight first: a per-class scale the norm removes
 
 
-def update_var(q, z, mu, support, onehot, gamma: float):
-    """The shared diagonal variance: the weighted mean over (sample, class) of (x - mu_k)^2."""
-    def spread(x, w):  # Σ_i Σ_k w_ik (x_i - mu_k)^2 per dimension
-        return w.sum(1) @ (x * x) - 2.0 * (x * (w @ mu)).sum(0) + w.sum(0) @ (mu * mu)
+def spread(x, w, sums, mu):
+    """Σ_i Σ_k w_ik (x_i - mu_k)^2 per dimension [D], with sums = wᵀx [K, D] (expanded square)."""
+    return w.sum(1) @ (x * x) - 2.0 * (mu * sums).sum(0) + w.sum(0) @ (mu * mu)
 
-    var = spread(q, z) / q.shape[0]
+
+def update_var(q, z, sums, mu, support, onehot, shot_sums, gamma: float):
+    """The shared diagonal variance: the weighted mean over (sample, class) of (x - mu_k)^2."""
+    var = spread(q, z, sums, mu) / q.shape[0]
     total = z.sum() / q.shape[0]
     if onehot is not None and gamma > 0:
         c = gamma * TEMPERATURE / support.shape[0]
-        var = var + c * spread(support, onehot)
+        var = var + c * spread(support, onehot, shot_sums, mu)
         total = total + c * onehot.sum()
     return var / total
 
@@ -164,21 +174,23 @@ def transclip_solve(q, y_hat, *, support=None, support_labels=None, val=None, va
     drop = torch.ones(rows.shape[0], dtype=torch.bool, device=q.device)
     if support is not None and affinity == "aligned":
         drop[: support.shape[0]] = False  # a shot is not among the queries: keep its nearest one
-    W = knn_affinity(rows, q, n_neighbors, drop)
-    Wt = W.t().coalesce()
+    graph = knn_graph(rows, q, n_neighbors, drop)
     q0 = 0 if (support is None or affinity == "reference") else support.shape[0]
     prior = y_hat ** lam
     z, mu = y_hat.clone(), init_mu(q, y_hat, support, onehot)
+    shot_sums = None if onehot is None else onehot.T @ support
+    n_shots = 0 if support is None else support.shape[0]
     var = torch.full((q.shape[1],), 1.0 / q.shape[1], device=q.device)
     nearest = None if val is None else (val @ q.T).argmax(dim=1)
     best, info = None, {"gamma": None, "val_acc": None}
     for gamma in gammas:
         for it in range(iters + 1):
-            z = update_z(gmm_log_likelihood(q, mu, var), prior, z, W, Wt, onehot, q0, n_neighbors, z_iters)
+            z = update_z(gmm_log_likelihood(q, mu, var), prior, z, graph, onehot, q0, n_neighbors, z_iters)
             if it == iters:
                 break
-            mu = update_mu(q, z, support, onehot, gamma)
-            var = update_var(q, z, mu, support, onehot, gamma)
+            sums = z.T @ q  # [K, D]: shared by the means and the variance
+            mu = update_mu(sums, n, shot_sums, n_shots, gamma)
+            var = update_var(q, z, sums, mu, support, onehot, shot_sums, gamma)
         if nearest is None:
             best = z
             continue
@@ -340,5 +352,5 @@ class TransCLIP(Head):
         return np.log(np.maximum(z, np.finfo(np.float32).tiny))
 
 
-__all__ = ["TransCLIP", "transclip_solve", "knn_affinity", "gmm_log_likelihood", "update_z", "update_mu",
-           "update_var", "init_mu", "resolve_mode", "FS_GAMMAS", "FS_LAMBDA", "ZS_GAMMAS", "ZS_LAMBDA"]
+__all__ = ["TransCLIP", "transclip_solve", "knn_graph", "neighbour_sums", "gmm_log_likelihood", "update_z",
+           "update_mu", "update_var", "spread", "init_mu", "resolve_mode", "FS_GAMMAS", "FS_LAMBDA", "ZS_GAMMAS", "ZS_LAMBDA"]
