@@ -316,6 +316,8 @@ class TransCLIP(Head):
         base_info = dict(getattr(self.base_, "fit_info_", {}) or {})
         notes = [f"transclip on top of {self.base_.name} ({'TransCLIP-FS: the shots enter' if mode == 'fs' else 'TransCLIP-ZS: the prior only'})"]
         notes += [str(n) for n in base_info.get("notes") or []]
+        if not type(self.base_).uses_views:
+            notes.append(f"views: none used ({self.base_.name} reads no augmented views; transclip neither)")
         self.transductive_, self.z_, info = None, None, {"gamma": None, "val_acc": None}
         if X_transductive is not None:
             self.transductive_ = np.asarray(X_transductive)
