@@ -128,7 +128,7 @@ class CoCoOp(Head):
         """logit_scale * f_i . norm(t_{i,c}) [B, C] for normalised image features f [B, D]."""
         import torch
 
-        from featbench.heads import _torch as T
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
 
         shifted = ctx[None] + meta_net(meta, f)[:, None]  # [B, M, W]: one shift per image, on every token
         t = T.l2norm(conditioned_text(tower, shifted, sos, suffix, eot))
@@ -139,7 +139,7 @@ class CoCoOp(Head):
         import torch
         import torch.nn.functional as F
 
-        from featbench.heads import _torch as T
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
 
         opt = torch.optim.SGD([ctx, *meta], lr=float(self.lr), momentum=float(self.momentum),
                               weight_decay=float(self.weight_decay), dampening=0.0, nesterov=False)
@@ -167,8 +167,8 @@ class CoCoOp(Head):
             classnames=None, extra=None) -> "CoCoOp":
         import torch
 
-        from featbench.heads import _torch as T
-        from featbench.heads.prolip import training_views
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
+        from featbench.heads.prolip import training_views  # lazy: torch loads only when a head fits
 
         require(text_tower, "the text tower that made the cache (the runner passes it as text_tower=)", self.name)
         require(classnames, "the class names (classnames=)", self.name)
@@ -202,7 +202,7 @@ class CoCoOp(Head):
         """Logits [N, C]: each image's own prompts through the tower, EVAL_SEQUENCES prompts per call."""
         import torch
 
-        from featbench.heads import _torch as T
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
 
         X, _ = T.check_xy(X)
         f = T.l2norm(T.as_tensor(X, self.ctx_.device))

@@ -118,7 +118,7 @@ def update_z(ll, prior, z, graph, onehot, q0: int, k: int, iters: int):
 
 def update_mu(sums, n: int, shot_sums, n_shots: int, gamma: float):
     """Unit-norm means from the class sums Σ_i z_ik q_i (weight 1/N) and of the shots (weight γ·50/N_shots)."""
-    from featbench.heads._torch import l2norm
+    from featbench.heads._torch import l2norm  # lazy: torch loads only when a head fits
 
     mu = sums / n
     if shot_sums is not None:
@@ -146,7 +146,7 @@ def init_mu(q, y_hat, support, onehot):
     """Shots: the normalised class sums; zero-shot: the normalised ŷ-weighted mean of the 8 most confident queries."""
     import torch
 
-    from featbench.heads._torch import l2norm
+    from featbench.heads._torch import l2norm  # lazy: torch loads only when a head fits
 
     if onehot is not None:
         return l2norm(onehot.T @ support)
@@ -287,7 +287,7 @@ class TransCLIP(Head):
 
     def _transduce(self, Xq, X, y, X_val, y_val, mode):
         """Run the solver on Xq [N, D]; returns (z [N, K] numpy, info)."""
-        from featbench.heads import _torch as T
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
 
         dev = T.resolve_device(self.device)
         q = T.l2norm(T.as_tensor(Xq, dev))
@@ -308,13 +308,14 @@ class TransCLIP(Head):
     # -- estimator API ---------------------------------------------------------------------------------
     def fit(self, X, y, *, X_transductive=None, X_val=None, y_val=None, **context) -> "TransCLIP":
         """Fit the base on the shots, then (given ``X_transductive``) adapt to those unlabeled features."""
-        from featbench.heads import _torch as T
+        from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
 
         X, y = T.check_xy(X, y)
         self.base_ = self._fit_base(X, y, {**context, "X_val": X_val, "y_val": y_val})
         mode = resolve_mode(self.mode, self.base if not isinstance(self.base, Head) else self.base.name)
         base_info = dict(getattr(self.base_, "fit_info_", {}) or {})
-        notes = [f"transclip on top of {self.base_.name} ({'TransCLIP-FS: the shots enter' if mode == 'fs' else 'TransCLIP-ZS: the prior only'})"]
+        setting = "TransCLIP-FS: the shots enter" if mode == "fs" else "TransCLIP-ZS: the prior only"
+        notes = [f"transclip on top of {self.base_.name} ({setting})"]
         notes += [str(n) for n in base_info.get("notes") or []]
         if not type(self.base_).uses_views:
             notes.append(f"views: none used ({self.base_.name} reads no augmented views; transclip neither)")
@@ -355,4 +356,5 @@ class TransCLIP(Head):
 
 
 __all__ = ["TransCLIP", "transclip_solve", "knn_graph", "neighbour_sums", "gmm_log_likelihood", "update_z",
-           "update_mu", "update_var", "spread", "init_mu", "resolve_mode", "FS_GAMMAS", "FS_LAMBDA", "ZS_GAMMAS", "ZS_LAMBDA"]
+           "update_mu", "update_var", "spread", "init_mu", "resolve_mode", "FS_GAMMAS", "FS_LAMBDA", "ZS_GAMMAS",
+           "ZS_LAMBDA"]
