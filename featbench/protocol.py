@@ -36,6 +36,10 @@ classes, then train, selection split and text are restricted to the base half (r
 writes a ``"classes": "base"`` row (base test images, base classes) and a ``"classes": "new"`` row (new test
 images, new classes; zero-shot fallback, flagged, for heads that cannot score unseen classes). Other rows have
 ``"classes": "all"``.
+
+Transductive heads (``Head.transductive``: TransCLIP) adapt to the unlabeled features of the split they are
+scored on, passed as ``X_transductive``: the source's test split (base-to-new: its base-class images), or under
+``eval_on`` each target's, with a fit per target. Their rows say ``"transductive": true``.
 """
 
 from __future__ import annotations
@@ -257,6 +261,20 @@ def _selection_split(cell: Cell, src, cls, kind: str, tr: _Training) -> Split | 
     return Split(Xs, ys, "holdout" if split == "train" else split)
 
 
+def _transductive_set(cell: Cell, src, cls, tr: _Training):
+    """The test features a transductive head adapts to, unlabeled: the source's (base-to-new: its base classes'
+    images); under --eval-on None, and each target's own at scoring time (``_refit_on``)."""
+    if cell.eval_on:
+        return None
+    Xt, yt = labelled(src, "test", cls.feature_kind or "features", None)
+    return Xt if tr.halves is None else b2n.restrict(Xt, yt, tr.halves.base)[0]
+
+
+def _refit_on(cell: Cell, src, tr: _Training, context: dict, combo: dict):
+    """--eval-on with a transductive head: a fresh fit per target, whose test features are its transductive set."""
+    return lambda Xt: build_head(cell, src.dataset, combo).fit(tr.X, tr.y, **{**context, "X_transductive": Xt})
+
+
 def _context(cell: Cell, src, cls, tr: _Training, selection: Split | None) -> tuple[dict, dict]:
     """(the fit context, the full-class context base-to-new scores the new classes with)."""
     context: dict[str, Any] = {"text": tr.text, "views": tr.views, "logit_scale": src.logit_scale,
@@ -268,6 +286,8 @@ def _context(cell: Cell, src, cls, tr: _Training, selection: Split | None) -> tu
     full_context = context
     if tr.halves is not None:
         context = b2n.restrict_context(context, tr.halves.base)
+    if cls.transductive:  # the unlabeled features of the split its rows score (None: set per --eval-on target)
+        context["X_transductive"] = _transductive_set(cell, src, cls, tr)
     if searches_internally(cls, cell.overrides) and selection is not None:
         context["X_val"], context["y_val"] = selection.X, selection.y
     return context, full_context
@@ -324,8 +344,10 @@ def _base_row(cell: Cell, src, cls, tr: _Training, head, combo: dict, fit_second
     }
 
 
-def _target_rows(cell: Cell, src, kind: str, head, base_row: dict) -> list[dict]:
-    """One row per evaluated test split: the source's, or each --eval-on target's (classes matched by name)."""
+def _target_rows(cell: Cell, src, kind: str, head, base_row: dict, refit=None) -> list[dict]:
+    """One row per evaluated test split: the source's, or each --eval-on target's (classes matched by name).
+
+    ``refit(Xt)`` (transductive heads under --eval-on) gives the head fitted for that target; its time is added."""
     rows = []
     targets = [(src, None)] if not cell.eval_on else [(open_cached(p), p) for p in cell.eval_on]
     for tgt, tpath in targets:
@@ -338,7 +360,12 @@ def _target_rows(cell: Cell, src, kind: str, head, base_row: dict) -> list[dict]
         Xt, yt = labelled(tgt, "test", kind, None)
         if Xt.shape[0] == 0:
             raise FeatbenchError(f"{tgt.path}: the test split has no features to evaluate on")
-        pred = predict(head, Xt, columns)
+        scorer, refit_seconds = head, 0.0
+        if refit is not None:
+            t0 = time.perf_counter()
+            scorer = refit(Xt)
+            refit_seconds = time.perf_counter() - t0
+        pred = predict(scorer, Xt, columns)
         if column_labels is not None:  # many-to-one (ObjectNet): the predicted source class's target class
             pred = column_labels[pred]
         row = {
@@ -352,6 +379,8 @@ def _target_rows(cell: Cell, src, kind: str, head, base_row: dict) -> list[dict]
             "timestamp": now_iso(),
             "per_class": per_class_counts(pred, yt, int(tgt.num_classes)),
         }
+        if refit_seconds:
+            row["fit_seconds"] = round(base_row["fit_seconds"] + refit_seconds, 4)
         if cell.save_predictions:
             row["predictions"] = save_predictions(cell.save_predictions, row, pred, yt)
         rows.append({**{k: row[k] for k in ROW_FIELDS if k in row}, **row})  # schema order first
@@ -378,9 +407,12 @@ def cell_steps(cell: Cell):
     if len(combos) > 1:
         tr.notes.append(f"{cell.protocol} search over {len(combos)} settings on the {selection.name} split: best {best_score:.2f}%")
     base_row = _base_row(cell, src, cls, tr, best_head, best_combo, fit_seconds)
+    if cls.transductive:  # it read the unlabeled test features: tables footnote it and never rank it with the rest
+        base_row["transductive"] = True
     if tr.halves is not None:
         return b2n.cell_rows(cell, cls, src, kind, best_head, tr.halves, full_context, base_row)
-    return _target_rows(cell, src, kind, best_head, base_row)
+    refit = _refit_on(cell, src, tr, context, best_combo) if cls.transductive and cell.eval_on else None
+    return _target_rows(cell, src, kind, best_head, base_row, refit)
 
 
 def run_cell(cell: Cell) -> list[dict]:

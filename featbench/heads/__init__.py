@@ -43,6 +43,10 @@ _BUILT_INS: dict[str, str] = {
     "proker": "featbench.heads.proker:ProKeR",
     "ape": "featbench.heads.ape:APE",
     "ape-t": "featbench.heads.ape:APET",
+    # CoOp + a meta-net conditioning the context on each image (per-image prompts through the text tower)
+    "cocoop": "featbench.heads.cocoop:CoCoOp",
+    # transductive: adapts to the unlabeled test features on top of a base head (rows say "transductive": true)
+    "transclip": "featbench.heads.transclip:TransCLIP",
 }
 
 

@@ -131,6 +131,8 @@ class Head(ClassifierMixin, BaseEstimator):
     hyperparams: ClassVar[dict] = {}
     #: a fitted head can score classes it never saw from their text features (see ``for_classes``)
     scores_unseen_classes: ClassVar[bool] = False
+    #: fit() adapts to unlabeled test features, ``context["X_transductive"]`` [N, D]: the split it is scored on
+    transductive: ClassVar[bool] = False
     # -- what the head's reference code used (featbench.heads.paper explains each; the protocol reads them) --
     #: the split the reference searches on under `paper` (featbench.heads.paper.SELECTIONS)
     paper_selection: ClassVar[str] = FEWSHOT_VAL

@@ -55,7 +55,8 @@ COOP_EPOCHS_BY_SHOTS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 COOP_EPOCHS_BY_DATASET: dict[str, int] = {"imagenet": 50}
 KGCOOP_DEFAULTS: dict = {"epochs": 100, "batch_size": 128, "lam": 8.0, "ctx_init": "a photo of a", "n_ctx": 4}
 
-_COMMON_PARAMS = {
+#: the hyperparameters every prompt learner here shares (CoOp, KgCoOp, CoCoOp)
+PROMPT_PARAMS = {
     "n_ctx": positive("int", doc="number of shared context vectors (random init; a ctx_init phrase sets it to its token count)"),
     "ctx_init": Param("str", none_ok=True, doc="initialise the context from this phrase (e.g. 'a photo of a'); null/'' = random"),
     "epochs": nonnegative("int", doc="training epochs (0 = the initial prompt)"),
@@ -68,6 +69,59 @@ _COMMON_PARAMS = {
     "device": Param("str", doc="cpu, cuda, cuda:N or auto"),
     "random_state": Param("int", doc="seed of the context init, shuffling and view draws"),
 }
+
+
+def prompt_pieces(tower, classnames, n_ctx, ctx_init, gen, notes, head="coop"):
+    """The pieces of CoOp's prompts ``[SOS] ctx [tokens of c] "." [EOS]`` for ``classnames``.
+
+    Returns (ctx init [M, W] or None when ``gen`` is None and there is no phrase, SOS embedding [1, W],
+    suffix [C, L', W], eot [C]); L' ends at the batch's last EOT. Shared by CoOp, KgCoOp and CoCoOp.
+    """
+    import torch
+
+    names = [str(c).replace("_", " ") for c in classnames]
+    if any("_" in str(c) for c in classnames):
+        notes.append("class names: '_' replaced by ' ' as CoOp does (the cache stores them raw)")
+    phrase = (ctx_init or "").replace("_", " ").strip()
+    if phrase:
+        ids = tower.tokenize([phrase])
+        m = int(tower.eot_positions(ids)[0]) - 1
+        if m < 1:
+            raise FeatbenchError(f"{head}.ctx_init={ctx_init!r}: the phrase has no tokens")
+        if n_ctx is not None and int(n_ctx) != m:
+            notes.append(f"n_ctx={n_ctx} ignored: ctx_init {phrase!r} sets {m} context tokens")
+        prefix_text = phrase
+    else:
+        m = int(n_ctx)
+        prefix_text = " ".join(["X"] * m)
+    tokens = tower.tokenize([f"{prefix_text} {n}." for n in names])
+    eot = tower.eot_positions(tokens)
+    if int(eot.min()) < m + 2:
+        raise FeatbenchError(f"head '{head}': {m} context tokens leave no room for the class names in the "
+                             f"{tower.context_length}-token context; lower n_ctx")
+    with torch.no_grad():
+        emb = tower.embed(tokens[:, : int(eot.max()) + 1]).float()
+    if phrase:
+        ids0 = tower.tokenize([phrase])[0, 1:1 + m]
+        if not torch.equal(tokens[:, 1:1 + m], ids0.expand(len(names), -1)):
+            raise FeatbenchError(f"{head}.ctx_init={ctx_init!r}: its tokens change when a class name follows")
+        ctx = emb[0, 1:1 + m].clone()
+    elif gen is None:  # re-encoding names with a learned context: no init needed
+        ctx = None
+    else:
+        ctx = torch.randn(m, tower.width, generator=gen).to(emb.device) * 0.02
+    return ctx, emb[0, :1], emb[:, 1 + m:], eot
+
+
+def prompt_features(tower, ctx, sos, suffix, eot):
+    """Text features [C, D] of the prompts [SOS] ctx [class tokens . EOS] (one context shared by all classes)."""
+    import torch
+
+    prefix = torch.cat([sos, ctx], dim=0)  # the same for every class
+    if tower.supports_shared_prefix():  # exact: the shared prefix's states are computed once
+        return tower.encode_shared(prefix, suffix, eot)
+    c = suffix.shape[0]
+    return tower.encode(torch.cat([prefix.unsqueeze(0).expand(c, -1, -1), suffix], dim=1), eot)
 
 
 class CoOp(Head):
@@ -85,7 +139,7 @@ class CoOp(Head):
     paper_classname_style: ClassVar[str] = "clean"  # CoOp's datasets replace "_" with " "
     #: the classifier is the learned context + any class names through the tower (base-to-new: ``for_classes``)
     scores_unseen_classes: ClassVar[bool] = True
-    hyperparams: ClassVar[dict] = dict(_COMMON_PARAMS)
+    hyperparams: ClassVar[dict] = dict(PROMPT_PARAMS)
 
     def __init__(self, n_ctx: int = 16, ctx_init: str | None = None, epochs: int = 200, lr: float = 2e-3,
                  batch_size: int = 32, momentum: float = 0.9, weight_decay: float = 5e-4, warmup_epochs: int = 1,
@@ -113,52 +167,11 @@ class CoOp(Head):
 
     # -- the prompt ------------------------------------------------------------------------------------
     def _prompts(self, tower, classnames, gen, notes):
-        """(ctx init [M, W], SOS embedding [1, W], suffix [C, L', W], eot [C]); L' ends at the last EOT."""
-        import torch
-
-        names = [str(c).replace("_", " ") for c in classnames]
-        if any("_" in str(c) for c in classnames):
-            notes.append("class names: '_' replaced by ' ' as CoOp does (the cache stores them raw)")
-        phrase = (self.ctx_init or "").replace("_", " ").strip()
-        if phrase:
-            ids = tower.tokenize([phrase])
-            m = int(tower.eot_positions(ids)[0]) - 1
-            if m < 1:
-                raise FeatbenchError(f"{self.name}.ctx_init={self.ctx_init!r}: the phrase has no tokens")
-            if self.n_ctx is not None and int(self.n_ctx) != m:
-                notes.append(f"n_ctx={self.n_ctx} ignored: ctx_init {phrase!r} sets {m} context tokens")
-            prefix_text = phrase
-        else:
-            m = int(self.n_ctx)
-            prefix_text = " ".join(["X"] * m)
-        tokens = tower.tokenize([f"{prefix_text} {n}." for n in names])
-        eot = tower.eot_positions(tokens)
-        if int(eot.min()) < m + 2:
-            raise FeatbenchError(f"head '{self.name}': {m} context tokens leave no room for the class names in the "
-                                 f"{tower.context_length}-token context; lower n_ctx")
-        with torch.no_grad():
-            emb = tower.embed(tokens[:, : int(eot.max()) + 1]).float()
-        if phrase:
-            ids0 = tower.tokenize([phrase])[0, 1:1 + m]
-            if not torch.equal(tokens[:, 1:1 + m], ids0.expand(len(names), -1)):
-                raise FeatbenchError(f"{self.name}.ctx_init={self.ctx_init!r}: its tokens change when a class name follows")
-            ctx = emb[0, 1:1 + m].clone()
-        elif gen is None:  # re-encoding names with a learned context: no init needed
-            ctx = None
-        else:
-            ctx = torch.randn(m, tower.width, generator=gen).to(emb.device) * 0.02
-        return ctx, emb[0, :1], emb[:, 1 + m:], eot
+        return prompt_pieces(tower, classnames, self.n_ctx, self.ctx_init, gen, notes, self.name)
 
     @staticmethod
     def _features(tower, ctx, sos, suffix, eot):
-        """Text features [C, D] of the prompts [SOS] ctx [class tokens . EOS]."""
-        import torch
-
-        prefix = torch.cat([sos, ctx], dim=0)  # the same for every class
-        if tower.supports_shared_prefix():  # exact: the shared prefix's states are computed once
-            return tower.encode_shared(prefix, suffix, eot)
-        c = suffix.shape[0]
-        return tower.encode(torch.cat([prefix.unsqueeze(0).expand(c, -1, -1), suffix], dim=1), eot)
+        return prompt_features(tower, ctx, sos, suffix, eot)
 
     # -- estimator API ---------------------------------------------------------------------------------
     def _penalty(self, t_unit):
@@ -272,7 +285,7 @@ class KgCoOp(CoOp):
     name: ClassVar[str] = "kgcoop"
     paper: ClassVar[str] = "Yao et al. 2023, Visual-Language Prompt Tuning with Knowledge-guided Context Optimization"
     needs_text: ClassVar[bool] = True
-    hyperparams: ClassVar[dict] = {**_COMMON_PARAMS,
+    hyperparams: ClassVar[dict] = {**PROMPT_PARAMS,
                                    "lam": nonnegative(doc="weight of 1 - mean cos(t_c, t_c^clip) (the reference's W)")}
 
     def __init__(self, n_ctx: int = 4, ctx_init: str | None = "a photo of a", epochs: int = 100, lr: float = 2e-3,
@@ -300,4 +313,5 @@ class KgCoOp(CoOp):
         return self.lam_ * (1.0 - (t_unit * self.clip_weights_).sum(-1).mean())
 
 
-__all__ = ["CoOp", "KgCoOp", "COOP_EPOCHS_BY_SHOTS", "KGCOOP_DEFAULTS"]
+__all__ = ["CoOp", "KgCoOp", "COOP_EPOCHS_BY_SHOTS", "KGCOOP_DEFAULTS", "PROMPT_PARAMS", "prompt_pieces",
+           "prompt_features"]
