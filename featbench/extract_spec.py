@@ -9,6 +9,7 @@ Cheap to import: no torch, no h5py.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
 from featbench.devices import check_device
 from featbench.encoders import DEFAULT_VIEW_SCALE
 from featbench.errors import FeatbenchError
+from featbench.heads import get_head_class
 from featbench.prompts import check_template
 
 STANDARD_SHOTS = (1, 2, 4, 8, 16)
@@ -77,12 +79,28 @@ def parse_view_scales(value) -> tuple[tuple[float, float], ...]:
     return scales
 
 
+def heads_view_scales(heads: Sequence[str]) -> tuple[tuple[float, float], ...]:
+    """The crop scales the heads' papers train their views on (``paper_view_scale``), each once: the view sets
+    an extraction for these heads needs so that every head reproduces its own paper's procedure.
+
+    Ordered widest lower bound first, so (0.5, 1) stays the first set (/splits/train/views) and a cache made
+    for Tip-Adapter and TaskRes keeps the identity of one made with ``--view-scales 0.5,1:0.08,1``. Heads
+    that use no views, or declare no scale, add none; with none at all the default (0.5, 1) set is kept.
+    """
+    declared = set()
+    for head in heads:
+        cls = get_head_class(head)  # an unknown name: one line with the closest names
+        if cls.uses_views and cls.paper_view_scale is not None:
+            declared.add(tuple(float(v) for v in cls.paper_view_scale))
+    return tuple(sorted(declared, key=lambda sc: (-sc[0], -sc[1]))) or (DEFAULT_VIEW_SCALE,)
+
+
 def dataset_name(dataset: str, name: str | None) -> str:
     """The name a cache records: the catalog name, or for custom datasets (folder, csv) the required --name.
 
     Two custom datasets encoded by one model would otherwise share a cache path and result rows.
     """
-    canonical = resolve_name(dataset)
+    canonical = _catalog_name(dataset)
     if dataset_info(canonical).group != "custom":
         if name is not None and name != canonical:
             raise FeatbenchError(f"--name only applies to custom datasets (folder, csv); {canonical} is always named {canonical}")
@@ -95,6 +113,17 @@ def dataset_name(dataset: str, name: str | None) -> str:
     if name in list_datasets():
         raise FeatbenchError(f"--name {name}: that is a catalog dataset's name; pick a name of your own")
     return name
+
+
+def _catalog_name(dataset: str) -> str:
+    """The catalog's name for --dataset, or one line with the closest name (--dataset dtdd: did you mean dtd?)."""
+    try:
+        return resolve_name(dataset)
+    except FeatbenchError as err:
+        close = difflib.get_close_matches(str(dataset).lower(), list_datasets(), n=1)
+        if not close:
+            raise
+        raise FeatbenchError(f"--dataset {str(dataset)[:80]}: did you mean '{close[0]}'? ({err})") from None
 
 
 def _int(value, flag: str) -> int:
@@ -262,5 +291,5 @@ class ExtractSpec:
         self._set("manifest", None if self.manifest is None else Path(self.manifest))
 
 
-__all__ = ["ExtractSpec", "dataset_name", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
+__all__ = ["ExtractSpec", "dataset_name", "heads_view_scales", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
            "SPLIT_NAMES", "TRAIN_ROWS", "DTYPES", "CLASSNAME_STYLES"]

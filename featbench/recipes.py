@@ -3,8 +3,17 @@ stages — extraction and the fit grid — then writes tables and plots next to 
 
 Every key is checked against an explicit schema (:data:`SCHEMA`, :data:`EXTRACT_SCHEMA`): an unknown key, a
 duplicated key or a value of the wrong type is an error naming the key and the file, never a silent default.
-Relative paths in a recipe (``root``, ``roots``, ``cache_dir``, ``out``) are relative to the working directory
-the command runs in, like the paths given on the command line.
+Relative paths in a recipe (``root``, ``roots``, ``cache_dir``, ``out``, a custom dataset's ``folder``,
+``manifest``, ``templates`` and ``classnames``) are relative to the working directory the command runs in, like
+the paths given on the command line.
+
+View sets come from the heads: unless ``extract`` lists ``view_scales`` (or ``view_scale``) to override them,
+a recipe extracts one view set per crop scale its heads' papers train on (``Head.paper_view_scale``, see
+:func:`featbench.extract_spec.heads_view_scales`), so every head reproduces its own paper's procedure.
+
+A ``datasets`` entry is a catalog name or a custom dataset, ``{name: N, folder: PATH}`` or
+``{name: N, manifest: FILE}`` (optionally with ``templates`` and ``classnames``, a file or a list each), the
+mappings of ``featbench extract --dataset folder|csv --name N``.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from featbench.datasets import dataset_info, list_datasets, locate_dataset_dir
 from featbench.devices import DEVICE_PATTERN
 from featbench.encoders import hub_reachable, local_checkpoint, resolve_model, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch, short_repr
+from featbench.extract_spec import ExtractSpec, dataset_name, heads_view_scales, parse_view_scale, parse_view_scales
 from featbench.fitspec import FitSpec
 from featbench.heads import get_head_class, is_module_path, list_heads
 from featbench.heads.spec import check_params
@@ -130,6 +140,52 @@ def _grids(v):
     return None
 
 
+CUSTOM_KEYS = ("name", "folder", "manifest", "templates", "classnames")
+
+
+def _files_or_strings(v) -> bool:
+    return (isinstance(v, str) and bool(v.strip())) or (isinstance(v, list) and bool(v)
+                                                        and all(isinstance(x, str) and x.strip() for x in v))
+
+
+def _custom_dataset(v) -> str | None:
+    """A custom dataset entry's problem, or None: {name, folder | manifest, templates?, classnames?}."""
+    unknown = [str(k) for k in v if k not in CUSTOM_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], CUSTOM_KEYS, n=1)
+        return (f"entry {_short(v, 60)}: unknown key '{_cut(unknown[0])}'"
+                + (f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(CUSTOM_KEYS)}"))
+    if _str(v.get("name")):
+        return f"entry {_short(v, 60)} needs name: N (it names the cache file and the result rows)"
+    if ("folder" in v) == ("manifest" in v):
+        return f"entry '{_cut(v['name'])}' needs exactly one of folder: PATH (class folders) or manifest: FILE (csv)"
+    source = "folder" if "folder" in v else "manifest"
+    if _str(v[source]):
+        return f"entry '{_cut(v['name'])}': {source} must be a non-empty path string"
+    for key in ("templates", "classnames"):
+        if key in v and not _files_or_strings(v[key]):
+            return f"entry '{_cut(v['name'])}': {key} must be a file path or a non-empty list of strings"
+    try:
+        dataset_name("folder", v["name"])
+    except FeatbenchError as err:
+        return f"entry '{_cut(v['name'])}': {str(err).replace('--name', 'name', 1)}"
+    return None
+
+
+def _datasets(v):
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of catalog names or {name: N, folder: PATH} / {name: N, manifest: FILE}"
+    for entry in v:
+        if isinstance(entry, dict):
+            problem = _custom_dataset(entry)
+            if problem:
+                return problem
+        elif not (isinstance(entry, str) and entry.strip()):
+            return "entries must be dataset names or {name: N, folder: PATH} / {name: N, manifest: FILE} mappings"
+    names = [e["name"] if isinstance(e, dict) else e for e in v]
+    return "must not repeat values" if len(set(names)) != len(names) else None
+
+
 def _tables(v):
     if not isinstance(v, list) or not v:
         return "must be a non-empty list of {rows: ..., cols: ...} mappings"
@@ -168,8 +224,9 @@ EXTRACT_SCHEMA: dict[str, Field] = {
     "device": Field(lambda v: _device(v), "auto | cpu | cuda | cuda:N"),
     "dtype": Field(_choice(DTYPES), "on-disk feature dtype"),
     "pre_projection": Field(_bool, "also store pre-projection features (needed by prolip, text-projection)"),
-    "view_scale": Field(_str, "RandomResizedCrop area scale of the views, min,max (default 0.5,1)"),
-    "view_scales": Field(_str, "one view set per crop scale, e.g. '0.5,1:0.08,1' (each head uses its paper's)"),
+    "view_scale": Field(_str, "one crop scale for every view, min,max (overrides the heads' paper scales)"),
+    "view_scales": Field(_str, "one view set per crop scale, e.g. '0.5,1:0.08,1' (overrides the heads' paper "
+                               "scales, which are the default: each head trains on its paper's crops)"),
     "skip_bad_images": Field(_bool, "skip unreadable images instead of failing"),
     "templates": Field(_str, "prompt templates file for every dataset (see `featbench extract --templates`)"),
 }
@@ -178,7 +235,9 @@ EXTRACT_SCHEMA: dict[str, Field] = {
 SCHEMA: dict[str, Field] = {
     "name": Field(_str, "a short name (default: the file name)"),
     "description": Field(_str, "free text"),
-    "datasets": Field(_str_list, "datasets to extract and fit (featbench.datasets.list_datasets())", True),
+    "datasets": Field(_datasets, "datasets to extract and fit: catalog names (featbench.datasets.list_datasets()) "
+                                 "or {name: N, folder: PATH} / {name: N, manifest: FILE} (+ templates, classnames)",
+                      True),
     "root": Field(_opt_str, "common data root (the CoOp DATA folder); --root overrides it"),
     "roots": Field(_str_map, "per-dataset roots, overriding root"),
     "model": Field(_str, "open_clip model name (e.g. RN50, ViT-B-16, tiny-vit)", True),
@@ -202,6 +261,8 @@ SCHEMA: dict[str, Field] = {
 }
 
 DEFAULT_TABLES = ({"rows": "dataset", "cols": "shots"}, {"rows": "head", "cols": "shots"})
+#: recipe reports name heads as their papers do (TaskRes, Tip-Adapter-F), as `featbench table` does
+REPORT_NAMES = "paper"
 
 
 @dataclass
@@ -230,21 +291,52 @@ class Recipe:
     tables: list[dict] = field(default_factory=lambda: [dict(t) for t in DEFAULT_TABLES])
     base_to_new: bool = False
     path: Path | None = None
+    #: custom datasets by name: the entry's folder or manifest, templates and classnames
+    custom: dict[str, dict] = field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("results") / self.name
 
     def dataset_root(self, dataset: str, root_override: str | Path | None = None) -> str | None:
-        """Per-dataset root if the recipe names one, else --root, else the recipe's common root."""
+        """A custom dataset's folder (or its manifest's folder); else the per-dataset root if the recipe names
+        one, else --root, else the recipe's common root."""
+        if dataset in self.custom:
+            entry = self.custom[dataset]
+            return entry["folder"] if "folder" in entry else str(Path(entry["manifest"]).parent)
         if dataset in self.roots:
             return self.roots[dataset]
         if root_override is not None:
             return str(root_override)
         return self.root
 
+    def view_scales(self) -> tuple[tuple[float, float], ...]:
+        """The view sets extraction makes: the recipe's own where ``extract`` lists them, else one per crop
+        scale its heads' papers train on (their union), so each head trains on its paper's crops."""
+        if "view_scales" in self.extract:
+            return parse_view_scales(self.extract["view_scales"])
+        if "view_scale" in self.extract:
+            return (parse_view_scale(self.extract["view_scale"]),)
+        return heads_view_scales(self.heads)
+
+    def extract_spec(self, dataset: str, root: str | Path | None, **run_options) -> ExtractSpec:
+        """The :class:`ExtractSpec` of one dataset (``run_options``: progress, overwrite); a custom dataset
+        extracts as ``--dataset folder|csv --name N`` with its entry's files."""
+        opts = {**self.extract_options(test_only=dataset in self.eval_on), **run_options}
+        common = dict(model=self.model, pretrained=self.pretrained, cache_dir=self.cache_dir)
+        entry = self.custom.get(dataset)
+        if entry is None:
+            return ExtractSpec.from_kwargs(dataset, root, **common, **opts)
+        for key in ("templates", "classnames"):
+            if key in entry:
+                opts[key] = entry[key]
+        kind = "folder" if "folder" in entry else "csv"
+        return ExtractSpec.from_kwargs(kind, self.dataset_root(dataset), name=dataset, manifest=entry.get("manifest"),
+                                       **common, **opts)
+
     def extract_options(self, *, test_only: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ExtractSpec.from_kwargs (views default to the recipe's shots/seeds)."""
+        """Keyword arguments for ExtractSpec.from_kwargs (views default to the recipe's shots/seeds, view sets
+        to the heads' paper crop scales)."""
         opts = dict(self.extract)
         if test_only:  # evaluation-only datasets (eval_on): just the test split, no views
             opts["splits"] = ["test"]
@@ -255,6 +347,9 @@ class Recipe:
         else:
             opts.setdefault("view_shots", list(self.shots))
             opts.setdefault("seeds", list(self.seeds))
+            if opts.get("views", 10):  # no views: the default set, which leaves the cache's identity alone
+                opts.pop("view_scale", None)
+                opts["view_scales"] = self.view_scales()
         for k in ("splits", "view_shots", "seeds"):
             if k in opts:
                 opts[k] = tuple(opts[k])
@@ -275,14 +370,44 @@ def _short(value: Any, limit: int = 120) -> str:
     return short_repr(value, limit)
 
 
+#: the recipes shipped inside the package (the repository's top-level recipes/ is a link to this folder)
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes_data"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes installed with featbench, by name (file stem): what ``featbench recipes`` lists."""
+    return {p.stem: p for p in sorted(PACKAGED_RECIPES.glob("*.yaml"))}
+
+
+def recipe_summary(path: Path) -> str:
+    """A recipe's description (else its name) for listings; a file that does not load says so."""
+    try:
+        recipe = load_recipe(path)
+    except FeatbenchError as err:
+        return f"(does not load: {err})"
+    return recipe.description or recipe.name
+
+
+def find_recipe(value: str | Path) -> Path:
+    """A recipe file: ``value`` itself when it exists, else the packaged recipe it names, spelled as a name
+    (``coop-rn50``), a file name (``coop-rn50.yaml``) or the repository's ``recipes/coop-rn50.yaml``, so the
+    commands the docs print work outside a clone too. A local file always wins over a packaged one."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent in (Path("."), Path("recipes")) and stem in packaged:
+        return packaged[stem]
+    close = difflib.get_close_matches(stem, list(packaged), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise FeatbenchError(f"{path}: recipe file not found{hint}; give a recipe file, or a packaged recipe's name "
+                         f"({', '.join(packaged)}; `featbench recipes` lists them)")
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file."""
-    path = Path(path)
-    if not path.is_file():
-        hint = ""
-        if not path.is_absolute() and (Path("recipes") / path.name).is_file() and path.parent == Path("."):
-            hint = f" (did you mean recipes/{path.name}?)"
-        raise FeatbenchError(f"{path}: recipe file not found{hint}")
+    """Read and validate a recipe file (or a packaged recipe by name, see :func:`find_recipe`)."""
+    path = find_recipe(path)
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise FeatbenchError(f"{path}: {path.stat().st_size} bytes; a recipe is a small YAML file (at most "
                              f"{MAX_RECIPE_BYTES >> 20} MiB)")
@@ -325,16 +450,21 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
         if tr is not None and tr not in ("all", "fewshot"):
             raise FeatbenchError(f"{source}: key 'extract.train_rows' must be all or fewshot (got {tr!r})")
 
+    custom = {e["name"]: dict(e) for e in data["datasets"] if isinstance(e, dict)}
+    data = {**data, "datasets": [e["name"] if isinstance(e, dict) else e for e in data["datasets"]]}
     known_ds = list_datasets()
     for key in ("datasets", "eval_on"):
         for name in data.get(key, []):
-            if name not in known_ds:
+            if name not in known_ds and name not in custom:
                 close = difflib.get_close_matches(name, known_ds, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known_ds)}"
                 raise FeatbenchError(f"{source}: key '{key}' names unknown dataset '{_cut(name)}'{hint}")
     for name in data.get("roots", {}):
         if name not in data["datasets"] and name not in data.get("eval_on", []):
             raise FeatbenchError(f"{source}: key 'roots.{name}' names a dataset the recipe does not use")
+        if name in custom:
+            raise FeatbenchError(f"{source}: key 'roots.{name}': a custom dataset's entry gives its own folder or "
+                                 "manifest; remove it from roots")
     known_heads = list_heads()
     for name in data["heads"]:
         if name not in known_heads and not is_module_path(name):
@@ -370,7 +500,7 @@ def validate(data: Any, source: str | Path = "<recipe>") -> Recipe:
 
     kwargs = {k: v for k, v in data.items()}
     kwargs.setdefault("name", Path(str(source)).stem if source != "<recipe>" else "recipe")
-    recipe = Recipe(**kwargs)
+    recipe = Recipe(**kwargs, custom=custom)
     recipe.path = Path(source) if source != "<recipe>" else None
     return recipe
 
@@ -421,49 +551,121 @@ def select_datasets(recipe: Recipe, names: list[str] | None) -> Recipe:
 
     unknown = [n for n in names if n not in recipe.datasets]
     if unknown:
+        close = difflib.get_close_matches(unknown[0], recipe.datasets, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
         raise FeatbenchError(f"--datasets {','.join(names)}: {unknown[0]!r} is not in the recipe's datasets "
-                             f"({', '.join(recipe.datasets)})")
+                             f"({', '.join(recipe.datasets)}){hint}")
     return dataclasses.replace(recipe, datasets=[d for d in recipe.datasets if d in names],
                                roots={k: v for k, v in recipe.roots.items() if k in names or k in recipe.eval_on})
 
 
-def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False) -> list[str]:
-    """What ``run --check`` verifies beyond the schema, without running anything: every dataset's data root
-    (unless ``only_fit``), the weights (found locally, or downloadable), the existing caches. Returns report
-    lines; raises FeatbenchError with every problem found, one per clause."""
-    lines, problems = [], []
+class CheckProblems(FeatbenchError):
+    """What ``run --check`` found wrong: ``problems`` holds one line each (the CLI prints one per line); the
+    message joins them for callers that print one line."""
+
+    def __init__(self, source, problems: list[str]):
+        self.source, self.problems = str(source), list(problems)
+        super().__init__(f"{source}: --check found {len(problems)} problem(s): " + "; ".join(problems))
+
+
+def check_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool = False,
+                 overwrite: bool = False) -> list[str]:
+    """What ``run --check`` verifies beyond the schema, without running anything: the view sets extraction
+    makes, every dataset's data (unless ``only_fit``; custom datasets are read like catalog ones), whether
+    existing caches cover the view sets, the weights (found locally, or downloadable). Returns report lines;
+    raises :class:`CheckProblems` with every problem found."""
+    lines, problems = [view_sets_line(recipe)], []
     caches = cache_paths(recipe)
     need_data = []
     for ds in [*recipe.datasets, *recipe.eval_on]:
         if caches[ds].is_file():
-            lines.append(f"  {ds}: cache {caches[ds]} exists (reused when its extraction covers the recipe's)")
+            as_is = only_fit or recipe.dataset_root(ds, root) is None  # run fits such a cache as it is
+            _check_cache(recipe, ds, caches[ds], as_is=as_is, overwrite=overwrite, lines=lines, problems=problems)
             continue
         if only_fit:
             problems.append(f"{ds}: cache {caches[ds]} not found (--only-fit)")
             continue
         need_data.append(ds)
-        ds_root = recipe.dataset_root(ds, root)
-        if ds_root is None:
-            problems.append(f"{ds}: no data root (pass --root DATA or set 'root' in the recipe)")
-            continue
-        base = Path(ds_root).expanduser()
-        if not base.is_dir():
-            problems.append(f"{ds}: data root {base} is not a folder")
-            continue
         try:
-            folder = locate_dataset_dir(dataset_info(ds), base)
+            where = _data_phrase(recipe, ds, root)
         except FeatbenchError as err:
             problems.append(f"{ds}: {err}")
             continue
-        lines.append(f"  {ds}: data in {folder}; will be extracted to {caches[ds]}")
+        lines.append(f"  {ds}: {where}; will be extracted to {caches[ds]}")
     if need_data:
         try:
             lines.append(f"  weights: {weights_status(recipe.model, recipe.pretrained)}")
         except FeatbenchError as err:
             problems.append(f"weights: {err}")
     if problems:
-        raise FeatbenchError(f"{recipe.path or 'recipe'}: --check found {len(problems)} problem(s): " + "; ".join(problems))
+        raise CheckProblems(recipe.path or "recipe", problems)
     return lines
+
+
+def view_sets_line(recipe: Recipe) -> str:
+    """Which view sets extraction makes, and where their crop scales come from."""
+    if not recipe.extract.get("views", 10):
+        return "  view sets: none (extract.views is 0)"
+    if "view_scales" in recipe.extract or "view_scale" in recipe.extract:
+        why = "the recipe's extract." + ("view_scales" if "view_scales" in recipe.extract else "view_scale")
+    else:
+        users = [f"{h} {_scale_text(get_head_class(h).paper_view_scale)}" for h in recipe.heads
+                 if get_head_class(h).uses_views and get_head_class(h).paper_view_scale is not None]
+        why = ("the heads' paper crop scales: " + ", ".join(users)) if users else "no head trains on views: the default"
+    return f"  view sets: {' + '.join(_scale_text(sc) for sc in recipe.view_scales())} ({why})"
+
+
+def _scale_text(scale) -> str:
+    return f"({float(scale[0]):g}, {float(scale[1]):g})" if scale is not None else "(unrecorded)"
+
+
+def _data_phrase(recipe: Recipe, ds: str, root) -> str:
+    """Where a dataset's images are, checked as extraction would read them (FeatbenchError if they are not)."""
+    if ds in recipe.custom:
+        from featbench.extract import load_request_dataset  # lazy: the pipeline's modules, only for custom data
+
+        data = load_request_dataset(recipe.extract_spec(ds, None))
+        kind = "folder" if "folder" in recipe.custom[ds] else "manifest"
+        return f"custom {kind} {recipe.custom[ds][kind]} ({len(data.classnames)} classes)"
+    ds_root = recipe.dataset_root(ds, root)
+    if ds_root is None:
+        raise FeatbenchError("no data root (pass --root DATA or set 'root' in the recipe)")
+    base = Path(ds_root).expanduser()
+    if not base.is_dir():
+        raise FeatbenchError(f"data root {base} is not a folder")
+    return f"data in {locate_dataset_dir(dataset_info(ds), base)}"
+
+
+def _check_cache(recipe: Recipe, ds: str, path: Path, *, as_is: bool, overwrite: bool, lines: list[str],
+                 problems: list[str]) -> None:
+    """An existing cache: does it hold the view sets the recipe extracts (run refuses one that does not)?"""
+    from featbench.cache import Cache  # lazy: h5py
+
+    try:
+        with Cache(path) as c:
+            have = tuple(c.view_sets().values())
+    except FeatbenchError as err:
+        problems.append(f"{ds}: cache {path} cannot be read ({err}); rerun with --overwrite to rebuild it")
+        return
+    want = recipe.view_scales()
+    if ds in recipe.eval_on or not recipe.extract.get("views", 10) or have == want:
+        covered = "" if ds in recipe.eval_on or not have else f", covers view sets {_sets_text(have)}"
+        lines.append(f"  {ds}: cache {path} exists{covered} (reused when its extraction covers the recipe's)")
+    elif as_is:
+        lines.append(f"  {ds}: cache {path} holds view sets {_sets_text(have)}, not {_sets_text(want)}; fitted as "
+                     "it is: a head whose paper scale is missing trains on another set (rows note it)")
+    elif overwrite:
+        lines.append(f"  {ds}: cache {path} holds view sets {_sets_text(have)}; --overwrite rebuilds it with "
+                     f"{_sets_text(want)}")
+    else:
+        keep = "" if not have or None in have else \
+            f", or set extract.view_scales to '{':'.join(f'{lo:g},{hi:g}' for lo, hi in have)}' to use it as it is"
+        problems.append(f"{ds}: cache {path} holds view sets {_sets_text(have)}, the recipe extracts "
+                        f"{_sets_text(want)}; rerun with --overwrite to rebuild it{keep}")
+
+
+def _sets_text(scales) -> str:
+    return " + ".join(_scale_text(sc) for sc in scales) if scales else "none"
 
 
 def weights_status(model: str, pretrained: str) -> str:
@@ -518,7 +720,7 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
             raise FeatbenchError(f"--only-fit: cache(s) not found: {', '.join(missing)}; run without --only-fit "
                                  "to extract them first")
     else:
-        from featbench.extract import ExtractSpec, run_extract
+        from featbench.extract import run_extract  # lazy: the pipeline's modules load only when extracting
 
         for ds in [*recipe.datasets, *recipe.eval_on]:
             ds_root = recipe.dataset_root(ds, root)
@@ -530,10 +732,8 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
                     continue
                 raise FeatbenchError(f"no data root for dataset '{ds}': pass --root DATA or set 'root' in "
                                      f"{recipe.path or 'the recipe'}")
-            opts = recipe.extract_options(test_only=ds in recipe.eval_on)
-            echo(f"extract {ds} ({recipe.model}/{recipe.pretrained}) from {ds_root}")
-            spec = ExtractSpec.from_kwargs(ds, ds_root, model=recipe.model, pretrained=recipe.pretrained,
-                                           cache_dir=recipe.cache_dir, progress=progress, overwrite=overwrite, **opts)
+            spec = recipe.extract_spec(ds, ds_root, progress=progress, overwrite=overwrite)
+            echo(f"extract {ds} ({recipe.model}/{recipe.pretrained}) from {ds_root}{_views_phrase(spec)}")
             try:
                 caches[ds] = run_extract(spec, log=echo)
             except FingerprintMismatch as err:  # the message names extract's flags; say what run takes
@@ -562,6 +762,13 @@ def run_recipe(recipe: Recipe, *, root: str | Path | None = None, only_fit: bool
     return written
 
 
+def _views_phrase(spec: ExtractSpec) -> str:
+    """', view sets (0.5, 1) + (0.08, 1)' for an extraction with views; '' without."""
+    if not spec.views or "train" not in spec.splits:
+        return ""
+    return ", view sets " + " + ".join(f"({lo:g}, {hi:g})" for lo, hi in spec.view_scales)
+
+
 def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=DEFAULT_TABLES,
                   protocol: str | None = None, base_to_new: bool = False, plot_title: str | None = None) -> dict:
     """Write each table as CSV, LaTeX and Markdown plus the accuracy-vs-shots plot next to the results.
@@ -575,7 +782,7 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
     written: dict[str, Any] = {"tables": [], "plots": [], "markdown": {}}
     suffix = {"csv": ".csv", "latex": ".tex", "markdown": ".md"}
     if base_to_new:
-        t = aggregate_base_to_new(df, protocol=protocol)
+        t = aggregate_base_to_new(df, protocol=protocol, names=REPORT_NAMES)
         for fmt, ext in suffix.items():
             path = out_dir / ("table-base-to-new" + ext)
             path.write_text(tables.render(t, fmt), encoding="utf-8")
@@ -585,16 +792,17 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
     for spec in tables_spec:
         metric = spec.get("metric", "acc")
         groups = tables.aggregate_by_encoder(df, metric=metric, rows=spec["rows"], cols=spec["cols"], protocol=protocol,
-                                             datasets=spec.get("datasets"))
+                                             datasets=spec.get("datasets"), names=REPORT_NAMES)
         stem = spec.get("name") or f"table-{spec['rows']}-by-{spec['cols']}" + ("" if metric == "acc" else f"-{metric}")
         for fmt, ext in suffix.items():
             path = out_dir / (stem + ext)
             path.write_text(tables.render_groups(groups, fmt), encoding="utf-8")
             written["tables"].append(path)
         written["markdown"][stem] = tables.render_groups(groups, "markdown")
-    written["plots"] = plot_curves(df, out_dir, protocol=protocol, title=plot_title)
+    written["plots"] = plot_curves(df, out_dir, protocol=protocol, title=plot_title, names=REPORT_NAMES)
     return written
 
 
 __all__ = ["Recipe", "SCHEMA", "EXTRACT_SCHEMA", "load_recipe", "validate", "run_recipe", "write_reports",
-           "cache_paths", "describe_schema", "select_datasets", "check_recipe", "weights_status"]
+           "cache_paths", "describe_schema", "select_datasets", "check_recipe", "weights_status", "CheckProblems",
+           "view_sets_line", "find_recipe", "packaged_recipes", "recipe_summary", "PACKAGED_RECIPES"]

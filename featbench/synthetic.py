@@ -104,6 +104,7 @@ def make_dataset(
     per_split: Sequence[int] = (8, 4, 4),
     size: int = 48,
     seed: int = 0,
+    first_class: int = 0,
 ) -> Path:
     """Write a small dataset in `layout`'s real on-disk format under `root`; return the path for `--root`.
 
@@ -117,6 +118,9 @@ def make_dataset(
       their images are drawn like those classes of a synthetic ImageNet with 2 x n_classes classes.
       ObjectNet (`write_objectnet`): n_classes mapped classes (+ one unmapped folder) of PNGs with a 1-pixel
       red border, the release's four mapping files and classnames.txt, against a 2 x n_classes ImageNet.
+    first_class: class k is drawn and named as the generator's class ``first_class + k`` (other colours and
+      shapes), so two datasets written with different values hold different images and class names, as two
+      real datasets do (the demo's Caltech101 and DTD). ObjectNet ignores it.
     """
     from featbench.datasets import dataset_info
 
@@ -124,7 +128,8 @@ def make_dataset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     job = _Job(root=root, info=info, n_classes=n_classes, counts=dict(zip(SPLITS, (int(n) for n in per_split))),
-               names=[class_name(y) for y in range(n_classes)], size=size, seed=seed)
+               names=[class_name(first_class + y) for y in range(n_classes)], size=size, seed=seed,
+               first_class=int(first_class))
     write = _WRITERS.get(info.reader)
     if write is None:  # a catalog reader this generator does not know yet
         raise ValueError(f"make_dataset cannot write layout {layout!r} (reader {info.reader!r})")
@@ -143,9 +148,10 @@ class _Job:
     names: list[str]
     size: int
     seed: int
+    first_class: int = 0
 
     def image(self, y: int, i: int, split: str) -> Image.Image:
-        return class_image(y, i, size=self.size, seed=self.seed, split=split)
+        return class_image(self.first_class + y, i, size=self.size, seed=self.seed, split=split)
 
     def items(self, split: str):
         return _items(self.n_classes, self.counts[split])
@@ -200,7 +206,7 @@ def _write_wnid_folders(job: _Job) -> None:
     present = [2 * y + 1 for y in range(n)] if sparse else list(range(n))
     ddir.mkdir(parents=True, exist_ok=True)
     (ddir / info.classnames_file).write_text(
-        "".join(f"{_wnid(k)} {class_name(k).replace('_', ' ')}\n" for k in listed), encoding="utf-8"
+        "".join(f"{_wnid(k)} {class_name(job.first_class + k).replace('_', ' ')}\n" for k in listed), encoding="utf-8"
     )
     for split in info.splits:
         split_dir = ddir / info.image_dir / info.split_dirs.get(split, split)

@@ -8,7 +8,8 @@ from typing import Iterable
 
 from featbench.errors import FeatbenchError
 from featbench.fitspec import PROTOCOLS  # noqa: F401  (defined once, in the evaluation layer)
-from featbench.heads.paper import DISPLAY_NAMES
+from featbench.heads import registry
+from featbench.heads.paper import declared_display_name
 
 DIMS = ("dataset", "head", "shots")
 METRICS = ("acc", "mean_per_class_recall")
@@ -83,8 +84,12 @@ def check_names(names: str) -> str:
 
 
 def display_name(head: str, names: str = "paper") -> str:
-    """The name tables and plots show for a head: its paper's (``names="paper"``) or the registry's."""
-    return str(head) if names == "registry" else DISPLAY_NAMES.get(str(head), str(head))
+    """The name tables and plots show for a head: the ``display_name`` it declares (``names="paper"``; read
+    from its source, no torch) or the registry's; a head without one, or no longer installed, keeps its name."""
+    head = str(head)
+    if names == "registry" or head not in registry:
+        return head
+    return declared_display_name(registry.target(head)) or head
 
 
 # -- orders ---------------------------------------------------------------------------------------------------

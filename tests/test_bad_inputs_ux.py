@@ -146,14 +146,31 @@ out: {out}
 @pytest.mark.parametrize("args, needles", [
     (["--datasets", "imagenet"], ["'imagenet' is not in the recipe's datasets"]),
     (["--datasets", ","], ["--datasets is empty"]),
-    (["--check", "--root", "NOPE"], ["--check found 2 problem(s)", "caltech101: data root", "dtd: data root"]),
-    (["--check"], ["no data root"]),
+    (["--datasets", "dtdd"], ["did you mean 'dtd'?"]),
 ])
 def test_run_bad_flags(tmp_path, args, needles):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(cache=tmp_path / "cache", out=tmp_path / "out"))
-    args = [a if a != "NOPE" else str(tmp_path / "nope") for a in args]
     _one_line_error(_run("run", recipe, *args), *needles)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args, problems", [
+    (["--check", "--root", "NOPE"], ["caltech101: data root", "dtd: data root"]),
+    (["--check"], ["caltech101: no data root", "dtd: no data root"]),
+])
+def test_run_check_prints_one_problem_per_line(tmp_path, args, problems):
+    """Issue 17: `run --check` names every problem on a line of its own, under one error line, exit code 2."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(cache=tmp_path / "cache", out=tmp_path / "out"))
+    args = [a if a != "NOPE" else str(tmp_path / "nope") for a in args]
+    res = _run("run", recipe, *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[0].startswith("featbench: error:") and "--check found 2 problem(s):" in lines[0], lines
+    assert len(lines) == 1 + len(problems)
+    for line, needle in zip(lines[1:], problems):
+        assert line.startswith("  - ") and needle in line, (needle, line)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 

@@ -30,6 +30,18 @@ def datasets_command() -> None:
         typer.echo("  ".join(f"{c:{w}s}" for c, w in zip(r, widths)) + "  " + r[-1])
 
 
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the recipes installed with featbench: `featbench run NAME` runs one, `--check` first."""
+    from featbench.recipes import packaged_recipes, recipe_summary
+
+    found = packaged_recipes()
+    width = max(len(n) for n in found)
+    for name, path in found.items():
+        typer.echo(f"{name:{width}s}  {recipe_summary(path)}")
+    typer.echo(f"\n`featbench run NAME --root DATA --check` checks one; the files are in {next(iter(found.values())).parent}")
+
+
 @app.command("heads")
 def heads_command(
     name: Optional[str] = typer.Argument(None, help="A head to describe: hyperparameters, types, bounds, paper "

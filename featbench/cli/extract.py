@@ -34,8 +34,9 @@ def extract(
     splits: str = typer.Option("train,val,test", "--splits", help="comma list of train,val,test"),
     views: int = typer.Option(10, "--views", help="augmented views per few-shot train image (0: none)"),
     view_shots: str = typer.Option("1,2,4,8,16", "--view-shots", help="shot counts whose few-shot rows get views; one K = every standard count <= K"),
-    view_scale: str = typer.Option("0.5,1", "--view-scale", help="RandomResizedCrop area scale min,max (Tip-Adapter 0.5,1; Dassl 0.08,1)"),
+    view_scale: Optional[str] = typer.Option(None, "--view-scale", help="RandomResizedCrop area scale min,max (Tip-Adapter 0.5,1; Dassl 0.08,1) [default: 0.5,1]"),
     view_scales: Optional[str] = typer.Option(None, "--view-scales", help="several view sets, one per scale, e.g. 0.5,1:0.08,1 (replaces --view-scale; each head trains on its paper's)"),
+    for_heads: Optional[str] = typer.Option(None, "--for-heads", help="comma list of heads: extract the view sets their papers train on (the union of their crop scales, e.g. taskres,tip-adapter -> 0.5,1:0.08,1)"),
     seeds: str = typer.Option("1,2,3", "--seeds", help="few-shot seeds whose rows get views"),
     train_rows: str = typer.Option("all", "--train-rows", help="all | fewshot: which train rows get plain features"),
     all_views: bool = typer.Option(False, "--all-views", help="views for every train row"),
@@ -63,7 +64,7 @@ def extract(
     spec = ExtractSpec.from_cli(
         dataset=dataset, root=root, manifest=manifest, name=name, model=model, pretrained=pretrained,
         splits=parse_str_list(splits), views=views, view_shots=parse_int_list(view_shots, "--view-shots"),
-        view_scale=view_scale, view_scales=view_scales, seeds=parse_int_list(seeds, "--seeds"),
+        **_scale_flags(view_scale, view_scales, for_heads), seeds=parse_int_list(seeds, "--seeds"),
         train_rows=train_rows, all_views=all_views, batch_size=batch_size, workers=workers, device=device,
         dtype=dtype, cache_dir=cache_dir, out=out, overwrite=overwrite, skip_bad_images=skip_bad_images,
         classname_style=classname_style, templates=templates, classnames=classnames,
@@ -73,6 +74,27 @@ def extract(
     path = run_extract_sharded(spec, log=lambda m: typer.echo(m, err=True), env=env)
     if env.is_main:
         typer.echo(str(path))
+
+
+def _scale_flags(view_scale: str | None, view_scales: str | None, for_heads: str | None) -> dict:
+    """The crop-scale keywords of ExtractSpec: at most one of --view-scale, --view-scales and --for-heads."""
+    given = [flag for flag, v in (("--view-scale", view_scale), ("--view-scales", view_scales),
+                                  ("--for-heads", for_heads)) if v is not None]
+    if len(given) > 1:
+        raise FeatbenchError(f"{' and '.join(given)}: give one of them (--for-heads takes the scales from the heads' papers)")
+    if for_heads is not None:
+        from featbench.extract_spec import heads_view_scales  # lazy: imports the heads' modules
+
+        heads = parse_str_list(for_heads)
+        if not heads:
+            raise FeatbenchError("--for-heads is empty; name heads like taskres,tip-adapter (see `featbench heads`)")
+        try:
+            return {"view_scales": heads_view_scales(heads)}
+        except FeatbenchError as err:
+            raise FeatbenchError(f"--for-heads {for_heads}: {err}") from None
+    if view_scales is not None:
+        return {"view_scales": view_scales}
+    return {} if view_scale is None else {"view_scale": view_scale}
 
 
 @app.command()

@@ -44,6 +44,7 @@ def fit(
     from featbench.runner import execute, parse_grids, parse_sets
 
     grids = parse_grids(grid)
+    _check_heads(parse_str_list(heads))
     spec = FitSpec(caches=[str(c) for c in caches], heads=parse_str_list(heads), shots=parse_int_list(shots, "--shots"),
                    seeds=parse_int_list(seeds, "--seeds"), protocol=protocol, sets=parse_sets(set_), grids=grids,
                    out=out, jobs=jobs, device=device, eval_on=parse_str_list(eval_on) if eval_on else (),
@@ -65,6 +66,17 @@ def fit(
     else:
         typer.echo(f"appended {len(rows)} row(s) to {out}", err=True)
     _print_summary(rows, head_list, shot_list, grids)
+
+
+def _check_heads(names: list[str]) -> None:
+    """Every --heads name is a head, before any cache is opened (an unknown one: the closest names)."""
+    from featbench.heads import get_head_class  # lazy: imports each named head's module
+
+    for name in names:
+        try:
+            get_head_class(name)
+        except FeatbenchError as err:
+            raise FeatbenchError(f"--heads {name}: {err}") from None
 
 
 def _check_output_folder(folder: Path, flag: str) -> None:

@@ -52,6 +52,7 @@ def table(
     from featbench import b2n_table  # lazy, like tables: pandas only when a table is asked for
 
     df = tables.load_results(results, fields=tables.TABLE_FIELDS)
+    check_name_flags(df, heads=heads, datasets=datasets)
     if base_to_new is None:
         base_to_new = b2n_table.is_base_to_new(df)
     layout = dict(build=b2n_table.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
@@ -96,6 +97,7 @@ def plot(
 
     tables.check_names(names)
     df = tables.load_results(results, fields=tables.TABLE_FIELDS)
+    check_name_flags(df, heads=heads, datasets=datasets)
     picked = dict(heads=parse_str_list(heads) if heads else None,
                   datasets=parse_str_list(datasets) if datasets else None,
                   shots=parse_int_list(shots, "--shots") if shots else None)
@@ -121,6 +123,30 @@ def compare(
     if not 1 <= top <= 1000:
         raise FeatbenchError(f"--top {top}: give a number from 1 to 1000")
     df = tables.load_results(results, fields=tables.PER_CLASS_FIELDS)
+    check_name_flags(df, heads=heads, datasets=datasets)
     comps = perclass.compare(df, pair[0], pair[1], datasets=parse_str_list(datasets) if datasets else None,
                              shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
     typer.echo(perclass.render(comps, pair[0], pair[1], top=top), nl=False)
+
+
+def check_name_flags(df, *, heads: str | None, datasets: str | None) -> None:
+    """--heads and --datasets name what the results hold: an unknown name is one line with the closest one,
+    before any filtering leaves nothing (a head is its registry name, its paper name or a table label)."""
+    from featbench.table_model import display_name
+
+    present = sorted({str(h) for h in df["head"]})
+    _check_names("--heads", heads, present, {n for h in present for n in (h, display_name(h))},
+                 prefixes=tuple(f"{n} (" for h in present for n in (h, display_name(h))))
+    _check_names("--datasets", datasets, sorted({str(d) for d in df["dataset"]}), set())
+
+
+def _check_names(flag: str, value: str | None, present: list[str], aliases: set[str], prefixes=()) -> None:
+    import difflib
+
+    for name in parse_str_list(value) if value else []:
+        if name in present or name in aliases or name.startswith(prefixes):  # a label: "taskres (alpha=0.5)"
+            continue
+        close = difflib.get_close_matches(name, sorted(set(present) | aliases), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise FeatbenchError(f"{flag} {name}: no rows for this {flag[2:-1]} in the results{hint} (they have "
+                             f"{', '.join(present) or 'none'})")

@@ -113,6 +113,10 @@ class Head(ClassifierMixin, BaseEstimator):
     name: ClassVar[str] = ""
     #: the paper (or code) the head reproduces, for ``featbench heads NAME``
     paper: ClassVar[str] = ""
+    #: how its paper names the method in tables and plots ("TaskRes", "Tip-Adapter-F"), declared as a string
+    #: literal in the class's own body (read without importing the head, featbench.heads.paper.declared_display_name);
+    #: "" shows the registry name
+    display_name: ClassVar[str] = ""
     #: fit needs the class-prompt text features (``text``); the protocol refuses caches without them
     needs_text: ClassVar[bool] = False
     #: fit needs the cache's text tower (``text_tower``): prompt learners that run the text encoder

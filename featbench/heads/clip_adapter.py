@@ -57,6 +57,7 @@ class CLIPAdapter(Head):
     """Residual bottleneck adapter on the image feature, cosine logits against the text classifier."""
 
     name = "clip-adapter"
+    display_name = "CLIP-Adapter"  # what tables and plots show
     paper = "Gao et al. 2023 (IJCV), CLIP-Adapter: Better Vision-Language Models with Feature Adapters"
     needs_text = True
     uses_views = True

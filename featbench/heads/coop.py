@@ -128,6 +128,7 @@ class CoOp(Head):
     """Context optimisation: learn the prompt's context vectors through the frozen text tower."""
 
     name: ClassVar[str] = "coop"
+    display_name: ClassVar[str] = "CoOp"  # what tables and plots show
     paper: ClassVar[str] = "Zhou et al. 2022, Learning to Prompt for Vision-Language Models (CoOp)"
     needs_text: ClassVar[bool] = False
     #: the runner passes ``text_tower=`` (featbench.texttower.TextTower) to heads that declare this
@@ -283,6 +284,7 @@ class KgCoOp(CoOp):
     """CoOp from "a photo of a" with a penalty keeping the learned class weights near the hand-crafted ones."""
 
     name: ClassVar[str] = "kgcoop"
+    display_name: ClassVar[str] = "KgCoOp"  # what tables and plots show
     paper: ClassVar[str] = "Yao et al. 2023, Visual-Language Prompt Tuning with Knowledge-guided Context Optimization"
     needs_text: ClassVar[bool] = True
     hyperparams: ClassVar[dict] = {**PROMPT_PARAMS,

@@ -45,6 +45,7 @@ class GDA(Head):
     """Training-free Gaussian discriminant head on (augmented) image features plus zero-shot logits."""
 
     name: ClassVar[str] = "gda"
+    display_name: ClassVar[str] = "GDA"  # what tables and plots show
     paper: ClassVar[str] = "Wang et al., A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation, ICLR 2024"
     needs_text: ClassVar[bool] = True
     uses_views: ClassVar[bool] = True

@@ -67,6 +67,7 @@ class LPPlusPlus(Head):
     """LP++ linear probe with per-class text-blend weights and Lipschitz step sizes (no tuning)."""
 
     name: ClassVar[str] = "lp++"
+    display_name: ClassVar[str] = "LP++"  # what tables and plots show
     paper: ClassVar[str] = "Huang et al., LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP, CVPR 2024"
     needs_text: ClassVar[bool] = True
     uses_views: ClassVar[bool] = True  # one augmented view per image, as the reference's train loader

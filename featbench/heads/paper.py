@@ -15,9 +15,19 @@ A head declares, as class attributes (defaults in ``featbench.heads.base.Head``)
 - ``paper_view_scale`` — the RandomResizedCrop area scale of the augmented views its reference trains on.
 - ``reference_selects_on_test`` — datasets whose reference selects on the test split (what ``oracle``
   reproduces; rows say so).
+
+and ``display_name``, how its paper names the method ("TaskRes"), which tables and plots read from the head's
+source without importing it (:func:`declared_display_name`).
 """
 
 from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 FEWSHOT_VAL = "fewshot_val"
 FULL_VAL = "full_val"
@@ -45,23 +55,72 @@ TIP_SCALE = (0.5, 1.0)
 DASSL_SCALE = (0.08, 1.0)
 
 
-#: how the papers name each method (tables and plots print these; ``--names registry`` keeps the registry names).
-#: Data keyed by registry name: a head not listed here (a plugin) is shown under its registry name.
-DISPLAY_NAMES = {
-    "zeroshot": "Zero-shot CLIP",
-    "linear-probe": "Linear probe CLIP",
-    "tip-adapter": "Tip-Adapter",
-    "tip-adapter-f": "Tip-Adapter-F",
-    "taskres": "TaskRes",
-    "clip-adapter": "CLIP-Adapter",
-    "gda": "GDA",
-    "lp++": "LP++",
-    "clap": "CLAP",
-    "prolip": "ProLIP",
-    "text-projection": "Text projection",
-    "coop": "CoOp",
-    "kgcoop": "KgCoOp",
-}
+def declared_display_name(target: str) -> str:
+    """The ``display_name`` the head class at ``target`` ("package.module:Class") declares in its own body, or "".
+
+    Read from the module's source, not by importing it, so `featbench table` and `plot` name heads without
+    loading torch, scikit-learn or a plugin's dependencies; the loaded class answers only where there is no
+    source to read (a class defined in a notebook). A subclass that declares none shows its registry name.
+    """
+    module, _, qualname = str(target).partition(":")
+    found = _display_name_in_source(module, qualname)
+    if found is None:
+        cls = getattr(sys.modules.get(module), qualname, None)
+        found = vars(cls).get("display_name", "") if isinstance(cls, type) else ""
+    return str(found or "")
+
+
+@functools.lru_cache(maxsize=None)
+def _display_name_in_source(module: str, qualname: str) -> str | None:
+    """The string literal assigned to ``display_name`` in the class body; None when the source is not at hand."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if not origin or not str(origin).endswith(".py"):
+        return None
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == qualname:
+            return _declared_string(node, "display_name")
+    return None
+
+
+def _declared_string(cls_node: ast.ClassDef, attr: str) -> str:
+    for stmt in cls_node.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        value = getattr(stmt, "value", None)
+        if any(isinstance(t, ast.Name) and t.id == attr for t in targets) and isinstance(value, ast.Constant) \
+                and isinstance(value.value, str):
+            return value.value
+    return ""
+
+
+class _BuiltInDisplayNames(Mapping):
+    """Built-in head name -> its declared display name, in registry order (what plots key colours by)."""
+
+    def _names(self) -> dict[str, str]:
+        from featbench.heads import BUILT_IN, registry  # lazy: the registry package is initialised first
+
+        return {n: declared_display_name(registry.target(n)) or n for n in registry.names()
+                if registry.origin(n).kind == BUILT_IN}
+
+    def __getitem__(self, name: str) -> str:
+        return self._names()[name]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+#: the built-in heads' paper names, read from each head's ``display_name`` (kept for callers that want a mapping)
+DISPLAY_NAMES: Mapping[str, str] = _BuiltInDisplayNames()
 
 
 def epochs_for_shots(table: dict[int, int], shots: int) -> int:
@@ -72,6 +131,6 @@ def epochs_for_shots(table: dict[int, int], shots: int) -> int:
 
 
 __all__ = [
-    "DISPLAY_NAMES", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
+    "DISPLAY_NAMES", "declared_display_name", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
     "TEMPLATES_7", "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",
 ]

@@ -173,6 +173,7 @@ class TaskRes(Head):
     """Task residual on top of a frozen base classifier (CLIP text weights by default)."""
 
     name = "taskres"
+    display_name = "TaskRes"  # what tables and plots show
     paper = "Yu et al. 2023, Task Residual for Tuning Vision-Language Models"
     needs_text = True
     uses_views = True

@@ -178,6 +178,7 @@ class TipAdapter(Head):
     """Training-free Tip-Adapter: a key-value cache of the few-shot features blended with zero-shot CLIP."""
 
     name = "tip-adapter"
+    display_name = "Tip-Adapter"  # what tables and plots show
     paper = "Zhang et al. 2022, Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification"
     needs_text = True
     uses_views = True
@@ -334,6 +335,7 @@ class TipAdapterF(TipAdapter):
     """
 
     name = "tip-adapter-f"
+    display_name = "Tip-Adapter-F"  # what tables and plots show
     # alpha/beta re-searched internally; epochs/lr are the paper's fixed recipe. The reference trains on the
     # same (0.5, 1) crops its cache is built from (main.py: train_loader_F uses train_tranform).
     search_space: dict = {}
