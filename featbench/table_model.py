@@ -19,6 +19,8 @@ MISSING = "—"
 ORACLE_NOTE = "hyperparameters selected on the test set (oracle protocol): not a few-shot result; never bold or ranked."
 FALLBACK_NOTE = ("zero-shot CLIP fallback: the head cannot score classes it was not trained on, so this is "
                  "zero-shot CLIP's New (and the H built on it); never bold or ranked.")
+TRANSDUCTIVE_NOTE = ("transductive: the head adapted to the unlabeled test images it is scored on (TransCLIP); not "
+                     "comparable with inductive heads, so never bold or ranked against them.")
 OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
                   "paper's per-dataset/per-shot defaults.")
 #: how heads are named: "paper" (each paper's name: TaskRes, Tip-Adapter-F) or "registry" (taskres, tip-adapter-f)
@@ -56,6 +58,7 @@ class Table:
     rank: object = None
     notes: list[str] = field(default_factory=list)
     fallback: object = None  # like ``oracle``: cells built on a fallback (base-to-new New/H from zero-shot)
+    transductive: object = None  # like ``oracle``: cells of heads that read the unlabeled test set
     overrides: bool = False  # whether a row of the table runs with parameters the user set
     block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
 
@@ -67,9 +70,17 @@ class Table:
     def any_fallback(self) -> bool:
         return self.fallback is not None and bool(self.fallback.to_numpy().any())
 
+    @property
+    def any_transductive(self) -> bool:
+        return self.transductive is not None and bool(self.transductive.to_numpy().any())
+
     def flagged(self):
-        """Cells that are never bold or ranked: built on test-set selection or on a fallback."""
-        return self.oracle if self.fallback is None else (self.oracle | self.fallback)
+        """Cells that are never bold or ranked: built on test-set selection, a fallback or the test images."""
+        out = self.oracle
+        for mask in (self.fallback, self.transductive):
+            if mask is not None:
+                out = out | mask
+        return out
 
     def uniform_seeds(self) -> int | None:
         """The seed count when every present cell has the same one (then shown once, in a note)."""

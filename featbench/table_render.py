@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from featbench.errors import FeatbenchError
 from featbench.table_model import (AVERAGE, FALLBACK_NOTE, FORMATS, MAX_DECIMALS, METRIC_NAMES, MISSING, ORACLE_NOTE,
-                                   Table)
+                                   TRANSDUCTIVE_NOTE, Table)
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -88,8 +88,10 @@ def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
     std = table.std.iat[r, c]
     n = int(table.n.iat[r, c])
     fallback = table.fallback is not None and bool(table.fallback.iat[r, c])
+    transductive = table.transductive is not None and bool(table.transductive.iat[r, c])
     return dict(mean=f"{mean:.{decimals}f}", std=None if std != std else f"{std:.{decimals}f}",
-                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]), fallback=fallback)
+                n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]), fallback=fallback,
+                transductive=transductive)
 
 
 def _caption(table: Table, seeds: int | None) -> str:
@@ -177,6 +179,7 @@ def _render_csv(table: Table, decimals: int) -> str:
     for c in table.mean.columns:
         lab = _dim_label(table.cols, c)
         header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle", f"{lab} fallback"]
+        header += [f"{lab} transductive"] if table.any_transductive else []
     w.writerow([_csv_text(h) for h in header])
     for i, block, row in _row_keys(table):
         out = [_csv_text(v) for v in ([block] if table.block_dim else []) + [row]]
@@ -189,6 +192,8 @@ def _render_csv(table: Table, decimals: int) -> str:
             out += ["" if m != m else f"{m:.{decimals + 2}f}", "" if s != s else f"{s:.{decimals + 2}f}",
                     n if m == m else "", int(bool(table.oracle.iat[i, j])) if m == m else "",
                     int(fb) if m == m else ""]
+            if table.any_transductive:
+                out.append(int(bool(table.transductive.iat[i, j])) if m == m else "")
         w.writerow(out)
     return buf.getvalue()
 
@@ -203,6 +208,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
             text += r"$^\dagger$"
         if parts["fallback"]:
             text += r"$^\ddagger$"
+        if parts["transductive"]:
+            text += r"$^\S$"
         if parts["std"] is not None:
             text += rf" $\pm$ {parts['std']}"
         if parts["n"] is not None:
@@ -214,6 +221,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
         text += "†"
     if parts["fallback"]:
         text += "‡"
+    if parts["transductive"]:
+        text += "§"
     if parts["std"] is not None:
         text += f" ± {parts['std']}"
     if parts["n"] is not None:
@@ -227,8 +236,11 @@ def _footnotes(table: Table, seeds: int | None) -> list[str]:
         notes.append(f"† {ORACLE_NOTE}")
     if table.any_fallback:
         notes.append(f"‡ {FALLBACK_NOTE}")
+    if table.any_transductive:
+        notes.append(f"§ {TRANSDUCTIVE_NOTE}")
     if table.rank is not None:
-        flagged = ", or a † / ‡ cell," if table.any_oracle or table.any_fallback else ""
+        flagged = (", or a † / ‡ / § cell," if table.any_oracle or table.any_fallback or table.any_transductive
+                   else "")
         notes.append("rank: by the head's mean over the columns" + (" (without Average)" if AVERAGE in
                      list(table.mean.columns) else "") + f"; 1 = best; heads with a missing cell{flagged} are unranked.")
     notes += table.notes

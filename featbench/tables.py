@@ -476,6 +476,7 @@ def prepare(df, metric: str = "acc", protocol: str | None = None, *, names: str 
     df["value"] = df[metric].astype(float)
     df["is_oracle"] = (df["protocol"] == "oracle") | _true(df, "test_selection")
     df["is_fallback"] = (df["classes"] == "new") & _present(df, "fallback")
+    df["is_transductive"] = _true(df, "transductive")
     if not df["_order"].is_monotonic_increasing:
         df = df.sort_values("_order")
     duplicated = _check_duplicates(df, metric)
@@ -527,12 +528,13 @@ def _check_duplicates(df, metric: str):
 def cell_stats(df):
     """Long table of per-(head, dataset, shots) stats over seeds, plus the dataset "Average" rows.
 
-    Columns: head, dataset, shots, mean, std, n, oracle. ``df`` is the output of :func:`prepare`.
+    Columns: head, dataset, shots, mean, std, n, oracle, transductive. ``df`` is the output of :func:`prepare`.
     """
     import pandas as pd
 
     g = df.groupby(["head_label", "dataset_label", "shots"], sort=False)
-    cells = g.agg(mean=("value", "mean"), n=("seed", "nunique"), oracle=("is_oracle", "any"))
+    cells = g.agg(mean=("value", "mean"), n=("seed", "nunique"), oracle=("is_oracle", "any"),
+                  transductive=("is_transductive", "any"))
     cells.insert(1, "std", g["value"].std(ddof=0))  # population std, as CoOp's parser prints
     cells = cells.reset_index()
     cells = cells.rename(columns={"head_label": "head", "dataset_label": "dataset"})
@@ -548,7 +550,7 @@ def _average_cells(df, cells):
     n_ds = df["dataset_label"].nunique()
     by_cell = cells.groupby(["head", "shots"], sort=False)
     out = by_cell.agg(have=("dataset", "nunique"), mean=("mean", "mean"), fewest=("n", "min"),
-                      oracle=("oracle", "any"))
+                      oracle=("oracle", "any"), transductive=("transductive", "any"))
     seeds = df.groupby(["head_label", "shots", "seed"], sort=False).agg(avg=("value", "mean"),
                                                                          k=("dataset_label", "nunique"))
     by_seed = seeds.groupby(level=[0, 1], sort=False)
@@ -563,7 +565,7 @@ def _average_cells(df, cells):
     out["n"] = out["n_seeds"].where(same_seeds, out["fewest"].where(complete, 0)).astype(int)
     out = out.reset_index()
     out["dataset"] = AVERAGE
-    return out[["head", "dataset", "shots", "mean", "std", "n", "oracle"]]
+    return out[["head", "dataset", "shots", "mean", "std", "n", "oracle", "transductive"]]
 
 
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
@@ -621,9 +623,12 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     mean = _pivot("mean", None).astype(float)
     std = _pivot("std", None).astype(float)
     n = _pivot("n", 0).astype(float)
-    cells_o = cells.assign(oracle=cells["oracle"].astype(int))
-    piv_o = cells_o.pivot_table(index=index_keys, columns=cols, values="oracle", aggfunc="max", dropna=False)
-    piv_o = piv_o.reindex(index=index, columns=col_order).fillna(0).astype(bool)
+    def _flag(value):
+        flags = cells.assign(**{value: cells[value].astype(int)})
+        piv = flags.pivot_table(index=index_keys, columns=cols, values=value, aggfunc="max", dropna=False)
+        return piv.reindex(index=index, columns=col_order).fillna(0).astype(bool)
+
+    piv_o, piv_t = _flag("oracle"), _flag("transductive")
     # drop rows that have no cell at all (e.g. a (shots, head) block where a head was not run)
     keep = mean.notna().any(axis=1) | (mean.index.get_level_values(-1) == AVERAGE)
     if block_dim:
@@ -631,8 +636,8 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
         real = mean.notna().any(axis=1) & (mean.index.get_level_values(-1) != AVERAGE)
         blocks_with_rows = set(mean.index[real].get_level_values(0))
         keep = keep & mean.index.get_level_values(0).isin(blocks_with_rows)
-    mean, std, n, piv_o = mean[keep], std[keep], n[keep], piv_o[keep]
-    table = Table(mean=mean, std=std, n=n, oracle=piv_o, rows=rows, cols=cols, block_dim=block_dim,
+    mean, std, n, piv_o, piv_t = mean[keep], std[keep], n[keep], piv_o[keep], piv_t[keep]
+    table = Table(mean=mean, std=std, n=n, oracle=piv_o, transductive=piv_t, rows=rows, cols=cols, block_dim=block_dim,
                   metric=metric, protocol=protocol, overrides=bool(prepared["has_overrides"].any()))
     if rows == "head":
         table.rank = _rank(mean, table.flagged())

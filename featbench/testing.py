@@ -79,6 +79,8 @@ def toy_problem(head_cls, *, n_classes: int = 3, shots: int = 4, n_features: int
                                "extra": extra}
     if head_cls.uses_selection_split(dict(params or {})):
         context["X_val"], context["y_val"] = Xv, yv
+    if head_cls.transductive:  # the unlabeled images it will be scored on, as the protocol hands them over
+        context["X_transductive"] = Xt
     return ToyProblem(X, y, Xt, yt, context)
 
 

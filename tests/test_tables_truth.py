@@ -153,6 +153,22 @@ def test_oracle_and_test_selection_rows_are_never_bold_or_ranked():
         assert "**" not in line and "†" in line
 
 
+def test_transductive_rows_are_marked_and_never_ranked_against_inductive_ones():
+    rows = [row(ds, "zeroshot", 1, s, 60.0) for ds in ("caltech101", "dtd") for s in (1, 2)]
+    rows += [row(ds, "transclip", 1, s, 70.0, transductive=True) for ds in ("caltech101", "dtd") for s in (1, 2)]
+    t = aggregate(pd.DataFrame(rows), rows="head", cols="shots")
+    assert t.rank.loc["zeroshot"] == 1 and math.isnan(t.rank.loc["transclip"])
+    md = render(t, "markdown")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| transclip"))
+    assert "**" not in line and "§" in line and "§ transductive" in md
+    assert "**60.00**" in next(ln for ln in md.splitlines() if ln.startswith("| zeroshot"))
+    csv_text = render(t, "csv")
+    assert "1-shot transductive" in csv_text.splitlines()[0]
+    assert "$^\\S$" in render(t, "latex")
+    plain = aggregate(pd.DataFrame(rows[:4]), rows="head", cols="shots")
+    assert "transductive" not in render(plain, "csv")  # the column appears only where such rows are
+
+
 # -- item 5: paper names, stable figures -----------------------------------------------------------------------
 def test_cli_uses_paper_names_unless_told_registry(tmp_path):
     path = write(tmp_path / "r.jsonl", clip_adapter_rows())
