@@ -184,6 +184,8 @@ def first_best(counts) -> tuple | None:
 class APE(Head):
     """Training-free APE: a Tip-Adapter cache on the selected channels with KL-weighted values."""
 
+    display_name = "APE"  # what tables and plots show
+
     name: ClassVar[str] = "ape"
     paper: ClassVar[str] = "Zhu et al., Not All Features Matter: Enhancing Few-shot CLIP with Adaptive Prior Refinement, ICCV 2023"
     needs_text: ClassVar[bool] = True
@@ -345,6 +347,8 @@ class APE(Head):
 # ---------------------------------------------------------------------------------------------------- APE-T
 class APET(APE):
     """APE-T: a trained category residual on the selected channels of text and keys, and trained value weights."""
+
+    display_name = "APE-T"  # what tables and plots show
 
     name: ClassVar[str] = "ape-t"
     hyperparams = {

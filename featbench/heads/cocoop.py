@@ -94,6 +94,8 @@ def conditioned_text(tower, ctx, sos, suffix, eot):
 class CoCoOp(Head):
     """Conditional context optimisation: CoOp's context plus a per-image shift from a meta-net."""
 
+    display_name = "CoCoOp"  # what tables and plots show
+
     name: ClassVar[str] = "cocoop"
     paper: ClassVar[str] = "Zhou et al. 2022, Conditional Prompt Learning for Vision-Language Models (CoCoOp)"
     needs_text: ClassVar[bool] = False

@@ -83,6 +83,8 @@ def linspace_grid(spec) -> list[float]:
 class ProKeR(Head):
     """Kernel ridge regression of the zero-shot residual on the few-shot views (training-free)."""
 
+    display_name = "ProKeR"  # what tables and plots show
+
     name: ClassVar[str] = "proker"
     paper: ClassVar[str] = "Bendou et al., A Kernel Perspective on Training-Free Few-Shot Adaptation of Large VLMs, CVPR 2025"
     needs_text: ClassVar[bool] = True

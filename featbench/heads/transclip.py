@@ -213,6 +213,8 @@ def resolve_mode(mode: str, base) -> str:
 class TransCLIP(Head):
     """Transductive GMM + Laplacian + KL-to-the-base inference over the unlabeled test features."""
 
+    display_name = "TransCLIP"  # what tables and plots show
+
     name: ClassVar[str] = "transclip"
     paper: ClassVar[str] = "Zanella et al. 2024, Boosting Vision-Language Models with Transduction (TransCLIP)"
     needs_text: ClassVar[bool] = True  # the zero-shot base, and every base's class space
