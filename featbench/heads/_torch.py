@@ -76,6 +76,44 @@ def minibatches(n: int, batch_size: int, gen: torch.Generator | None = None, shu
         yield idx[s:s + batch_size]
 
 
+class HostStaging:
+    """Host buffers refilled every epoch and uploaded to the device with one asynchronous copy each.
+
+    A ``non_blocking`` copy from pinned memory returns before the GPU has read the host buffer; refilling it
+    then would let an epoch train on a mix of two epochs' data. ``fill()`` therefore waits for the event
+    recorded after the previous upload. On the CPU the host buffers are the device buffers (no copy, no wait).
+    ``copy`` and ``new_event`` exist for tests: a fake in-flight copy shows what the wait guards against.
+    """
+
+    def __init__(self, shapes_dtypes, device, *, copy=None, new_event=None):
+        self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
+        pin = self.device.type == "cuda"
+        self.host = [torch.empty(shape, dtype=dt, pin_memory=pin) for shape, dt in shapes_dtypes]
+        self.on_device = self.host if on_cpu and copy is None else [
+            torch.empty(shape, dtype=dt, device=self.device) for shape, dt in shapes_dtypes]
+        self._copy = copy or (lambda dst, src: dst.copy_(src, non_blocking=True))
+        self._new_event = new_event or torch.cuda.Event
+        self._in_flight = None
+
+    def fill(self) -> list[torch.Tensor]:
+        """The host buffers, safe to overwrite: the previous upload has finished reading them."""
+        if self._in_flight is not None:
+            self._in_flight.synchronize()
+            self._in_flight = None
+        return self.host
+
+    def upload(self) -> list[torch.Tensor]:
+        """Start copying the host buffers to the device; returns the device buffers (stream-ordered reads)."""
+        if self.on_device is self.host:
+            return self.host
+        for dst, src in zip(self.on_device, self.host):
+            self._copy(dst, src)
+        self._in_flight = self._new_event()
+        self._in_flight.record()
+        return self.on_device
+
+
 def draw_view_indices(n_views: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """One random cached-view index per image (the cached stand-in for a fresh augmentation per epoch)."""
     return torch.randint(0, n_views, (n,), generator=gen)

@@ -443,22 +443,19 @@ def train_keys(heads, keys0, srcs):
     alpha0 = torch.tensor([float(h.alpha) for h in heads], device=dev).view(R, 1, 1)
     beta0 = torch.tensor([float(h.beta) for h in heads], device=dev).view(R, 1, 1)
     scale = h0.logit_scale_
-    pin = dev.type == "cuda"
-    host = torch.empty(R, n, D, pin_memory=pin)
-    feats = host if dev.type == "cpu" else torch.empty(R, n, D, device=dev)
-    perms = torch.empty(R, n, dtype=torch.long)
+    staging = T.HostStaging([((R, n, D), torch.float32), ((R, n), torch.long)], dev)
     step = 0
     for _epoch in range(int(h0.epochs)):
+        host, perms = staging.fill()  # waits until the previous epoch's upload has read them
         for r, h in enumerate(heads):
             vidx = T.draw_view_indices(srcs[r].shape[0], n, gens[r]).numpy()
             perm = torch.randperm(n, generator=gens[r])
             p = perm.numpy()
             host[r] = torch.from_numpy(np.ascontiguousarray(srcs[r][vidx[p], h._order[p]], dtype=np.float32))
             perms[r] = perm
-        if feats is not host:
-            feats.copy_(host, non_blocking=True)
+        feats, perms_dev = staging.upload()
         feats.div_(torch.linalg.vector_norm(feats, dim=2, keepdim=True).clamp_min_(1e-12))
-        yb_all = torch.gather(labels, 1, perms.to(dev))
+        yb_all = torch.gather(labels, 1, perms_dev)
         for s0 in range(0, n, bs):
             T.set_lr(opt, T.cosine_per_step(step, h0.lr, total))
             f = feats[:, s0:s0 + bs]  # [R, B, D]
