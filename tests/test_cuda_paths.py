@@ -95,3 +95,165 @@ def test_taskres_and_tip_train_through_the_staging(monkeypatch):
         staged = _fit_rows(name, monkeypatch, fake=True)
         np.testing.assert_array_equal(plain, staged)
         monkeypatch.undo()
+
+
+# ----------------------------------------------------------------------------------------------------
+# devices: determinism before CUDA starts, cuda:N made current, what a row records, the --jobs and Ray plans
+# ----------------------------------------------------------------------------------------------------
+import os  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from featbench import devices  # noqa: E402
+from featbench.cli import app  # noqa: E402
+from featbench.results import read_rows, row_key  # noqa: E402
+from featbench.runner import execute, run_cells_on_free_gpu  # noqa: E402
+from featbench.fitspec import FitSpec  # noqa: E402
+
+from test_protocol import NCMHead, make_cache, test_heads  # noqa: E402,F401  (fixture)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch answers as a machine with one 'Fake GPU'; determinism settings are restored afterwards."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_determinism_only_where_cuda_may_run(fake_gpu, monkeypatch):
+    assert devices.use_deterministic("cpu") is False
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not torch.are_deterministic_algorithms_enabled()
+    assert devices.use_deterministic("cuda", fast=True) is False
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert devices.use_deterministic("cuda:0") is True
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE_CONFIG
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_cuda_n_becomes_the_current_device(fake_gpu, monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(str(d)))
+    assert str(devices.resolve_device("cuda:1")) == "cuda:1" and chosen == ["cuda:1"]
+    devices.resolve_device("cuda:0")
+    devices.resolve_device("cuda")
+    assert chosen == ["cuda:1"]
+
+
+def test_fit_device_names_the_gpu(fake_gpu):
+    assert devices.fit_device_fields("cpu") == {"fit_device": "cpu"}
+    assert devices.fit_device_fields("cuda:0") == {"fit_device": "cuda Fake GPU", "deterministic": False}
+    devices.use_deterministic("cuda")
+    assert devices.fit_device_fields("cuda") == {"fit_device": "cuda Fake GPU"}
+
+
+@pytest.mark.parametrize("jobs, device, gpus, want", [
+    (4, "cpu", 0, ["cpu"] * 4),
+    (3, "auto", 0, ["auto"] * 3),
+    (2, "cuda", 1, ["cuda:0"]),  # capped: one CUDA context per GPU
+    (4, "cuda", 2, ["cuda:0", "cuda:1"]),
+    (2, "cuda", 4, ["cuda:0", "cuda:1"]),
+    (3, "auto", 8, ["cuda:0", "cuda:1", "cuda:2"]),
+    (4, "cuda:3", 4, ["cuda:3"]),
+])
+def test_jobs_spread_over_gpus_one_worker_each(jobs, device, gpus, want):
+    assert devices.plan_gpu_workers(jobs, device, gpus) == want
+
+
+def test_jobs_on_cuda_without_gpus_is_one_line():
+    with pytest.raises(devices.FeatbenchError, match="--device cpu"):
+        devices.plan_gpu_workers(2, "cuda", 0)
+
+
+def test_a_worker_fits_on_the_gpu_it_took(monkeypatch):
+    import queue
+
+    import featbench.runner as R
+
+    free = queue.Queue()
+    free.put("cuda:1")
+    seen = []
+    monkeypatch.setattr(R, "run_cells_bounded", lambda cells, threads: seen.append([c.device for c in cells]) or [])
+    cells = [types.SimpleNamespace(device="cuda", seed=s) for s in (1, 2)]
+    monkeypatch.setattr(R, "replace", lambda c, **kw: types.SimpleNamespace(**{**vars(c), **kw}))
+    run_cells_on_free_gpu(cells, 1, free)
+    assert seen == [["cuda:1", "cuda:1"]] and free.get_nowait() == "cuda:1"  # handed back
+
+
+def test_ray_resources():
+    assert devices.ray_resources("cpu", 8) == {"num_cpus": 1}
+    assert devices.ray_resources("cuda") == {"num_cpus": 1, "num_gpus": 1}
+    assert devices.ray_resources("cuda:1") == {"num_cpus": 1, "num_gpus": 1}
+    assert devices.ray_resources("auto", 0) == {"num_cpus": 1}
+    assert devices.ray_resources("auto", 2) == {"num_cpus": 1, "num_gpus": 1}
+
+
+def _fake_ray(asked):
+    class RayTaskError(Exception):
+        pass
+
+    def remote(**opts):
+        asked.append(opts)
+        return lambda fn: types.SimpleNamespace(remote=lambda *a: fn(*a))
+
+    return types.SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 2, "GPU": 1},
+                                 remote=remote, get=lambda ref: ref,
+                                 exceptions=types.SimpleNamespace(RayTaskError=RayTaskError))
+
+
+def test_ray_tasks_ask_for_a_gpu_and_rows_record_it(tmp_path, test_heads, fake_gpu, monkeypatch):
+    asked = []
+    monkeypatch.setitem(sys.modules, "ray", _fake_ray(asked))
+    path, _ = make_cache(tmp_path / "c.h5")
+    spec = FitSpec(caches=[path], heads=["test-ncm"], shots=[1], seeds=[1, 2], out=tmp_path / "r.jsonl",
+                   device="cuda:0", ray_address="local", progress=False)
+    rows = execute(spec)
+    assert asked == [{"num_cpus": 1, "num_gpus": 1}]
+    assert {r["fit_device"] for r in rows} == {"cuda Fake GPU"} and not any("deterministic" in r for r in rows)
+    assert torch.are_deterministic_algorithms_enabled()
+    cpu_rows = execute(spec.with_(device="cpu", ray_address=None))  # a CPU row answers the same cell
+    assert cpu_rows == [] and len(read_rows(spec.out)) == 2
+
+
+def test_fast_rows_say_they_are_not_deterministic(tmp_path, test_heads, fake_gpu):
+    path, _ = make_cache(tmp_path / "c.h5")
+    res = CliRunner().invoke(app, ["fit", str(path), "--heads", "test-ncm", "--shots", "1", "--seeds", "1",
+                                   "--device", "cuda", "--fast", "--out", str(tmp_path / "r.jsonl"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    (row,) = read_rows(tmp_path / "r.jsonl")
+    assert row["fit_device"] == "cuda Fake GPU" and row["deterministic"] is False
+    assert "fit_device" not in repr(row_key(row)) and "cuda" not in repr(row_key(row))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+class OOMHead(NCMHead):
+    name = "test-oom"
+
+    def fit(self, X, y, **context):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                                          "capacity of 79.10 GiB of which 1.2 GiB is free.\nlong advice")
+
+
+def test_out_of_memory_is_one_line_naming_the_fix(tmp_path, test_heads):
+    import featbench.heads as H
+
+    H.register_head("test-oom", f"{__name__}:OOMHead")
+    try:
+        path, _ = make_cache(tmp_path / "c.h5")
+        res = CliRunner().invoke(app, ["fit", str(path), "--heads", "test-oom", "--shots", "1", "--seeds", "1",
+                                       "--out", str(tmp_path / "r.jsonl"), "--no-progress"])
+    finally:
+        H._REGISTRY.pop("test-oom", None)
+    assert res.exit_code == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert "Tried to allocate 20.00 GiB" in line and "Traceback" not in res.output
+    assert all(fix in line for fix in ("--batch-size", "--jobs", "--device cpu"))
