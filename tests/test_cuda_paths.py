@@ -257,3 +257,34 @@ def test_out_of_memory_is_one_line_naming_the_fix(tmp_path, test_heads):
     (line,) = res.stderr.strip().splitlines()
     assert "Tried to allocate 20.00 GiB" in line and "Traceback" not in res.output
     assert all(fix in line for fix in ("--batch-size", "--jobs", "--device cpu"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# extraction precision: in the fingerprint, and the pre-projection projection in float32
+# ----------------------------------------------------------------------------------------------------
+from featbench.cache import compute_fingerprint  # noqa: E402
+from featbench.encoders import Encoder  # noqa: E402
+
+
+def test_precision_is_part_of_the_fingerprint():
+    enc = Encoder("tiny-vit", "none", "cpu")
+    cpu = enc.preprocess_info()
+    assert enc.precision == "fp32" and "precision" not in cpu  # CPU caches keep their fingerprint
+    enc.amp = True  # what a CUDA encoder runs with
+    gpu = enc.preprocess_info()
+    assert gpu["precision"] == "fp16-autocast" and {**gpu, "precision": None} != cpu
+    fp = lambda info: compute_fingerprint(enc.name, enc.pretrained_label, info, enc.checkpoint_sha256)  # noqa: E731
+    assert fp(cpu) != fp(gpu)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_projection_runs_in_float32_under_autocast(name, monkeypatch):
+    enc = Encoder(name, "none", "cpu")
+    monkeypatch.setattr(enc, "_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))  # a CUDA stand-in
+    feats, pre = enc.encode_images(torch.randn(4, 3, 32, 32), pre_projection=True)
+    assert feats.dtype == pre.dtype == torch.float32
+    w, b = enc.image_projection()
+    rebuilt = pre.numpy() @ w + (0 if b is None else b)
+    np.testing.assert_allclose(rebuilt, feats.numpy(), atol=1e-5)  # a bfloat16 projection misses by ~1e-2
+    text, text_pre = enc.encode_text(["cat", "dog"], ["a {}."], pre_projection=True)
+    np.testing.assert_allclose(text_pre @ enc.text_projection(), text, atol=1e-5)
