@@ -144,12 +144,32 @@ OUT_OF_MEMORY_FIX = "lower --batch-size, run fewer --jobs, or use --device cpu"
 
 def out_of_memory_message(err: BaseException) -> str | None:
     """One line for an out-of-memory error (also inside a Ray task error), or None for any other error."""
-    seen = err
-    for _ in range(4):  # the error itself, or what a worker or Ray wrapped
-        if seen is None:
-            return None
-        if type(seen).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(seen).split("\n", 1)[0]:
-            first = ". ".join(str(seen).strip().split("\n", 1)[0].split(". ")[:2])[:160]
-            return f"out of GPU memory ({first}); {OUT_OF_MEMORY_FIX}"
-        seen = getattr(seen, "cause", None) or seen.__cause__
+    for seen in _causes(err):
+        first = str(seen).strip().split("\n", 1)[0]
+        if type(seen).__name__ == "OutOfMemoryError" or "CUDA out of memory" in first:
+            return f"out of GPU memory ({'. '.join(first.split('. ')[:2])[:160]}); {OUT_OF_MEMORY_FIX}"
     return None
+
+
+def _causes(err: BaseException):
+    """The error and what it wraps (a worker's or Ray task's cause), a few levels deep."""
+    seen = err
+    for _ in range(4):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+
+
+def nondeterministic_message(err: BaseException) -> str | None:
+    """One line for a kernel that deterministic mode refuses, naming --fast; None for any other error."""
+    for seen in _causes(err):
+        text = str(seen).strip().split("\n", 1)[0]
+        if "does not have a deterministic implementation" in text:
+            return f"{text.split(', but', 1)[0][:200]}; rerun with `fit --fast` to allow nondeterministic kernels"
+    return None
+
+
+def device_error_message(err: BaseException) -> str | None:
+    """The one-line message for an error of the device (out of memory, a nondeterministic kernel), or None."""
+    return out_of_memory_message(err) or nondeterministic_message(err)

@@ -288,3 +288,13 @@ def test_projection_runs_in_float32_under_autocast(name, monkeypatch):
     np.testing.assert_allclose(rebuilt, feats.numpy(), atol=1e-5)  # a bfloat16 projection misses by ~1e-2
     text, text_pre = enc.encode_text(["cat", "dog"], ["a {}."], pre_projection=True)
     np.testing.assert_allclose(text_pre @ enc.text_projection(), text, atol=1e-5)
+
+
+def test_a_kernel_refused_by_deterministic_mode_names_fast():
+    err = RuntimeError("index_add_cuda_ does not have a deterministic implementation, but you set "
+                       "'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")
+    wrapped = RuntimeError("worker failed")
+    wrapped.__cause__ = err
+    line = devices.device_error_message(wrapped)
+    assert line.startswith("index_add_cuda_ does not have a deterministic implementation") and "--fast" in line
+    assert devices.device_error_message(ValueError("other")) is None

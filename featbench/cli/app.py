@@ -5,12 +5,13 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from featbench.devices import out_of_memory_message
+from featbench.devices import device_error_message
 from featbench.errors import FeatbenchError
 
 
 class _CleanErrorGroup(TyperGroup):
-    """Turns user errors (and running out of GPU memory) into one line on stderr and exit code 2, never a traceback."""
+    """Turns user errors, and a GPU's out-of-memory or nondeterministic-kernel errors, into one line on stderr
+    and exit code 2, never a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -19,10 +20,10 @@ class _CleanErrorGroup(TyperGroup):
             typer.echo(f"featbench: error: {one_line(str(err))}", err=True)
             raise typer.Exit(code=2) from None
         except Exception as err:
-            oom = out_of_memory_message(err)
-            if oom is None:
+            line = device_error_message(err)
+            if line is None:
                 raise
-            typer.echo(f"featbench: error: {oom}", err=True)
+            typer.echo(f"featbench: error: {line}", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("featbench: interrupted (partial work is kept; run the same command to resume)", err=True)
