@@ -91,6 +91,18 @@ def select_cuda(dev) -> None:
         torch.cuda.set_device(dev)
 
 
+def free_device_memory(device) -> int | None:
+    """Free bytes on the GPU ``device`` names (None for a CPU or MPS: nothing to plan around)."""
+    if not may_use_cuda(device):
+        return None
+    dev = resolve_device(str(device).lower())
+    if dev.type != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.mem_get_info(dev)[0])
+
+
 def describe_device(device) -> str:
     """What a result row records as its fit device: "cpu", "mps" or "cuda <GPU name>" (no index)."""
     v = str(device or "auto").lower()
