@@ -298,3 +298,46 @@ def test_a_kernel_refused_by_deterministic_mode_names_fast():
     line = devices.device_error_message(wrapped)
     assert line.startswith("index_add_cuda_ does not have a deterministic implementation") and "--fast" in line
     assert devices.device_error_message(ValueError("other")) is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# batched fits: a stack never plans for more than its share of the GPU's free memory
+# ----------------------------------------------------------------------------------------------------
+import featbench.fitting as fitting  # noqa: E402
+
+
+def test_runs_per_stack():
+    assert fitting.runs_per_stack(10**6, None) is None  # CPU: no cap
+    per_run = 10**6 * fitting.DEVICE_BYTES_PER_INPUT_BYTE
+    assert fitting.runs_per_stack(10**6, 8 * per_run) == 4
+    assert fitting.runs_per_stack(10**9, 10**6) == 1  # one run always goes
+
+
+def test_batched_fits_are_split_into_stacks_that_fit(monkeypatch):
+    X = np.zeros((100, 250), dtype=np.float32)  # 100 kB a run
+    ctx = {"views": np.zeros((3, 100, 250), dtype=np.float32), "classnames": ["a"]}
+    assert fitting.input_bytes(X, ctx) == 400_000
+    sizes = []
+
+    class Stacked:
+        device = "cuda"
+
+        def batch_key(self, X, y, context):
+            return "same"
+
+        def fit(self, X, y, **kw):  # pragma: no cover - the runs come as stacks
+            raise AssertionError
+
+        @classmethod
+        def fit_batched(cls, fits):
+            sizes.append(len(fits))
+            return [f[0] for f in fits]
+
+    heads = [Stacked() for _ in range(7)]
+    fits = [(h, X, None, ctx) for h in heads]
+    free = 3 * 400_000 * fitting.DEVICE_BYTES_PER_INPUT_BYTE * 2  # room for 3 runs at a 0.5 share
+    monkeypatch.setattr(fitting, "free_device_memory", lambda device: free)
+    assert fitting.fit_all(fits) == heads and sizes == [3, 3, 1]
+    sizes.clear()
+    monkeypatch.setattr(fitting, "free_device_memory", lambda device: None)
+    assert fitting.fit_all(fits) == heads and sizes == [7]
