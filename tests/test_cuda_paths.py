@@ -341,3 +341,29 @@ def test_batched_fits_are_split_into_stacks_that_fit(monkeypatch):
     sizes.clear()
     monkeypatch.setattr(fitting, "free_device_memory", lambda device: None)
     assert fitting.fit_all(fits) == heads and sizes == [7]
+
+
+# ----------------------------------------------------------------------------------------------------
+# extraction defaults: unchanged on a CPU, workers and a GPU-sized batch on CUDA
+# ----------------------------------------------------------------------------------------------------
+from featbench.extract import loader_options  # noqa: E402
+from featbench.extract_spec import ExtractSpec, extraction_defaults  # noqa: E402
+
+
+def test_extraction_defaults_per_device(tmp_path):
+    assert extraction_defaults("cpu") == (64, 0) == extraction_defaults("auto")  # this machine has no GPU
+    assert extraction_defaults("cuda", cores=32) == (256, 16)
+    assert extraction_defaults("cuda:1", cores=6) == (256, 6)
+    spec = ExtractSpec("caltech101", tmp_path, device="cpu")
+    assert (spec.batch_size, spec.workers) == (64, 0)
+    spec = ExtractSpec("caltech101", tmp_path, device="cuda")
+    assert spec.batch_size == 256 and spec.workers == min(16, len(os.sched_getaffinity(0)))
+    spec = ExtractSpec("caltech101", tmp_path, device="cuda", batch_size=32, workers=0)
+    assert (spec.batch_size, spec.workers) == (32, 0)  # flags given win
+    assert spec.replace(device="cuda:0").batch_size == 32
+
+
+def test_loader_options():
+    assert loader_options(0, "cpu") == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    opts = loader_options(8, "cuda:0")
+    assert opts["num_workers"] == 8 and opts["pin_memory"] and opts["prefetch_factor"] == 4
