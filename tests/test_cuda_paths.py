@@ -367,3 +367,25 @@ def test_loader_options():
     assert loader_options(0, "cpu") == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
     opts = loader_options(8, "cuda:0")
     assert opts["num_workers"] == 8 and opts["pin_memory"] and opts["prefetch_factor"] == 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# training loops: state stays on the device, choices as before
+# ----------------------------------------------------------------------------------------------------
+def test_best_iterate_chooses_as_the_python_comparison_did():
+    accs = [0.5, 0.75, 0.25, 0.75, 0.5]
+    best = T.BestIterate(torch.zeros(2))
+    py = (-1.0, -1, None)
+    for step, acc in enumerate(accs, start=1):
+        w = torch.full((2,), float(step))
+        best.offer(torch.tensor(acc), step, w)
+        if acc >= py[0]:
+            py = (acc, step, w.clone())
+    (kept,), step = best.kept()
+    assert step == py[1] == 4 and torch.equal(kept, py[2])  # ties go to the later step
+
+
+def test_one_permutation_per_epoch_whatever_the_device():
+    a = list(T.minibatches(10, 4, T.generator(3)))
+    b = list(T.minibatches(10, 4, T.generator(3), device="cpu"))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 3

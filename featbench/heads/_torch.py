@@ -68,9 +68,12 @@ def check_xy(X, y=None, n_classes: int | None = None, what: str = "X"):
 
 
 def minibatches(n: int, batch_size: int, gen: torch.Generator | None = None, shuffle: bool = True,
-                drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Index batches over n rows: a fresh permutation from ``gen`` per call (one epoch)."""
+                drop_last: bool = False, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n rows: a fresh permutation from ``gen`` per call (one epoch), moved to ``device``
+    once (one copy per epoch, not one per step; the same permutation whatever the device)."""
     idx = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    if device is not None:
+        idx = idx.to(device)
     stop = (n // batch_size) * batch_size if drop_last else n
     for s in range(0, stop, batch_size):
         yield idx[s:s + batch_size]
@@ -112,6 +115,36 @@ class HostStaging:
         self._in_flight = self._new_event()
         self._in_flight.record()
         return self.on_device
+
+
+def accumulator_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 for running sums kept on the device (what a Python float sum gives); MPS has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+class BestIterate:
+    """The iterate with the best validation accuracy so far (ties: the later one), kept on the device.
+
+    ``torch.where`` instead of ``if acc >= best`` keeps a training loop free of a host sync per step; the
+    choice is the one the Python comparison made (float32 accuracies compare the same either way).
+    """
+
+    def __init__(self, *tensors: torch.Tensor):
+        device = tensors[0].device
+        self.acc = torch.full((), -1.0, device=device)
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.tensors = [t.detach().clone() for t in tensors]
+
+    def offer(self, acc: torch.Tensor, step: int, *tensors: torch.Tensor) -> None:
+        better = acc >= self.acc
+        self.acc = torch.where(better, acc, self.acc)
+        self.step = torch.where(better, torch.full_like(self.step, step), self.step)
+        for kept, t in zip(self.tensors, tensors):
+            kept.copy_(torch.where(better, t.detach(), kept))
+
+    def kept(self) -> tuple[list[torch.Tensor], int]:
+        """The kept tensors and the (1-based) step they come from: one host sync, at the end."""
+        return self.tensors, int(self.step)
 
 
 def draw_view_indices(n_views: int, n: int, gen: torch.Generator) -> torch.Tensor:
