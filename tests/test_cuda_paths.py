@@ -389,3 +389,21 @@ def test_one_permutation_per_epoch_whatever_the_device():
     a = list(T.minibatches(10, 4, T.generator(3)))
     b = list(T.minibatches(10, 4, T.generator(3), device="cpu"))
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 3
+
+
+def test_tip_search_blocks_sized_for_the_device_give_the_same_counts(monkeypatch):
+    from featbench.heads import tip_adapter as tip
+
+    cpu, gpu = tip.search_blocks("cpu"), tip.search_blocks(torch.device("cuda"))
+    assert all(gpu[k] >= 16 * cpu[k] for k in cpu)
+    g = torch.Generator().manual_seed(0)
+    C, K, D, n = 6, 4, 8, 500
+    keys = T.l2norm(torch.randn(C * K, D, generator=g))
+    fv = T.l2norm(torch.randn(n, D, generator=g))
+    zs, yv = 10 * torch.randn(n, C, generator=g), torch.arange(n) % C
+    betas, alphas = tip.search_grid([7.0, 3.0], (40, 10))
+    small = dict(cpu, row=64 * C * K, alpha=64)  # several row and alpha blocks
+    monkeypatch.setattr(tip, "search_blocks", lambda device: small)
+    blocked = tip.search_counts(fv, keys, zs, yv, betas, alphas, C, K)
+    monkeypatch.setattr(tip, "search_blocks", lambda device: gpu)
+    assert torch.equal(tip.search_counts(fv, keys, zs, yv, betas, alphas, C, K), blocked)
