@@ -54,7 +54,7 @@ def search_blocks(device) -> dict[str, int]:
     """Block sizes (float32 elements) of the search and of evaluation for ``device``.
 
     A CPU's blocks stay within its caches (above). A GPU has no such cache to fit and pays per kernel
-    launch, so its blocks are 16-256x larger (an intermediate of up to 1 GB). Counts are integer sums over
+    launch, so its blocks are 8-64x larger (an intermediate of up to 1 GB). Counts are integer sums over
     rows and alphas, so the block sizes do not change the result.
     """
     if getattr(device, "type", str(device)) == "cuda":
