@@ -372,8 +372,18 @@ def test_loader_options():
 # ----------------------------------------------------------------------------------------------------
 # training loops: state stays on the device, choices as before
 # ----------------------------------------------------------------------------------------------------
-def test_best_iterate_chooses_as_the_python_comparison_did():
+@pytest.mark.parametrize("on_device", [False, True])
+def test_best_iterate_chooses_as_the_python_comparison_did(on_device, monkeypatch):
     accs = [0.5, 0.75, 0.25, 0.75, 0.5]
+    if on_device:  # the torch.where branch a GPU takes, run on CPU tensors
+        real = T.BestIterate.__init__
+
+        def init(self, *tensors):
+            real(self, *tensors)
+            self.on_cpu = False
+            self.acc, self.step = torch.full((), -1.0), torch.full((), -1, dtype=torch.long)
+
+        monkeypatch.setattr(T.BestIterate, "__init__", init)
     best = T.BestIterate(torch.zeros(2))
     py = (-1.0, -1, None)
     for step, acc in enumerate(accs, start=1):

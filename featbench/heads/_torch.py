@@ -123,19 +123,26 @@ def accumulator_dtype(device: torch.device | str) -> torch.dtype:
 
 
 class BestIterate:
-    """The iterate with the best validation accuracy so far (ties: the later one), kept on the device.
+    """The iterate with the best validation accuracy so far (ties: the later one).
 
-    ``torch.where`` instead of ``if acc >= best`` keeps a training loop free of a host sync per step; the
-    choice is the one the Python comparison made (float32 accuracies compare the same either way).
+    On a GPU the choice is made with ``torch.where``, so a training loop needs no host sync per step; on a
+    CPU, where a sync costs nothing, a Python comparison copies only the better iterates (cheaper there).
+    Both choose what ``if acc >= best`` chose (float32 accuracies compare the same either way).
     """
 
     def __init__(self, *tensors: torch.Tensor):
         device = tensors[0].device
-        self.acc = torch.full((), -1.0, device=device)
-        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.on_cpu = device.type == "cpu"
+        self.acc = -1.0 if self.on_cpu else torch.full((), -1.0, device=device)
+        self.step = -1 if self.on_cpu else torch.full((), -1, dtype=torch.long, device=device)
         self.tensors = [t.detach().clone() for t in tensors]
 
     def offer(self, acc: torch.Tensor, step: int, *tensors: torch.Tensor) -> None:
+        if self.on_cpu:
+            if float(acc) >= self.acc:
+                self.acc, self.step = float(acc), step
+                self.tensors = [t.detach().clone() for t in tensors]
+            return
         better = acc >= self.acc
         self.acc = torch.where(better, acc, self.acc)
         self.step = torch.where(better, torch.full_like(self.step, step), self.step)
@@ -143,7 +150,7 @@ class BestIterate:
             kept.copy_(torch.where(better, t.detach(), kept))
 
     def kept(self) -> tuple[list[torch.Tensor], int]:
-        """The kept tensors and the (1-based) step they come from: one host sync, at the end."""
+        """The kept tensors and the (1-based) step they come from (on a GPU: one host sync, at the end)."""
         return self.tensors, int(self.step)
 
 
