@@ -417,3 +417,19 @@ def test_tip_search_blocks_sized_for_the_device_give_the_same_counts(monkeypatch
     blocked = tip.search_counts(fv, keys, zs, yv, betas, alphas, C, K)
     monkeypatch.setattr(tip, "search_blocks", lambda device: gpu)
     assert torch.equal(tip.search_counts(fv, keys, zs, yv, betas, alphas, C, K), blocked)
+
+
+def test_jobs_on_gpus_hand_each_group_a_free_device_across_loky_workers(tmp_path, test_heads, monkeypatch):
+    """The GPU-token path of --jobs, end to end through real loky workers, with "cpu" standing in for GPUs."""
+    import featbench.runner as R
+
+    path, _ = make_cache(tmp_path / "c.h5")
+    spec = FitSpec(caches=[path], heads=["test-ncm"], shots=[1, 2], seeds=[1, 2], out=tmp_path / "serial.jsonl",
+                   progress=False)
+    serial = execute(spec)
+    announced = []
+    monkeypatch.setattr(R, "may_use_cuda", lambda device: True)
+    monkeypatch.setattr(R, "worker_gpus", lambda jobs, device, announce: ["cpu", "cpu"])
+    parallel = execute(spec.with_(out=tmp_path / "gpus.jsonl", jobs=3), announce=announced.append)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("fit_seconds", "timestamp")} for r in rows]  # noqa: E731
+    assert strip(parallel) == strip(serial) and len(serial) == 4
