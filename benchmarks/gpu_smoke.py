@@ -311,8 +311,9 @@ def check_throughput(smoke: Smoke) -> dict:
         js = smoke.work / f"throughput_{workers}.json"
         cmd = [sys.executable, str(REPO / "benchmarks" / "extract_throughput.py"), *flags, "--workers", str(workers),
                "--json", str(js), "--workdir", str(smoke.work / f"bench_{workers}")]
+        path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, smoke.left_s() - 15),
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+                             env={**os.environ, "PYTHONPATH": path})
         found[f"workers_{workers}"] = json.loads(js.read_text()) if js.exists() else {"error": res.stderr[-800:]}
     return {**found, "ok": all("ratio" in v for v in found.values())}
 

@@ -284,5 +284,6 @@ class ExtractSpec:
         self._set("manifest", None if self.manifest is None else Path(self.manifest))
 
 
-__all__ = ["ExtractSpec", "extraction_defaults", "dataset_name", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
+__all__ = ["ExtractSpec", "extraction_defaults",
+           "dataset_name", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
            "SPLIT_NAMES", "TRAIN_ROWS", "DTYPES", "CLASSNAME_STYLES"]
