@@ -29,6 +29,7 @@ def resolve_device(device):
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FeatbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    select_cuda(dev)
     return dev
 
 
@@ -46,3 +47,141 @@ def bounded_threads(threads: int | None):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(int(threads))
     with threadpool_limits(limits=int(threads)):
         yield
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA: one device per process, deterministic kernels, what a row records, out of memory
+# ----------------------------------------------------------------------------------------------------
+#: cuBLAS needs a fixed workspace for reproducible matmuls; it is read when the first cuBLAS handle is made
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def may_use_cuda(device) -> bool:
+    """Whether work on ``device`` can run on a GPU (auto: when this machine has one); torch only for auto."""
+    v = str(device or "auto").lower()
+    if v.startswith("cuda"):
+        return True
+    if v != "auto":
+        return False
+    import torch  # lazy: only "auto" needs to ask
+
+    return torch.cuda.is_available()
+
+
+def use_deterministic(device, fast: bool = False) -> bool:
+    """Deterministic kernels wherever CUDA may run (``fast``: leave torch's defaults); True when switched on.
+
+    Call before CUDA starts in every process that fits (the parent, each joblib or Ray worker): cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG once, when its first handle is made. CPU work is left as it is.
+    """
+    if fast or not may_use_cuda(device):
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    import torch  # lazy: the CLI's start-up path never needs torch
+
+    torch.use_deterministic_algorithms(True)
+    return True
+
+
+def select_cuda(dev) -> None:
+    """Make cuda:N this process's current device, so pinned memory, streams and events use GPU N."""
+    import torch
+
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.current_device() != dev.index:
+        torch.cuda.set_device(dev)
+
+
+def free_device_memory(device) -> int | None:
+    """Free bytes on the GPU ``device`` names (None for a CPU or MPS: nothing to plan around)."""
+    if not may_use_cuda(device):
+        return None
+    dev = resolve_device(str(device).lower())
+    if dev.type != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.mem_get_info(dev)[0])
+
+
+def describe_device(device) -> str:
+    """What a result row records as its fit device: "cpu", "mps" or "cuda <GPU name>" (no index)."""
+    v = str(device or "auto").lower()
+    if v in ("cpu", "mps"):
+        return v
+    dev = resolve_device(v)
+    if dev.type != "cuda":
+        return dev.type
+    import torch
+
+    return f"cuda {torch.cuda.get_device_name(dev)}"
+
+
+def fit_device_fields(device) -> dict:
+    """Row fields naming where a cell was fitted; ``"deterministic": False`` only for CUDA fits run --fast."""
+    fields = {"fit_device": describe_device(device)}
+    if fields["fit_device"].startswith("cuda"):
+        import torch
+
+        if not torch.are_deterministic_algorithms_enabled():
+            fields["deterministic"] = False
+    return fields
+
+
+def plan_gpu_workers(jobs: int, device, n_gpus: int) -> list[str]:
+    """The device of each parallel worker: one worker per visible GPU at most, never two CUDA contexts on one.
+
+    CPU work keeps ``jobs`` workers on the device given. ``cuda`` (or ``auto`` with GPUs) spreads over cuda:0..;
+    ``cuda:N`` names one GPU, hence one worker.
+    """
+    jobs = max(1, int(jobs))
+    v = str(device or "auto").lower()
+    if v.startswith("cuda:"):
+        return [v]
+    if v == "cuda" or (v == "auto" and n_gpus > 0):
+        if n_gpus < 1:
+            raise FeatbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        return [f"cuda:{i}" for i in range(min(jobs, int(n_gpus)))]
+    return [v] * jobs
+
+
+def ray_resources(device, cluster_gpus: float = 0.0) -> dict:
+    """What each Ray task asks for: one CPU, and one GPU when the fit runs on CUDA (auto: when the cluster has one)."""
+    v = str(device or "auto").lower()
+    wants_gpu = v.startswith("cuda") or (v == "auto" and cluster_gpus > 0)
+    return {"num_cpus": 1, "num_gpus": 1} if wants_gpu else {"num_cpus": 1}
+
+
+OUT_OF_MEMORY_FIX = "lower --batch-size, run fewer --jobs, or use --device cpu"
+
+
+def out_of_memory_message(err: BaseException) -> str | None:
+    """One line for an out-of-memory error (also inside a Ray task error), or None for any other error."""
+    for seen in _causes(err):
+        first = str(seen).strip().split("\n", 1)[0]
+        if type(seen).__name__ == "OutOfMemoryError" or "CUDA out of memory" in first:
+            return f"out of GPU memory ({'. '.join(first.split('. ')[:2])[:160]}); {OUT_OF_MEMORY_FIX}"
+    return None
+
+
+def _causes(err: BaseException):
+    """The error and what it wraps (a worker's or Ray task's cause), a few levels deep."""
+    seen = err
+    for _ in range(4):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+
+
+def nondeterministic_message(err: BaseException) -> str | None:
+    """One line for a kernel that deterministic mode refuses, naming --fast; None for any other error."""
+    for seen in _causes(err):
+        text = str(seen).strip().split("\n", 1)[0]
+        if "does not have a deterministic implementation" in text:
+            return f"{text.split(', but', 1)[0][:200]}; rerun with `fit --fast` to allow nondeterministic kernels"
+    return None
+
+
+def device_error_message(err: BaseException) -> str | None:
+    """The one-line message for an error of the device (out of memory, a nondeterministic kernel), or None."""
+    return out_of_memory_message(err) or nondeterministic_message(err)

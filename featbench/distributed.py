@@ -13,6 +13,11 @@ MASTER_PORT). Each rank then
 3. waits at a barrier; rank 0 merges the parts into the final cache (`featbench.merge.merge_parts`) and
    deletes them; a second barrier lets every rank return only once the cache exists.
 
+A rank that fails does not wait for the others: it leaves a marker beside the output
+(``<cache>.failed-rank-<r>``, on the filesystem every rank shares) and exits at once. Every other rank watches
+for markers (`FailureWatch`, twice a second) and stops within a second, keeping its part, instead of
+encoding on (or waiting in a barrier) until the slowest rank ends while holding its GPU.
+
 ``--overwrite`` rebuilds the parts too (each rank discards its own partial), so leave it out of a command that
 torchrun may restart (``--max-restarts``) if finished work should be kept.
 
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -223,21 +230,88 @@ def run_sharded(
     if "progress" in kwargs and not env.is_main:
         kwargs["progress"] = False  # one progress bar (rank 0's), not one per rank
     with ProcessGroup(env, rank_dev) as pg:
-        if out.exists() and not overwrite:
-            # the final cache is already there: nothing to shard; rank 0 applies extract's own rules to it
-            # (up to date, or refused with its message) while the other ranks wait
-            error = _attempt(lambda: extract_fn(out=out, device=rank_dev, overwrite=False, **kwargs)) if env.is_main else None
-            _agree(pg, error, f"rank 0 could not use the existing cache {out}; see its message")
-            return out
-        part = part_path(out, env.rank, env.world)
-        error = _attempt(lambda: extract_fn(out=part, shard=(env.rank, env.world), device=rank_dev, overwrite=overwrite,
-                                            **kwargs))
-        _agree(pg, error, f"another rank failed during distributed extraction; rank {env.rank}'s part {part} is "
-                          "kept; run the same torchrun command again to resume")
-        error = _attempt(lambda: _merge_and_remove_parts(out, env.world)) if env.is_main else None
-        _agree(pg, error, f"rank 0 failed to merge the parts into {out}; the parts are kept "
-                          f"(merge by hand: featbench merge {out}.part-*-of-{env.world}.h5 --out {out})")
+        failure_marker(out, env.rank).unlink(missing_ok=True)  # a marker left by an earlier run
+        pg.barrier()  # every rank's old marker is gone before anyone watches
+        with FailureWatch(out, env.rank):
+            return _sharded_steps(extract_fn, out, pg, env, rank_dev, overwrite, kwargs)
+
+
+def _sharded_steps(extract_fn, out: Path, pg: ProcessGroup, env: DistEnv, rank_dev: str, overwrite: bool,
+                   kwargs: dict) -> Path:
+    """Encode this rank's shard, agree, rank 0 merges, agree (see run_sharded)."""
+    if out.exists() and not overwrite:
+        # the final cache is already there: nothing to shard; rank 0 applies extract's own rules to it
+        # (up to date, or refused with its message) while the other ranks wait
+        error = _attempt(lambda: extract_fn(out=out, device=rank_dev, overwrite=False, **kwargs)) if env.is_main else None
+        _agree(pg, error, f"rank 0 could not use the existing cache {out}; see its message", out, env.rank)
+        return out
+    part = part_path(out, env.rank, env.world)
+    error = _attempt(lambda: extract_fn(out=part, shard=(env.rank, env.world), device=rank_dev, overwrite=overwrite,
+                                        **kwargs))
+    _agree(pg, error, f"another rank failed during distributed extraction; rank {env.rank}'s part {part} is "
+                      "kept; run the same torchrun command again to resume", out, env.rank)
+    error = _attempt(lambda: _merge_and_remove_parts(out, env.world)) if env.is_main else None
+    _agree(pg, error, f"rank 0 failed to merge the parts into {out}; the parts are kept "
+                      f"(merge by hand: featbench merge {out}.part-*-of-{env.world}.h5 --out {out})", out, env.rank)
     return out
+
+
+def failure_marker(out: Path, rank: int) -> Path:
+    """Where rank ``rank`` records that it failed (beside the output: every rank sees it)."""
+    return out.with_name(f"{out.name}.failed-rank-{rank}")
+
+
+class FailureWatch:
+    """A thread that ends this rank (exit code 2) soon after another rank has left a failure marker.
+
+    ``stop(rank, message)`` is what ends the rank; tests pass their own.
+    """
+
+    def __init__(self, out: Path, rank: int, interval: float = 0.5, stop: Callable[[int, str], None] | None = None):
+        self.out, self.rank, self.interval = Path(out), int(rank), float(interval)
+        self._stop = stop or _stop_rank
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="featbench-rank-watch", daemon=True)
+
+    def __enter__(self) -> "FailureWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+    def failed(self) -> tuple[int, str] | None:
+        """(rank, its message) of another rank that failed, or None."""
+        for marker in sorted(self.out.parent.glob(f"{self.out.name}.failed-rank-*")):
+            rank = int(marker.name.rsplit("-", 1)[1])
+            if rank != self.rank:
+                try:
+                    return rank, marker.read_text(encoding="utf-8").strip()
+                except OSError:  # removed meanwhile
+                    continue
+        return None
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval):
+            found = self.failed()
+            if found is not None:
+                self._stop(*found)
+                return
+
+
+def _stop_rank(rank: int, message: str) -> None:
+    print(f"featbench: error: rank {rank} failed ({message}); this rank stops and keeps its part; run the same "
+          "torchrun command again to resume", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
+def _mark_failed(out: Path, rank: int, error: BaseException) -> None:
+    """Leave the marker the other ranks watch for (best effort: the error is raised either way)."""
+    text = " ".join(str(error).split())[:300] or type(error).__name__
+    try:
+        failure_marker(out, rank).write_text(text, encoding="utf-8")
+    except OSError:
+        pass
 
 
 def _attempt(step: Callable[[], object]) -> BaseException | None:
@@ -249,11 +323,16 @@ def _attempt(step: Callable[[], object]) -> BaseException | None:
     return None
 
 
-def _agree(pg: ProcessGroup, error: BaseException | None, elsewhere: str) -> None:
-    """Every rank stops when any rank failed: with its own error, or `elsewhere` on the ranks that did not fail."""
-    if not pg.all_ok(error is None):
-        if error is not None:
-            raise error
+def _agree(pg: ProcessGroup, error: BaseException | None, elsewhere: str, out: Path, rank: int) -> None:
+    """Every rank stops when any rank failed: with its own error, or `elsewhere` on the ranks that did not fail.
+
+    A failed rank marks its failure and raises at once, without joining the collective: the others'
+    FailureWatch ends them, whether they are still encoding or already waiting here.
+    """
+    if error is not None:
+        _mark_failed(out, rank, error)
+        raise error
+    if not pg.all_ok(True):
         raise FeatbenchError(elsewhere)
 
 
@@ -270,4 +349,4 @@ def _merge_and_remove_parts(out: Path, world: int) -> None:
 
 
 __all__ = ["DistEnv", "dist_env", "shard_rows", "shard_bounds", "rank_device", "backend_for", "ProcessGroup",
-           "run_sharded", "part_path"]
+           "run_sharded", "part_path", "FailureWatch", "failure_marker"]

@@ -348,6 +348,16 @@ def encoder_device(device: str | None) -> str:
     return str(dev)
 
 
+def project_fp32(pre, w, b):
+    """features = pre @ W (+ b) in float32 outside autocast, so a cache's pre-projection features reproduce its
+    features to float32 precision on a GPU too (fp16 gave ~1e-3, and ProLIP with 0 epochs missed zero-shot)."""
+    import torch
+
+    with torch.autocast(pre.device.type, enabled=False):
+        w = w.float()
+        return pre @ w if b is None else torch.nn.functional.linear(pre, w, b.float())
+
+
 class Encoder:
     """An open_clip model in eval mode plus everything needed to reproduce its features."""
 
@@ -425,9 +435,19 @@ class Encoder:
     def checkpoint_sha256(self) -> str | None:
         return self.weights.sha256
 
+    @property
+    def precision(self) -> str:
+        """How the image tower computes: "fp16-autocast" on CUDA, "fp32" elsewhere."""
+        return "fp16-autocast" if self.amp else "fp32"
+
     def preprocess_info(self) -> dict:
-        """Everything about the pixels -> features mapping that is not the weights themselves."""
-        return {
+        """Everything about the pixels -> features mapping that is not the weights themselves.
+
+        The precision is part of it: a partial begun on a GPU (fp16 autocast) never resumes on a CPU (fp32),
+        and parts of both never merge. fp32, the only precision before this key existed, is left implicit so
+        CPU caches keep their fingerprint.
+        """
+        info = {
             "image_size": self.image_size,
             "mean": self.mean,
             "std": self.std,
@@ -444,6 +464,9 @@ class Encoder:
             "model_config_sha256": self.config_sha256 or "",
             "init_seed": INIT_SEED if self.weights.kind == "none" else None,
         }
+        if self.precision != "fp32":
+            info["precision"] = self.precision
+        return info
 
     # -- encoding ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -466,14 +489,13 @@ class Encoder:
         """Raw image features [B, D] float32 (and pre-projection features [B, P] when asked)."""
         import torch
 
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             x = x.to(self.device, non_blocking=True)
-            if not pre_projection:
-                return self.model.encode_image(x).float(), None
-            pre = self._visual_pre(x)
-            w, b = self._image_projection_tensors()
-            feats = pre @ w if b is None else torch.nn.functional.linear(pre, w, b)
-        return feats.float(), pre.float()
+            with self._autocast():
+                if not pre_projection:
+                    return self.model.encode_image(x).float(), None
+                pre = self._visual_pre(x).float()
+            return project_fp32(pre, *self._image_projection_tensors()), pre
 
     def _visual_pre(self, x):
         import torch
@@ -555,8 +577,9 @@ class Encoder:
                         pre = self.model.encode_text(tokens)
                     finally:
                         self.model.text_projection = w
-                    out = pre @ w
-                    pres.append(pre.float().cpu().numpy())
+                    pre = pre.float()
+                    out = project_fp32(pre, w, None)
+                    pres.append(pre.cpu().numpy())
                 else:
                     out = self.model.encode_text(tokens)
             feats.append(out.float().cpu().numpy())

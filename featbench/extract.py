@@ -157,14 +157,15 @@ def _index_sha(plan: Plan) -> str:
 # image loading (runs in DataLoader workers)
 # ----------------------------------------------------------------------------------------------------
 class _Blocks:
-    """A map-style dataset over the pending blocks of one task: item = (block, images tensor, bad list).
+    """A map-style dataset over the pending blocks of one task: item = (task, block, images tensor, bad list).
 
     Each image's tensor depends only on its path (test transform) or (path, view) (augmented views),
     never on which worker loads it or what else is in the block.
     """
 
     def __init__(self, root, relpaths: list[str], task, blocks: list[int], transform, view_transform=None, views: int = 0, image_size: int = 224,
-                 border: int = 0):
+                 border: int = 0, name: str = ""):
+        self.name = name
         self.root = Path(root)
         self.relpaths = relpaths
         self.task = task
@@ -200,7 +201,7 @@ class _Blocks:
                 tensors.extend(self.view_transform(img, rel, v) for v in range(self.views))
             else:
                 tensors.append(self.transform(img))
-        return b, torch.stack(tensors), bad
+        return self.name, b, torch.stack(tensors), bad
 
 
 def crop_border(img, border: int):
@@ -232,8 +233,8 @@ def extract(
     seeds: Sequence[int] = (1, 2, 3),
     train_rows: str = "all",
     all_views: bool = False,
-    batch_size: int = 64,
-    workers: int = 0,
+    batch_size: int | None = None,
+    workers: int | None = None,
     device: str = "auto",
     dtype: str = "float16",
     cache_dir="cache",
@@ -264,6 +265,7 @@ def extract(
     class names; both are part of the cache's fingerprint.
     view_scales (e.g. "0.5,1:0.08,1"): one view set per crop scale (replaces view_scale): Tip-Adapter, GDA,
     LP++ and ProLIP use (0.5, 1), TaskRes, CLAP, CoOp and CLIP-Adapter Dassl's (0.08, 1).
+    batch_size / workers: None takes the device's defaults (64 and 0 on a CPU; 256 and min(16, cores) on CUDA).
     """
     spec = ExtractSpec.from_kwargs(
         dataset, root, model=model, pretrained=pretrained, splits=splits, views=views, view_shots=view_shots,
@@ -570,28 +572,44 @@ def _run_tasks(writer, request: Request, after_block) -> None:
     for name, _, v, _ in jobs:
         t = writer.tasks[name]
         total += sum(t.bounds(b)[1] - t.bounds(b)[0] for b in pending[name]) * max(v, 1)
+    sources = [_source(writer, request, name, rel, pending[name], v, vt) for name, rel, v, vt in jobs if pending[name]]
     bar = _Progress(total, enabled=request.spec.progress)
     try:
-        for name, rel, v, vt in jobs:
-            if pending[name]:
-                bar.describe(name)
-                _encode_task(writer, request, name, rel, pending[name], v, vt, bar, after_block)
+        if sources:
+            _encode_blocks(writer, request, sources, bar, after_block)
     finally:
         bar.close()
 
 
-def _encode_task(writer, request: Request, name: str, rel: list[str], blocks: list[int], v: int, vt, bar,
-                 after_block) -> None:
-    """Load, encode and write the pending `blocks` of one task (images decoded in DataLoader workers)."""
-    from torch.utils.data import DataLoader
+def _source(writer, request: Request, name: str, rel: list[str], blocks: list[int], v: int, vt) -> _Blocks:
+    """The pending `blocks` of one task as a dataset (views when `v`)."""
+    ds, enc = request.ds, request.enc
+    return _Blocks(ds.root, rel, writer.tasks[name], blocks, enc.test_transform, vt if v else None, views=v,
+                   image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0, name=name)
+
+
+def loader_options(workers: int, device: str) -> dict:
+    """DataLoader options: pinned batches for a GPU; with workers, four blocks prefetched per worker."""
+    opts = {"num_workers": workers, "pin_memory": str(device).startswith("cuda"), "persistent_workers": False}
+    if workers:
+        opts.update(worker_init_fn=_worker_init, prefetch_factor=4)
+    return opts
+
+
+def _encode_blocks(writer, request: Request, sources: list[_Blocks], bar, after_block) -> None:
+    """Load, encode and write every pending block, in task order, through one DataLoader: its workers start
+    once for the whole extraction (persistent across tasks) and keep decoding while the encoder runs."""
+    from torch.utils.data import ConcatDataset, DataLoader
 
     spec, enc, ds = request.spec, request.enc, request.ds
-    source = _Blocks(ds.root, rel, writer.tasks[name], blocks, enc.test_transform, vt if v else None,
-                     views=v, image_size=enc.image_size, border=getattr(ds.info, "border_crop", 0) or 0)
-    loader = DataLoader(source, batch_size=None, shuffle=False, num_workers=spec.workers,
-                        worker_init_fn=_worker_init if spec.workers else None,
-                        pin_memory=enc.device.startswith("cuda"), persistent_workers=False)
-    for b, x, bad in loader:
+    views = {src.name: src.views for src in sources}
+    loader = DataLoader(ConcatDataset(sources), batch_size=None, shuffle=False,
+                        **loader_options(spec.workers, enc.device))
+    current = None
+    for name, b, x, bad in loader:
+        if name != current:
+            bar.describe(name)
+            current = name
         if bad and not spec.skip_bad_images:
             pos, relpath, msg = bad[0]
             raise FeatbenchError(
@@ -599,12 +617,14 @@ def _encode_task(writer, request: Request, name: str, rel: list[str], blocks: li
             )
         feats, pre = enc.encode_images(x, pre_projection=spec.pre_projection)
         data = [feats.cpu().numpy()] + ([pre.cpu().numpy()] if spec.pre_projection else [])
+        v = views[name]
         if v:  # [n*V, D] (image-major) -> [V, n, D]
             data = [a.reshape(-1, v, a.shape[-1]).transpose(1, 0, 2) for a in data]
         writer.write_block(name, b, data, bad=[p for p, _, _ in bad])
         bar.advance(int(x.shape[0]))
         if after_block is not None:
             after_block(name, b)
+
 
 class _Progress:
     """A rich progress bar with images/s, or nothing."""

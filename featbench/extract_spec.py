@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 from featbench.datasets.base import CLASSNAME_STYLES
 from featbench.datasets.catalog import dataset_info, list_datasets, resolve_name
-from featbench.devices import check_device
+from featbench.devices import check_device, may_use_cuda
 from featbench.encoders import DEFAULT_VIEW_SCALE
 from featbench.errors import FeatbenchError
 from featbench.heads import get_head_class
@@ -147,6 +148,23 @@ def _classnames(value):
     return tuple(str(c) for c in value)
 
 
+#: (batch size, DataLoader workers) when the flags are left out: on a CPU the encoder is the bottleneck, and
+#: decoding in the main process keeps every core for it; a GPU encodes thousands of images a second, so
+#: decoding, resizing and cropping move to up to 16 worker processes and a batch fills the GPU
+CPU_DEFAULTS = (64, 0)
+GPU_BATCH_SIZE = 256
+MAX_GPU_WORKERS = 16
+
+
+def extraction_defaults(device: str, cores: int | None = None) -> tuple[int, int]:
+    """(batch size, workers) for ``device`` when --batch-size / --workers are not given."""
+    if not may_use_cuda(check_device(device)):
+        return CPU_DEFAULTS
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return GPU_BATCH_SIZE, min(MAX_GPU_WORKERS, int(cores))
+
+
 # ----------------------------------------------------------------------------------------------------
 # the spec
 # ----------------------------------------------------------------------------------------------------
@@ -168,8 +186,8 @@ class ExtractSpec:
     seeds: tuple[int, ...] = (1, 2, 3)
     train_rows: str = "all"
     all_views: bool = False
-    batch_size: int = 64
-    workers: int = 0
+    batch_size: int | None = None  # None: the device's default (extraction_defaults)
+    workers: int | None = None
     device: str = "auto"
     dtype: str = "float16"
     cache_dir: Path = Path("cache")
@@ -265,6 +283,10 @@ class ExtractSpec:
         return splits
 
     def _check_counts(self) -> None:
+        if self.batch_size is None or self.workers is None:
+            batch, workers = extraction_defaults(self.device)
+            self._set("batch_size", batch if self.batch_size is None else self.batch_size)
+            self._set("workers", workers if self.workers is None else self.workers)
         views, batch, workers = (_int(self.views, "--views"), _int(self.batch_size, "--batch-size"),
                                  _int(self.workers, "--workers"))
         if views < 0:
@@ -291,5 +313,6 @@ class ExtractSpec:
         self._set("manifest", None if self.manifest is None else Path(self.manifest))
 
 
-__all__ = ["ExtractSpec", "dataset_name", "heads_view_scales", "expand_view_shots", "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
+__all__ = ["ExtractSpec", "extraction_defaults", "dataset_name", "heads_view_scales", "expand_view_shots",
+           "parse_view_scale", "parse_view_scales", "STANDARD_SHOTS",
            "SPLIT_NAMES", "TRAIN_ROWS", "DTYPES", "CLASSNAME_STYLES"]

@@ -98,6 +98,8 @@ class FitSpec:
         Refuse a grid of more cells (None: no limit).
     progress : bool
         Show a progress bar.
+    fast : bool
+        On CUDA, leave torch's faster nondeterministic kernels on (rows then say ``"deterministic": false``).
     """
 
     caches: tuple = ()
@@ -116,6 +118,7 @@ class FitSpec:
     ray_address: str | None = None
     max_cells: int | None = DEFAULT_MAX_CELLS
     progress: bool = True
+    fast: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen: normalise once)

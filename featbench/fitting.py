@@ -12,6 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from featbench.devices import free_device_memory
+
+#: a stacked run holds about this many times its inputs' bytes on the device (the features, each epoch's
+#: gathered and normalised copy, activations and optimiser state)
+DEVICE_BYTES_PER_INPUT_BYTE = 4
+#: the share of the device's free memory one stack may plan to use
+DEVICE_MEMORY_SHARE = 0.5
+
 
 def _key(head, X, y, context) -> Any:
     key = head.batch_key(X, y, context)
@@ -37,10 +45,34 @@ def fit_all(fits: Sequence[tuple]) -> list:
             head, X, y, context = fits[idx[0]]
             out[idx[0]] = head.fit(X, y, **context)
             continue
-        fitted = type(fits[idx[0]][0]).fit_batched([fits[i] for i in idx])
-        for i, head in zip(idx, fitted):
-            out[i] = head
+        for chunk in stack_chunks(idx, fits):
+            fitted = type(fits[chunk[0]][0]).fit_batched([fits[i] for i in chunk])
+            for i, head in zip(chunk, fitted):
+                out[i] = head
     return out
+
+
+def input_bytes(X, context) -> int:
+    """Bytes of one run's arrays (features, views, text, validation rows)."""
+    arrays = [X, *context.values()]
+    return int(sum(getattr(a, "nbytes", 0) for a in arrays if not isinstance(a, (str, bytes))))
+
+
+def runs_per_stack(run_bytes: int, free_bytes: int | None, share: float = DEVICE_MEMORY_SHARE) -> int | None:
+    """How many runs one stack may hold: ``share`` of the free device memory over a run's estimated bytes
+    (None: no cap, as on the CPU, where a stack lives in ordinary memory)."""
+    if free_bytes is None:
+        return None
+    return max(1, int(free_bytes * share) // max(1, int(run_bytes) * DEVICE_BYTES_PER_INPUT_BYTE))
+
+
+def stack_chunks(idx: list[int], fits: Sequence[tuple]) -> list[list[int]]:
+    """The runs of one batch group split into stacks that fit in device memory (one stack on a CPU)."""
+    head, X, _y, context = fits[idx[0]]
+    cap = runs_per_stack(input_bytes(X, context), free_device_memory(getattr(head, "device", "cpu")))
+    if cap is None or cap >= len(idx):
+        return [idx]
+    return [idx[s:s + cap] for s in range(0, len(idx), cap)]
 
 
 def drive(steps: Sequence) -> list[list[dict]]:

@@ -55,7 +55,7 @@ from featbench import base_to_new as b2n
 from featbench.cache import check_same_encoder
 from featbench.cell_inputs import Split, close_cached, extra_arrays, has_val, labelled, memo, open_cached
 from featbench.classmatch import class_map, target_columns, target_mapping  # noqa: F401  (re-exported)
-from featbench.devices import bounded_threads
+from featbench.devices import bounded_threads, fit_device_fields
 from featbench.errors import FeatbenchError
 from featbench.fewshot import fewshot_rows, holdout_rows, shortfall_notes  # noqa: F401  (holdout_rows re-exported)
 from featbench.fitspec import PROTOCOLS, check_protocol
@@ -337,6 +337,7 @@ def _base_row(cell: Cell, src, cls, tr: _Training, head, combo: dict, fit_second
         "shots": int(cell.shots),
         "seed": int(cell.seed),
         "fit_seconds": round(fit_seconds, 4),
+        **fit_device_fields(cell.device),
         "views_used": jsonable(views_used),
         "views_scale": list(view_scale) if view_scale else None,
         "notes": tr.setup_notes + head_notes + tr.notes,

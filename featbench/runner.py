@@ -18,13 +18,14 @@ import itertools
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from featbench.batching import group_cost, iter_groups, largest_first, run_cells, run_cells_bounded
 from featbench.cache import Cache, check_same_encoder
 from featbench.classmatch import target_mapping
+from featbench.devices import may_use_cuda, plan_gpu_workers, ray_resources, use_deterministic
 from featbench.errors import FeatbenchError, short_repr
 from featbench.fewshot import fewshot_rows
 from featbench.fitspec import DEFAULT_MAX_CELLS, DEFAULT_OUT, FitSpec, as_list, fit_spec
@@ -413,7 +414,21 @@ def _run_serial(cells) -> Iterator[list[dict]]:
         close_cached()
 
 
-def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
+def _run_joblib(cells, jobs: int, fast: bool = False, gpus: Sequence[str] = ()) -> Iterator[list[dict]]:
+    """Groups of cells on ``jobs`` loky workers; with ``gpus``, each group runs on a GPU no other worker holds."""
+    if not gpus:
+        yield from _joblib_groups(cells, jobs, fast, None)
+        return
+    from multiprocessing import Manager
+
+    with Manager() as manager:
+        free_gpus = manager.Queue()
+        for device in gpus:
+            free_gpus.put(device)
+        yield from _joblib_groups(cells, len(gpus), fast, free_gpus)
+
+
+def _joblib_groups(cells, jobs: int, fast: bool, free_gpus) -> Iterator[list[dict]]:
     from joblib import Parallel, delayed
 
     threads = max(1, _cores() // jobs)
@@ -430,7 +445,7 @@ def _run_joblib(cells, jobs: int) -> Iterator[list[dict]]:
     def tasks():
         for i, g in order:
             indices.append(i)
-            yield delayed(run_cells_watched)(g, threads, parent)
+            yield delayed(run_cells_watched)(g, threads, parent, fast, free_gpus)
 
     for k, rows in enumerate(parallel(tasks())):
         pending[indices[k]] = rows
@@ -456,13 +471,38 @@ def run_cell_watched(cell, threads: int | None, parent_pid: int) -> list[dict]:
     return run_cell_bounded(cell, threads)
 
 
-def run_cells_watched(cells, threads: int | None, parent_pid: int) -> list[list[dict]]:
-    """run_cell_watched for a group of cells fitted together (featbench.batching)."""
+def run_cells_watched(cells, threads: int | None, parent_pid: int, fast: bool = False,
+                      free_gpus=None) -> list[list[dict]]:
+    """run_cell_watched for a group of cells fitted together (featbench.batching), deterministic on CUDA
+    unless ``fast``; with ``free_gpus`` (a queue of device names) on a GPU no other worker holds."""
     global _WATCHDOG_STARTED
     if not _WATCHDOG_STARTED and os.getpid() != parent_pid:
         _WATCHDOG_STARTED = True
         start_parent_watchdog(parent_pid)
-    return run_cells_bounded(cells, threads)
+    use_deterministic(cells[0].device, fast)
+    if free_gpus is None:
+        return run_cells_bounded(cells, threads)
+    return run_cells_on_free_gpu(cells, threads, free_gpus)
+
+
+def run_cells_on_free_gpu(cells, threads: int | None, free_gpus) -> list[list[dict]]:
+    """Take a GPU from the queue, fit the cells there, hand it back: one worker per GPU at any time."""
+    device = free_gpus.get()
+    try:
+        return run_cells_bounded([replace(c, device=device) for c in cells], threads)
+    finally:
+        free_gpus.put(device)
+
+
+def run_cell_on_ray(cell, threads: int | None, fast: bool = False) -> list[dict]:
+    """One cell in a Ray task, deterministic on CUDA unless ``fast``."""
+    use_deterministic(cell.device, fast)
+    return run_cell_bounded(cell, threads)
+
+
+def ray_cell(cell, resources: Mapping):
+    """The cell as a Ray task sees it: a task given a GPU sees only that GPU, as cuda (cuda:N would not exist)."""
+    return replace(cell, device="cuda") if resources.get("num_gpus") else cell
 
 
 def start_parent_watchdog(parent_pid: int, interval: float = 0.5) -> None:
@@ -479,7 +519,7 @@ def start_parent_watchdog(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="featbench-parent-watchdog", daemon=True).start()
 
 
-def _run_ray(cells, address: str) -> Iterator[list[dict]]:
+def _run_ray(cells, address: str, device: str = "cpu", fast: bool = False) -> Iterator[list[dict]]:
     try:
         import ray
     except ImportError:
@@ -495,8 +535,9 @@ def _run_ray(cells, address: str) -> Iterator[list[dict]]:
             raise FeatbenchError(f"--ray {address}: could not connect to a Ray cluster ({err})") from None
         started = True
     try:
-        remote = ray.remote(num_cpus=1)(run_cell_bounded)
-        refs = [remote.remote(cell, 1) for cell in cells]
+        resources = ray_resources(device, float(ray.cluster_resources().get("GPU", 0)))
+        remote = ray.remote(**resources)(run_cell_on_ray)
+        refs = [remote.remote(ray_cell(cell, resources), 1, fast) for cell in cells]
         for ref in refs:
             try:
                 yield ray.get(ref)
@@ -546,13 +587,30 @@ def _planned(spec: FitSpec, announce) -> FitPlan:
     return grid
 
 
-def _stream(spec: FitSpec, cells: Iterator, first: list) -> Iterator[list[dict]]:
+def _stream(spec: FitSpec, cells: Iterator, first: list, announce=None) -> Iterator[list[dict]]:
     """Rows of each cell, in cell order, from the back end the spec asks for."""
     if spec.ray_address is not None:
-        return _run_ray(cells, spec.ray_address)
+        return _run_ray(cells, spec.ray_address, spec.device, spec.fast)
     if spec.jobs > 1 and len(first) > 1:
-        return _run_joblib(cells, min(spec.jobs, len(first)))
+        jobs = min(spec.jobs, len(first))
+        if not may_use_cuda(spec.device):
+            return _run_joblib(cells, jobs, spec.fast)
+        gpus = worker_gpus(jobs, spec.device, announce)
+        if len(gpus) > 1:
+            return _run_joblib(cells, len(gpus), spec.fast, gpus)
     return _run_serial(cells)
+
+
+def worker_gpus(jobs: int, device: str, announce=None) -> list[str]:
+    """The GPUs --jobs workers use (one worker per GPU), announcing when fewer workers than asked will run."""
+    import torch  # lazy: only CUDA fits get here
+
+    gpus = plan_gpu_workers(jobs, device, torch.cuda.device_count())
+    if len(gpus) < jobs:
+        (announce or _announce_on_stderr)(
+            f"fit: --jobs {jobs} on {device}: {len(gpus)} worker(s), one per GPU (two CUDA contexts on one GPU "
+            "would share its memory)")
+    return gpus
 
 
 def execute(spec: FitSpec, announce=None) -> list[dict]:
@@ -580,7 +638,8 @@ def execute(spec: FitSpec, announce=None) -> list[dict]:
     first = list(itertools.islice(pending, max(2, spec.jobs)))
     if not first:
         return []
-    stream = _stream(spec, itertools.chain(first, pending), first)
+    use_deterministic(spec.device, spec.fast)  # before CUDA starts in this process (and in workers it starts)
+    stream = _stream(spec, itertools.chain(first, pending), first, announce)
     total, progress = grid.count, spec.progress
     appended: list[dict] = []
     bar = _progress(progress, total, skipped)

@@ -229,3 +229,47 @@ def test_torchrun_extract_equals_single_process_and_resumes_a_rank(tmp_path, tin
     assert res.stdout.strip().splitlines()[-1] == str(merged)  # printed once, by rank 0
     assert not list(tmp_path.glob("dist.h5.part-*"))  # parts (and partials) are gone
     _assert_identical_files(merged, single)
+
+
+# ----------------------------------------------------------------------------------------------------
+# a failing rank stops the others within seconds (they do not encode on, or wait, until the slowest ends)
+# ----------------------------------------------------------------------------------------------------
+def test_failure_watch_sees_another_ranks_marker(tmp_path):
+    import time
+
+    from featbench.distributed import FailureWatch, failure_marker
+
+    out = tmp_path / "c.h5"
+    stopped = []
+    failure_marker(out, 0).write_text("my own old failure")  # a rank never stops on its own marker
+    with FailureWatch(out, 0, interval=0.05, stop=lambda r, m: stopped.append((r, m))):
+        time.sleep(0.2)
+        assert stopped == []
+        failure_marker(out, 3).write_text("CUDA error: out of memory")
+        deadline = time.monotonic() + 5
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stopped == [(3, "CUDA error: out of memory")]
+
+
+SLOW_RANK = FAKE.replace('''    if rank == 1:
+        raise RuntimeError("rank 1 fails")''', '''    if rank == 1:
+        raise RuntimeError("rank 1 fails")
+    import time
+    time.sleep(90)  # rank 0 is slow: it must be stopped long before it ends''')
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_failing_rank_stops_a_slow_rank_within_seconds(tmp_path):
+    import time
+
+    assert SLOW_RANK != FAKE
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_RANK)
+    out = tmp_path / "merged.h5"
+    cmd = _torchrun() + ["--standalone", "--nproc-per-node", "2", str(script), str(out)]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=110)
+    assert res.returncode != 0 and "rank 1 fails" in res.stdout + res.stderr
+    assert time.monotonic() - t0 < 60, "rank 0 ran on after rank 1 failed"
+    assert not out.exists() and "DONE" not in res.stdout

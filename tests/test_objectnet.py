@@ -59,7 +59,7 @@ def test_border_is_cropped_before_the_transforms(tmp_path):
 
         return torch.as_tensor(np.array(im), dtype=torch.float32).permute(2, 0, 1)
 
-    _, x, bad = _Blocks(ds.root, [rel], Task(), [0], transform, border=1, image_size=22)[0]
+    _, _, x, bad = _Blocks(ds.root, [rel], Task(), [0], transform, border=1, image_size=22)[0]
     assert not bad and tuple(x.shape) == (1, 3, 22, 22)
     np.testing.assert_array_equal(x[0].permute(1, 2, 0).numpy(), np.asarray(cropped, dtype=np.float32))
 

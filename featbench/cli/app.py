@@ -5,17 +5,25 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
+from featbench.devices import device_error_message
 from featbench.errors import FeatbenchError
 
 
 class _CleanErrorGroup(TyperGroup):
-    """Turns user errors into one line on stderr and exit code 2, never a traceback."""
+    """Turns user errors, and a GPU's out-of-memory or nondeterministic-kernel errors, into one line on stderr
+    and exit code 2, never a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FeatbenchError as err:
             typer.echo(f"featbench: error: {one_line(str(err))}", err=True)
+            raise typer.Exit(code=2) from None
+        except Exception as err:
+            line = device_error_message(err)
+            if line is None:
+                raise
+            typer.echo(f"featbench: error: {line}", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("featbench: interrupted (partial work is kept; run the same command to resume)", err=True)

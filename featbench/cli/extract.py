@@ -40,8 +40,10 @@ def extract(
     seeds: str = typer.Option("1,2,3", "--seeds", help="few-shot seeds whose rows get views"),
     train_rows: str = typer.Option("all", "--train-rows", help="all | fewshot: which train rows get plain features"),
     all_views: bool = typer.Option(False, "--all-views", help="views for every train row"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes for decoding"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per encoder batch "
+                                             "[default: 64 on a CPU, 256 on CUDA]", show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes for decoding "
+                                          "[default: 0 on a CPU, min(16, cores) on CUDA]", show_default=False),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("float16", "--dtype", help="on-disk dtype: float16 | float32"),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir"),

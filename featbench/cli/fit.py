@@ -38,6 +38,8 @@ def fit(
                                                     "test predictions and labels (<row hash>.npz, named in the row)."),
     max_cells: int = typer.Option(10_000, "--max-cells", help="Refuse a grid of more cells than this (the count is "
                                   "printed before anything runs); raise it for a bigger sweep."),
+    fast: bool = typer.Option(False, "--fast", help="On CUDA, allow nondeterministic kernels (faster; rows say "
+                              "deterministic: false). Deterministic is the default."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
     from featbench.fitspec import FitSpec  # lazy: `featbench --help` stays free of numpy and h5py
@@ -49,7 +51,7 @@ def fit(
                    seeds=parse_int_list(seeds, "--seeds"), protocol=protocol, sets=parse_sets(set_), grids=grids,
                    out=out, jobs=jobs, device=device, eval_on=parse_str_list(eval_on) if eval_on else (),
                    progress=progress, ray_address=ray, base_to_new=base_to_new, save_predictions=save_predictions,
-                   max_cells=max_cells)
+                   max_cells=max_cells, fast=fast)
     if save_predictions is not None:
         _check_output_folder(save_predictions, "--save-predictions")
     rows = execute(spec)

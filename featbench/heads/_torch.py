@@ -68,12 +68,90 @@ def check_xy(X, y=None, n_classes: int | None = None, what: str = "X"):
 
 
 def minibatches(n: int, batch_size: int, gen: torch.Generator | None = None, shuffle: bool = True,
-                drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Index batches over n rows: a fresh permutation from ``gen`` per call (one epoch)."""
+                drop_last: bool = False, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n rows: a fresh permutation from ``gen`` per call (one epoch), moved to ``device``
+    once (one copy per epoch, not one per step; the same permutation whatever the device)."""
     idx = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    if device is not None:
+        idx = idx.to(device)
     stop = (n // batch_size) * batch_size if drop_last else n
     for s in range(0, stop, batch_size):
         yield idx[s:s + batch_size]
+
+
+class HostStaging:
+    """Host buffers refilled every epoch and uploaded to the device with one asynchronous copy each.
+
+    A ``non_blocking`` copy from pinned memory returns before the GPU has read the host buffer; refilling it
+    then would let an epoch train on a mix of two epochs' data. ``fill()`` therefore waits for the event
+    recorded after the previous upload. On the CPU the host buffers are the device buffers (no copy, no wait).
+    ``copy`` and ``new_event`` exist for tests: a fake in-flight copy shows what the wait guards against.
+    """
+
+    def __init__(self, shapes_dtypes, device, *, copy=None, new_event=None):
+        self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
+        pin = self.device.type == "cuda"
+        self.host = [torch.empty(shape, dtype=dt, pin_memory=pin) for shape, dt in shapes_dtypes]
+        self.on_device = self.host if on_cpu and copy is None else [
+            torch.empty(shape, dtype=dt, device=self.device) for shape, dt in shapes_dtypes]
+        self._copy = copy or (lambda dst, src: dst.copy_(src, non_blocking=True))
+        self._new_event = new_event or torch.cuda.Event
+        self._in_flight = None
+
+    def fill(self) -> list[torch.Tensor]:
+        """The host buffers, safe to overwrite: the previous upload has finished reading them."""
+        if self._in_flight is not None:
+            self._in_flight.synchronize()
+            self._in_flight = None
+        return self.host
+
+    def upload(self) -> list[torch.Tensor]:
+        """Start copying the host buffers to the device; returns the device buffers (stream-ordered reads)."""
+        if self.on_device is self.host:
+            return self.host
+        for dst, src in zip(self.on_device, self.host):
+            self._copy(dst, src)
+        self._in_flight = self._new_event()
+        self._in_flight.record()
+        return self.on_device
+
+
+def accumulator_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 for running sums kept on the device (what a Python float sum gives); MPS has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+class BestIterate:
+    """The iterate with the best validation accuracy so far (ties: the later one).
+
+    On a GPU the choice is made with ``torch.where``, so a training loop needs no host sync per step; on a
+    CPU, where a sync costs nothing, a Python comparison copies only the better iterates (cheaper there).
+    Both choose what ``if acc >= best`` chose (float32 accuracies compare the same either way).
+    """
+
+    def __init__(self, *tensors: torch.Tensor):
+        device = tensors[0].device
+        self.on_cpu = device.type == "cpu"
+        self.acc = -1.0 if self.on_cpu else torch.full((), -1.0, device=device)
+        self.step = -1 if self.on_cpu else torch.full((), -1, dtype=torch.long, device=device)
+        self.tensors = [t.detach().clone() for t in tensors]
+
+    def offer(self, acc: torch.Tensor, step: int, *tensors: torch.Tensor) -> None:
+        if self.on_cpu:
+            if float(acc) >= self.acc:
+                self.acc, self.step = float(acc), step
+                self.tensors = [t.detach().clone() for t in tensors]
+            return
+        better = acc >= self.acc
+        self.acc = torch.where(better, acc, self.acc)
+        self.step = torch.where(better, torch.full_like(self.step, step), self.step)
+        for kept, t in zip(self.tensors, tensors):
+            kept.copy_(torch.where(better, t.detach(), kept))
+
+    def kept(self) -> tuple[list[torch.Tensor], int]:
+        """The kept tensors and the (1-based) step they come from (on a GPU: one host sync, at the end)."""
+        return self.tensors, int(self.step)
 
 
 def draw_view_indices(n_views: int, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -181,8 +181,7 @@ class CLIPAdapter(Head):
             lrs.append(lr)
             vidx = T.draw_view_indices(src.shape[0], n, gen).numpy()
             feats = T.as_tensor(src[vidx, np.arange(n)], dev)  # raw: the adapter sees unnormalised features
-            for idx in T.minibatches(n, bs, gen, drop_last=drop_last):
-                idx = idx.to(dev)
+            for idx in T.minibatches(n, bs, gen, drop_last=drop_last, device=dev):
                 logits = self.logit_scale_ * T.l2norm(self._blend(feats[idx], W1, W2)) @ w.T
                 loss = F.cross_entropy(logits, yt[idx])
                 opt.zero_grad(set_to_none=True)

@@ -214,9 +214,8 @@ class CoOp(Head):
             lrs.append(lr)
             vidx = T.draw_view_indices(src.shape[0], n, gen).to(dev)
             feats = T.l2norm(T.gather_views(src, vidx).float())
-            total, steps = 0.0, 0
-            for idx in T.minibatches(n, bs, gen, drop_last=drop_last):
-                idx = idx.to(dev)
+            total, steps = torch.zeros((), dtype=T.accumulator_dtype(dev), device=dev), 0  # summed on the device
+            for idx in T.minibatches(n, bs, gen, drop_last=drop_last, device=dev):
                 t = T.l2norm(self._features(tower, ctx, sos, suffix, eot))
                 loss = F.cross_entropy(scale * feats[idx] @ t.T, yt[idx])
                 pen = self._penalty(t)
@@ -225,9 +224,10 @@ class CoOp(Head):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach())
+                total += loss.detach()
                 steps += 1
-            losses.append(total / max(steps, 1))
+            losses.append(total)
+        losses = [float(t) / max(steps, 1) for t in losses]  # one sync per fit
         with torch.no_grad():
             self.weights_ = T.l2norm(self._features(tower, ctx.detach(), sos, suffix, eot).float())
         self.ctx_ = ctx.detach()

@@ -115,7 +115,7 @@ class LPPlusPlus(Head):
             extra=None) -> "LPPlusPlus":
         import torch
 
-        from featbench.heads._torch import l2norm, resolve_device, zeroshot_weights
+        from featbench.heads._torch import BestIterate, l2norm, resolve_device, zeroshot_weights
         import torch.nn.functional as Fn
 
         require(text, "text features ([T, C, D] raw text-encoder outputs)", self.name)
@@ -162,7 +162,7 @@ class LPPlusPlus(Head):
             fv = l2norm(fv)
             tv = fv @ T.T
             yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64), device=dev)
-            best = (-1.0, -1, None)
+            best = BestIterate(W, b, a)
         for step in range(int(self.n_iter)):
             logits = f @ W.T + b + text_logits * a
             loss = Fn.cross_entropy(logits, yt)
@@ -177,13 +177,10 @@ class LPPlusPlus(Head):
                 if self.alpha_every and (step + 1) % int(self.alpha_every) == 0:
                     a -= lr_a * (ga if self.alpha_grad == "current" else ga_sum)
                 if use_val:  # the reference keeps the iterate with the best validation accuracy (ties: later)
-                    acc = float(((fv @ W.T + b + tv * a).argmax(dim=1) == yv).float().mean())
-                    if acc >= best[0]:
-                        best = (acc, step + 1, (W.detach().clone(), b.detach().clone(), a.detach().clone()))
+                    best.offer(((fv @ W.T + b + tv * a).argmax(dim=1) == yv).float().mean(), step + 1, W, b, a)
         selected = {}
-        if use_val and best[2] is not None:
-            W, b, a = best[2]
-            selected["n_iter"] = best[1]
+        if use_val and int(self.n_iter) > 0:
+            (W, b, a), selected["n_iter"] = best.kept()
         elif self.select_iter_on_val:
             notes.append("no selection split: the last iterate is kept (the reference keeps the best val step)")
         self.W_ = W.detach()

@@ -427,11 +427,8 @@ def train_residuals(W0, srcs, ys, alphas, gens, *, scale, lr, epochs, batch_size
     drop_last = n >= bs
     stop = (n // bs) * bs if drop_last else n
     alpha = torch.tensor(alphas, dtype=W0.dtype, device=dev).view(R, 1, 1)
-    pin = dev.type == "cuda"
-    host = torch.empty(R, n, D, pin_memory=pin)  # the per-epoch gather happens on the host (views stay there)
-    host_y = torch.empty(R, n, dtype=torch.long, pin_memory=pin)
-    feats = host if dev.type == "cpu" else torch.empty(R, n, D, device=dev)
-    labels = host_y if dev.type == "cpu" else torch.empty(R, n, dtype=torch.long, device=dev)
+    # the per-epoch gather happens on the host (views stay there); one upload per epoch, none per step
+    staging = T.HostStaging([((R, n, D), torch.float32), ((R, n), torch.long)], dev)
     ys_t = [torch.as_tensor(np.asarray(y), dtype=torch.long) for y in ys]
     W = torch.empty_like(W0)
     grad = torch.empty_like(W0)
@@ -443,14 +440,13 @@ def train_residuals(W0, srcs, ys, alphas, gens, *, scale, lr, epochs, batch_size
             lr_e = T.cosine_with_warmup(epoch, lr, epochs, warmup_epochs, warmup_lr)
             T.set_lr(opt, lr_e)
             lrs.append(lr_e)
+            host, host_y = staging.fill()  # waits until the previous epoch's upload has read them
             for r in range(R):
                 vidx = T.draw_view_indices(srcs[r].shape[0], n, gens[r]).numpy()
                 perm = torch.randperm(n, generator=gens[r]).numpy()
                 host[r] = torch.from_numpy(np.ascontiguousarray(srcs[r][vidx[perm], ar[perm]], dtype=np.float32))
                 host_y[r] = ys_t[r][perm]
-            if feats is not host:  # one asynchronous upload per epoch from pinned memory, none per step
-                feats.copy_(host, non_blocking=True)
-                labels.copy_(host_y, non_blocking=True)
+            feats, labels = staging.upload()
             feats.div_(torch.linalg.vector_norm(feats, dim=2, keepdim=True).clamp_min_(1e-12))
             for s0 in range(0, stop, bs):
                 F_ = feats[:, s0:s0 + bs]

@@ -50,6 +50,18 @@ _ALPHA_BLOCK = 1 << 18
 _EVAL_BLOCK = 1 << 21  # float32 affinities per row block when evaluating (~8 MB)  # float32 elements of one alpha's logits block (~1 MB: stays in cache across the passes)
 
 
+def search_blocks(device) -> dict[str, int]:
+    """Block sizes (float32 elements) of the search and of evaluation for ``device``.
+
+    A CPU's blocks stay within its caches (above). A GPU has no such cache to fit and pays per kernel
+    launch, so its blocks are 8-64x larger (an intermediate of up to 1 GB). Counts are integer sums over
+    rows and alphas, so the block sizes do not change the result.
+    """
+    if getattr(device, "type", str(device)) == "cuda":
+        return {"budget": 1 << 28, "row": 1 << 24, "alpha": 1 << 24, "eval": 1 << 26}
+    return {"budget": _BUDGET, "row": _ROW_BLOCK, "alpha": _ALPHA_BLOCK, "eval": _EVAL_BLOCK}
+
+
 def search_grid(search_scale, search_steps=(200, 20)) -> tuple[list[float], list[float]]:
     """The reference beta and alpha lists (python floats, same arithmetic as search_hp)."""
     sb, sa = float(search_scale[0]), float(search_scale[1])
@@ -73,9 +85,10 @@ def search_counts(fv, keys, zs_logits, yv, betas, alphas, n_classes: int, k, val
     n, n_keys = fv.shape[0], keys.shape[0]
     counts = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=dev)
     dbeta = _uniform_step(betas)
+    sizes = search_blocks(dev)
     # rows per block: the block's affinities stay in cache while every beta passes over them, and the
-    # block's per-beta cache logits [betas, rows, C] stay within _BUDGET
-    rows = max(1, min(n, max(_ROW_BLOCK // max(n_keys, 1), 32), _BUDGET // max(len(betas) * n_classes, 1)))
+    # block's per-beta cache logits [betas, rows, C] stay within the budget
+    rows = max(1, min(n, max(sizes["row"] // max(n_keys, 1), 32), sizes["budget"] // max(len(betas) * n_classes, 1)))
     for r0 in range(0, n, rows):
         f = fv[r0:r0 + rows]
         nr = f.shape[0]
@@ -91,7 +104,7 @@ def search_counts(fv, keys, zs_logits, yv, betas, alphas, n_classes: int, k, val
             cache[i] = T.class_sum(buf, values, n_classes, k)
         zs = zs_logits[r0:r0 + rows]
         yr = yv[r0:r0 + rows]
-        step = max(1, _ALPHA_BLOCK // max(nr * n_classes, 1))  # keep each alpha's logits cache-sized
+        step = max(1, sizes["alpha"] // max(nr * n_classes, 1))  # keep each alpha's logits cache-sized
         for b0 in range(0, len(betas), step):
             part = cache[b0:b0 + step]
             counts[b0:b0 + part.shape[0]] += _alpha_hits(zs, part, yr, a_t)
@@ -300,7 +313,7 @@ class TipAdapter(Head):
 
         X, _ = T.check_xy(X)
         f = T.as_tensor(X, self.device_)
-        rows = max(32, _EVAL_BLOCK // max(self.keys_.shape[0], 1))  # the block's [rows, keys] stays cache-sized
+        rows = max(32, search_blocks(self.device_)["eval"] // max(self.keys_.shape[0], 1))  # [rows, keys] per block
         out = T.batched_logits(lambda x: self._logits(x, self.keys_, self.alpha_, self.beta_), f, rows)
         return T.to_numpy(out)
 
@@ -445,22 +458,19 @@ def train_keys(heads, keys0, srcs):
     alpha0 = torch.tensor([float(h.alpha) for h in heads], device=dev).view(R, 1, 1)
     beta0 = torch.tensor([float(h.beta) for h in heads], device=dev).view(R, 1, 1)
     scale = h0.logit_scale_
-    pin = dev.type == "cuda"
-    host = torch.empty(R, n, D, pin_memory=pin)
-    feats = host if dev.type == "cpu" else torch.empty(R, n, D, device=dev)
-    perms = torch.empty(R, n, dtype=torch.long)
+    staging = T.HostStaging([((R, n, D), torch.float32), ((R, n), torch.long)], dev)
     step = 0
     for _epoch in range(int(h0.epochs)):
+        host, perms = staging.fill()  # waits until the previous epoch's upload has read them
         for r, h in enumerate(heads):
             vidx = T.draw_view_indices(srcs[r].shape[0], n, gens[r]).numpy()
             perm = torch.randperm(n, generator=gens[r])
             p = perm.numpy()
             host[r] = torch.from_numpy(np.ascontiguousarray(srcs[r][vidx[p], h._order[p]], dtype=np.float32))
             perms[r] = perm
-        if feats is not host:
-            feats.copy_(host, non_blocking=True)
+        feats, perms_dev = staging.upload()
         feats.div_(torch.linalg.vector_norm(feats, dim=2, keepdim=True).clamp_min_(1e-12))
-        yb_all = torch.gather(labels, 1, perms.to(dev))
+        yb_all = torch.gather(labels, 1, perms_dev)
         for s0 in range(0, n, bs):
             T.set_lr(opt, T.cosine_per_step(step, h0.lr, total))
             f = feats[:, s0:s0 + bs]  # [R, B, D]
