@@ -191,3 +191,42 @@ def test_import_npz_member_with_a_huge_header_is_refused(tmp_path):
     res = _run("import", npz, "--out", tmp_path / "i.h5", "--dataset", "x", "--model", "m", "--pretrained", "p")
     _one_line_error(res, "train_features.npy", "declares")
     assert not (tmp_path / "i.h5").exists()
+
+
+# -- a torch/torchvision pair that does not load together -------------------------------------------------------
+class _BrokenTorchvision:
+    """A meta-path finder that fails the way a CUDA torchvision next to a CPU torch does."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return None
+
+
+@pytest.fixture
+def broken_torchvision(monkeypatch):
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTorchvision(), *sys.meta_path])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "torchvision" else None)
+
+
+@pytest.mark.parametrize("args", [["fit", "no-such.h5", "--out"], ["run", "no-such.yaml", "--out"], ["demo", "--out"],
+                                  ["extract", "--dataset", "caltech101", "--root", ".", "--model", "RN50", "--cache-dir"]])
+def test_torch_torchvision_mismatch_is_one_line_at_start(broken_torchvision, tmp_path, args):
+    from featbench.devices import installed_version
+
+    res = _run(*args, tmp_path / "o")
+    _one_line_error(res, f"torch {installed_version('torch')}", f"torchvision {installed_version('torchvision')}",
+                    "torchvision::nms does not exist", "pip install --force-reinstall torch torchvision")
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_does_not_check_torch(broken_torchvision):
+    assert _run("--help").exit_code == 0
+    assert _run("table", "--help").exit_code == 0

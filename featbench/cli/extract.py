@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app, parse_int_list, parse_str_list
-from featbench.devices import check_device
+from featbench.devices import check_device, check_torch_install
 from featbench.errors import FeatbenchError
 
 
@@ -63,6 +63,7 @@ def extract(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Encode a dataset once into an HDF5 feature cache (resumable; rerun the same command to continue)."""
+    check_torch_install()
     split_list = parse_str_list(splits)
     for s in split_list:
         _choice(s, "--splits", ("train", "val", "test"))
