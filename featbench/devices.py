@@ -185,3 +185,34 @@ def nondeterministic_message(err: BaseException) -> str | None:
 def device_error_message(err: BaseException) -> str | None:
     """The one-line message for an error of the device (out of memory, a nondeterministic kernel), or None."""
     return out_of_memory_message(err) or nondeterministic_message(err)
+
+
+TORCH_PAIR_FIX = ("install torch and torchvision as a matching pair from one index, e.g. `pip install --force-reinstall "
+                  "torch torchvision --index-url https://download.pytorch.org/whl/cpu` (or both from the CUDA index)")
+
+
+def installed_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, read from its metadata (nothing is imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def check_torch_install() -> None:
+    """Import torch (and torchvision where installed) once, so a mismatched pair, such as a CPU torch next to
+    a CUDA torchvision ("operator torchvision::nms does not exist"), is one line at a command's start instead
+    of a traceback from deep inside open_clip."""
+    import importlib.util
+
+    try:
+        import torch  # noqa: F401
+
+        if importlib.util.find_spec("torchvision") is not None:
+            import torchvision  # noqa: F401
+    except (ImportError, RuntimeError, OSError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise FeatbenchError(f"torch {installed_version('torch')} and torchvision {installed_version('torchvision')} "
+                             f"do not load together ({first}); {TORCH_PAIR_FIX}") from None

@@ -16,10 +16,13 @@ import numpy as np
 
 from featbench.cache import SPLITS, base_attrs, compute_fingerprint, write_cache
 from featbench.errors import FeatbenchError
+from featbench.npyfiles import check_npy_size
+from featbench.prompts import check_classname
 
 
-def _numeric(npz: Path, name: str, arr) -> np.ndarray:
-    """A float32 copy of a feature array, or one line naming the array that is not numbers or not finite."""
+def _numeric(npz: Path, name: str, arr, dtype: str) -> np.ndarray:
+    """A float32 copy of a feature array that fits the on-disk ``dtype``, or one line naming the array that is
+    not numbers, not finite or out of that dtype's range."""
     arr = np.asarray(arr)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
         raise FeatbenchError(f"{npz}: {name} holds {arr.dtype} values, expected numbers (float features)")
@@ -29,6 +32,7 @@ def _numeric(npz: Path, name: str, arr) -> np.ndarray:
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise FeatbenchError(f"{npz}: {name} holds {bad} NaN/Inf value(s) (or values too large for float32); "
                              "drop or fix those rows before importing")
+    _fits_dtype(npz, name, out, dtype)
     return out
 
 
@@ -46,6 +50,42 @@ def _labels(npz: Path, name: str, arr) -> np.ndarray:
     return labels
 
 
+def _read_npz(npz: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz, each member's header checked against its size before numpy allocates it."""
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            for info in data.zip.infolist():
+                with data.zip.open(info) as fh:
+                    check_npy_size(fh, info.file_size, f"{npz} member {info.filename}")
+            return {k: data[k] for k in data.files}
+    except FeatbenchError:
+        raise
+    except Exception as err:  # a corrupt or non-npz file
+        raise FeatbenchError(f"{npz} is not a readable .npz file ({str(err)[:200]})") from None
+
+
+def _fits_dtype(npz: Path, name: str, arr: np.ndarray, dtype: str) -> None:
+    """Refuse features that the on-disk dtype would turn into Inf (float16 stops at 65504)."""
+    if dtype != "float16" or not arr.size:
+        return
+    with np.errstate(over="ignore"):
+        cast = arr.astype(np.float16)
+    if not np.isfinite(cast).all():
+        peak = float(np.abs(arr).max())
+        raise FeatbenchError(f"{npz}: {name} has values up to {peak:.4g}, beyond float16's range "
+                             f"(±{float(np.finfo(np.float16).max):.0f}), which would be stored as Inf; "
+                             "import with --dtype float32 (or rescale the features)")
+
+
+def _classnames(npz: Path, arrays: dict, n_classes: int) -> list[str]:
+    if "classnames" not in arrays:
+        return [f"class_{i}" for i in range(n_classes)]
+    names = [str(c) for c in np.asarray(arrays["classnames"]).reshape(-1)]
+    for i, name in enumerate(names):
+        check_classname(name, f"{npz}: classnames[{i}]")
+    return names
+
+
 def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pretrained: str,
                logit_scale: float = 100.0, preprocess: str = "imported", dtype: str = "float16",
                overwrite: bool = False) -> Path:
@@ -57,18 +97,14 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
         raise FeatbenchError(f"feature file {npz} is not a regular file; pass an .npz file")
     if out.exists() and not overwrite:
         raise FeatbenchError(f"{out} exists; pass --overwrite to replace it")
-    try:
-        data = np.load(npz, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except Exception as err:  # a corrupt or non-npz file
-        raise FeatbenchError(f"{npz} is not a readable .npz file ({err})") from None
+    arrays = _read_npz(npz)
 
     splits = {}
     dim = None
     for split in SPLITS:
         if f"{split}_features" not in arrays:
             continue
-        feats = _numeric(npz, f"{split}_features", arrays[f"{split}_features"])
+        feats = _numeric(npz, f"{split}_features", arrays[f"{split}_features"], dtype)
         if f"{split}_labels" not in arrays:
             raise FeatbenchError(f"{npz}: has {split}_features but no {split}_labels")
         labels = _labels(npz, f"{split}_labels", arrays[f"{split}_labels"])
@@ -86,20 +122,20 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
         raise FeatbenchError(f"{npz}: no <split>_features arrays (expected train_features, val_features, test_features)")
 
     n_classes = max((int(s["labels"].max()) for s in splits.values() if len(s["labels"])), default=-1) + 1
-    classnames = [str(c) for c in arrays["classnames"]] if "classnames" in arrays else [f"class_{i}" for i in range(n_classes)]
+    classnames = _classnames(npz, arrays, n_classes)
     if len(classnames) < n_classes:
         raise FeatbenchError(f"{npz}: labels go up to {n_classes - 1} but classnames has {len(classnames)} entries")
 
     text = arrays.get("text_raw")
     if text is not None:
-        text = _numeric(npz, "text_raw", text)
+        text = _numeric(npz, "text_raw", text, dtype)
     templates = [str(t) for t in arrays["templates"]] if "templates" in arrays else None
     if text is not None and (text.ndim != 3 or text.shape[1:] != (len(classnames), dim)):
         raise FeatbenchError(f"{npz}: text_raw must be [T, {len(classnames)}, {dim}], got {list(text.shape)}")
 
     views = arrays.get("train_views")
     if views is not None:
-        views = _numeric(npz, "train_views", views)
+        views = _numeric(npz, "train_views", views, dtype)
     view_rows = None
     if views is not None:
         if "train" not in splits or views.ndim != 3 or views.shape[1:] != splits["train"]["features"].shape:

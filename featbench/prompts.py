@@ -11,10 +11,11 @@ overridden class names as a hash in the same record), so caches with other promp
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 
 MAX_FILE_BYTES = 4 << 20  # prompt files are small; refuse anything that is clearly not one
 
@@ -100,7 +101,7 @@ def read_classnames(path: str | Path, classnames: Sequence[str], class_ids: Sequ
         if len(data) != n:
             raise FeatbenchError(f"{flag} {path}: {len(data)} names for {n} classes; give one name per class, "
                                  "in label order (or a JSON mapping folder -> name)")
-        out = [_name(v, f"{flag} {path} item {i + 1}") for i, v in enumerate(data)]
+        out = [check_classname(v, f"{flag} {path} item {i + 1}") for i, v in enumerate(data)]
     elif isinstance(data, dict):
         ids = [str(c) for c in class_ids] if class_ids else [str(i) for i in range(n)]
         index = {c: i for i, c in enumerate(ids)}
@@ -110,7 +111,7 @@ def read_classnames(path: str | Path, classnames: Sequence[str], class_ids: Sequ
                                  f"folders/ids, e.g. {', '.join(ids[:3])}")
         out = list(classnames)
         for k, v in data.items():
-            out[index[str(k)]] = _name(v, f"{flag} {path} key {k!r}")
+            out[index[str(k)]] = check_classname(v, f"{flag} {path} key {k!r}")
     else:
         raise FeatbenchError(f"{flag} {path}: expected a list of names or a mapping folder -> name")
     if len(set(out)) != len(out):
@@ -119,10 +120,17 @@ def read_classnames(path: str | Path, classnames: Sequence[str], class_ids: Sequ
     return out
 
 
-def _name(v, where: str) -> str:
-    if not isinstance(v, str) or not v.strip() or "\n" in v:
-        raise FeatbenchError(f"{where}: a class name must be a non-empty one-line string, got {v!r}")
+def check_classname(v, where: str) -> str:
+    """``v`` stripped, or one line naming ``where``: a class name is a non-empty one-line string without NUL or
+    other control characters (HDF5 strings end at a NUL, and the tokenizer would see something else)."""
+    if not isinstance(v, str) or not v.strip():
+        raise FeatbenchError(f"{where}: a class name must be a non-empty one-line string, got {short_repr(v)}")
+    bad = next((c for c in v if unicodedata.category(c) == "Cc" and c != "\t"), None)
+    if bad is not None:
+        what = "a NUL byte" if bad == "\0" else ("a line break" if bad in "\r\n" else f"control character {bad!r}")
+        raise FeatbenchError(f"{where}: class name {short_repr(v)} contains {what}; "
+                             "a class name must be a one-line string of printable characters")
     return v.strip()
 
 
-__all__ = ["read_templates", "read_classnames", "check_template"]
+__all__ = ["read_templates", "read_classnames", "check_template", "check_classname"]

@@ -8,6 +8,7 @@ import pytest
 
 from featbench.errors import FeatbenchError
 from featbench.heads import get_head, get_head_class
+from featbench.heads.lpplusplus import initial_alpha
 
 MORE_HEADS = ("gda", "lp++", "clap", "prolip", "text-projection")
 
@@ -96,13 +97,37 @@ def test_lpplusplus_step_sizes_and_accuracy():
     lam_max = np.linalg.eigvalsh(F.T @ F).max()
     assert head.lr_w_ == pytest.approx(4 * len(F) / lam_max, rel=1e-4)
     assert head.lr_alpha_ == pytest.approx(len(F) / (4 * ((F @ T.T) ** 2).sum(axis=0).max()), rel=1e-4)
-    per_class = np.stack([(F[y == k] @ T.T).mean(axis=0) for k in range(T.shape[0])])
-    assert head.alpha_init_ == pytest.approx(250 * per_class.mean(), rel=1e-4)
+    own_text = np.array([(F[y == k] @ T[k]).mean() for k in range(T.shape[0])])  # each class against its own text
+    assert head.alpha_init_ == pytest.approx(250 * own_text.mean(), rel=1e-4)
     zs = (_zeroshot_logits(Xt, text).argmax(1) == yt).mean()
     assert head.score(Xt, yt) >= zs
     assert head.class_weights().shape == T.shape
     picked = get_head("lp++", n_iter=40, select_iter_on_val=True).fit(X, y, text=text, X_val=Xt, y_val=yt)
     assert 1 <= picked.fit_info_["selected"]["n_iter"] <= 40
+
+
+def _reference_init_alpha(F, y, T, shots):
+    """LP++'s ``calculate_init_alpha`` (methods/linear_probe_p2.py + utils.compute_centroids_alpha, f81054f),
+    transcribed to numpy: z_s = F @ clip_weights, masked by the one-hot labels, class means, 250/shots * shots."""
+    z_s = (F @ T.T)[None]  # [1, N, C]
+    one_hot = np.eye(len(np.unique(y)))[y][None]  # [1, N, C]
+    alpha_tilde = (one_hot * z_s / one_hot.sum(-2, keepdims=True)).sum(1)[0] * shots
+    return float(np.mean(250 / shots * alpha_tilde))
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_lpplusplus_initial_alpha_matches_reference_formula(shots):
+    rng = np.random.default_rng(shots)
+    n_classes, dim = 5, 12
+    T = _unit(rng.normal(size=(n_classes, dim)))
+    y = np.repeat(np.arange(n_classes), shots)
+    F = _unit(T[y] + rng.normal(scale=0.7, size=(len(y), dim)))
+    ref = _reference_init_alpha(F, y, T, shots)
+    assert initial_alpha(F, y, T) == pytest.approx(ref, rel=1e-12)
+    all_pairs = 250 * np.mean([(F[y == k] @ T.T).mean(axis=0) for k in range(n_classes)])
+    assert abs(ref - all_pairs) > 1.0  # the data tells the diagonal from every (image, text) pair apart
+    head = get_head("lp++", n_iter=0).fit(F, y, text=T[None])
+    assert head.alpha_init_ == pytest.approx(ref, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- CLAP

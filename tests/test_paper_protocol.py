@@ -17,6 +17,7 @@ from featbench.fewshot import fewshot_rows, holdout_rows
 from featbench.heads import get_head, register_head
 from featbench.heads.paper import (DASSL_SCALE, FULL_VAL, IMAGENET_SELECT_TEMPLATES, IMAGENET_TEMPLATES_8,
                                    KSHOT_VAL, TEMPLATES_7, TEMPLATES_8, TIP_SCALE)
+from featbench.paper_setup import pick_templates
 from featbench.protocol import FULL_VAL_NOTE, KSHOT_VAL_NOTE, ORACLE_NOTE, Cell, close_cached, run_cell
 from test_protocol import NCMHead, digest
 
@@ -248,6 +249,19 @@ def test_real_heads_declare_their_papers_setup():
         assert cls.paper_templates == TEMPLATES_7 and cls.paper_view_scale == TIP_SCALE
     assert get_head_class("tip-adapter-f").paper_view_scale == TIP_SCALE  # its training crops too (main.py)
     assert get_head("prolip").lr == 1e-5
+
+
+def test_kgcoop_imagenet_classifier_uses_its_single_template():
+    """KgCoOp's CUSTOM_TEMPLATES["ImageNet"] is "a photo of a {}." alone, not the cache's 8-template ensemble."""
+    from featbench.heads import get_head_class
+
+    cls = get_head_class("kgcoop")
+    shuffled = list(IMAGENET_TEMPLATES_8[::-1])
+    idx, note = pick_templates(cls, "imagenet", shuffled)
+    assert [shuffled[i] for i in idx] == ["a photo of a {}."]
+    assert note.startswith("templates: the paper's 1 of the cache's 8")
+    assert pick_templates(cls, "imagenet", ["a photo of a {}."]) == (None, None)
+    assert pick_templates(cls, "caltech101", ["a photo of a {}."]) == (None, None)
 
 
 def test_prolip_paper_protocol_searches_its_grid_on_kshot_val(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.devices import check_torch_install
 from featbench.errors import FeatbenchError
 
 
@@ -62,6 +63,7 @@ def extract(
     from featbench.distributed import dist_env  # lazy: the command's heavy imports stay out of `--help`
     from featbench.extract import run_extract_sharded
     from featbench.extract_spec import ExtractSpec
+    check_torch_install()
 
     spec = ExtractSpec.from_cli(
         dataset=dataset, root=root, manifest=manifest, name=name, model=model, pretrained=pretrained,

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from featbench.cli.app import app, parse_int_list, parse_str_list
+from featbench.devices import check_torch_install
 from featbench.errors import FeatbenchError
 
 DEFAULT_HEADS = "zeroshot,linear-probe,tip-adapter,tip-adapter-f,taskres"
@@ -42,6 +43,7 @@ def fit(
                               "deterministic: false). Deterministic is the default."),
 ) -> None:
     """Fit heads on cached features over caches x heads x grid x shots x seeds; append one row per cell."""
+    check_torch_install()
     from featbench.fitspec import FitSpec  # lazy: `featbench --help` stays free of numpy and h5py
     from featbench.runner import execute, parse_grids, parse_sets
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from featbench.cli.app import app, one_line
+from featbench.devices import check_torch_install
 from featbench.demo import DEFAULT_OUT as DEMO_OUT
 
 
@@ -31,6 +32,7 @@ def run(
                                   "count is printed before fitting); raise it for a bigger sweep."),
 ) -> None:
     """Run a recipe: extract (reusing caches that cover it), fit the grid, write tables (csv/tex/md) and plots."""
+    check_torch_install()
     from featbench.cli.app import parse_str_list
     from featbench.recipes import load_recipe, run_recipe, select_datasets
 
@@ -83,6 +85,7 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The whole pipeline offline in about a minute: generated images, a tiny RANDOM-weight CLIP, five heads."""
+    check_torch_install()
     from featbench.demo import run_demo
 
     run_demo(out, progress=progress, echo=typer.echo)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from featbench.datasets.catalog import DatasetInfo
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "test")
@@ -128,18 +128,20 @@ def read_wnid_classnames(path: Path) -> dict[str, str]:
     """`classnames.txt` of CoOp's ImageNet family: lines "wnid class name with spaces", in file order."""
     fix = "copy CoOp's imagenet/classnames.txt there (see CoOp DATASETS.md)"
     require_file(path, "class-name file", fix)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = list(fh)
+    except UnicodeDecodeError as exc:
+        raise FeatbenchError(f"class-name file {path} is not UTF-8 text (byte {exc.start}); {fix}") from None
     names: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            wnid, _, cname = line.partition(" ")
-            if not cname.strip():
-                raise FeatbenchError(
-                    f"{path} line {lineno}: expected 'wnid class name', got {line!r}; {fix}"
-                )
-            names[wnid] = cname.strip()
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        wnid, _, cname = line.partition(" ")
+        if not cname.strip():
+            raise FeatbenchError(f"{path} line {lineno}: expected 'wnid class name', got {short_repr(line)}; {fix}")
+        names[wnid] = cname.strip()
     if not names:
         raise FeatbenchError(f"class-name file {path} is empty; {fix}")
     return names

@@ -25,7 +25,8 @@ from featbench.datasets.base import (
     subdirs,
 )
 from featbench.datasets.catalog import DatasetInfo
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
+from featbench.prompts import check_classname
 
 # Layouts without split folders / split column are split per class, seeded and stratified, in CoOp's
 # `read_and_split_data` proportions (50% train, 20% val, 30% test).
@@ -204,11 +205,65 @@ def _load_json_map(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FeatbenchError(f"ObjectNet mapping file {path} is not valid JSON ({exc}); {OBJECTNET_FIX}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise FeatbenchError(f"ObjectNet mapping file {path} is not valid UTF-8 JSON ({str(exc)[:120]}); "
+                             f"{OBJECTNET_FIX}") from None
     if not isinstance(data, dict) or not data:
         raise FeatbenchError(f"ObjectNet mapping file {path} must hold a non-empty JSON object; {OBJECTNET_FIX}")
     return data
+
+
+def _string_map(path: Path) -> dict[str, str]:
+    """A {string: string} mapping file, or one line naming the first key whose value is not a string."""
+    data = _load_json_map(path)
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise FeatbenchError(f"ObjectNet mapping file {path} key {short_repr(key)}: expected a string, got "
+                                 f"{type(value).__name__} {short_repr(value)}; {OBJECTNET_FIX}")
+    return data
+
+
+def _pytorch_index_of_2012(path: Path) -> dict[int, int]:
+    """{2012 id: pytorch index} from {pytorch index: 2012 id}; whole numbers only, each id once."""
+    out: dict[int, int] = {}
+    for key, value in _load_json_map(path).items():
+        if not re.fullmatch(r"\d+", key) or type(value) is not int or value < 0:
+            raise FeatbenchError(f"ObjectNet mapping file {path} key {short_repr(key)}: expected a whole-number "
+                                 f"index mapped to a whole-number id, got {short_repr(value)}; {OBJECTNET_FIX}")
+        if value in out:
+            raise FeatbenchError(f"ObjectNet mapping file {path} key {short_repr(key)}: ImageNet 2012 id {value} is "
+                                 f"already the target of index {out[value]}; each id must appear once")
+        out[value] = int(key)
+    return out
+
+
+def _names_2012(path: Path) -> list[str]:
+    """Line i = the name of ImageNet 2012 id i (UTF-8 text)."""
+    require_file(path, "ObjectNet mapping file", OBJECTNET_FIX)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FeatbenchError(f"ObjectNet mapping file {path} is not UTF-8 text (byte {exc.start}); "
+                             f"{OBJECTNET_FIX}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _mapped_folders(folders: Sequence[str], folder_label: dict[str, str], label_to_imagenet: dict[str, str],
+                    path: Path) -> list[tuple[str, str]]:
+    """(folder, ObjectNet label) of the image folders that map to ImageNet; two folders on one label are refused."""
+    seen: dict[str, str] = {}
+    out = []
+    for folder in folders:
+        label = folder_label.get(folder)
+        if label is None or label not in label_to_imagenet:
+            continue  # one of the ~200 ObjectNet classes without an ImageNet counterpart
+        check_classname(label, f"ObjectNet mapping file {path} key {short_repr(folder)}")
+        if label in seen:
+            raise FeatbenchError(f"ObjectNet mapping file {path}: folders {seen[label]!r} and {folder!r} both map "
+                                 f"to label {label!r}, which would make two classes of one; fix the mapping")
+        seen[label] = folder
+        out.append((folder, label))
+    return out
 
 
 def read_objectnet(info: DatasetInfo, ddir: Path, **_) -> Layout:
@@ -221,33 +276,27 @@ def read_objectnet(info: DatasetInfo, ddir: Path, **_) -> Layout:
     index is the sorted-wnid order, which is the line order of CoOp's ``classnames.txt`` (read here for
     the class names featbench's ImageNet caches use). Classes = the mapped folders, sorted by folder name (as
     WiSE-FT's ObjectNet loader orders them); unmapped folders are dropped. ``class_map[k]`` lists the
-    ImageNet class names ObjectNet class k stands for.
+    ImageNet class names ObjectNet class k stands for. Each mapping file is checked for its JSON types
+    (strings, whole-number ids), and two folders mapping to one label are refused.
     """
     base = ddir / "objectnet-1.0"
     image_root = require_dir(ddir / info.image_dir, "image folder", OBJECTNET_FIX)
     maps = base / "mappings"
-    folder_label = _load_json_map(maps / "folder_to_objectnet_label.json")
-    label_to_imagenet = _load_json_map(maps / "objectnet_to_imagenet_1k.json")
-    pytorch_to_2012 = _load_json_map(maps / "pytorch_to_imagenet_2012_id.json")
-    lines_path = require_file(maps / "imagenet_to_label_2012_v2", "ObjectNet mapping file", OBJECTNET_FIX)
-    with open(lines_path, encoding="utf-8") as fh:
-        names_2012 = [line.strip() for line in fh if line.strip()]
+    folder_path = maps / "folder_to_objectnet_label.json"
+    folder_label = _string_map(folder_path)
+    label_to_imagenet = _string_map(maps / "objectnet_to_imagenet_1k.json")
+    to_pytorch = _pytorch_index_of_2012(maps / "pytorch_to_imagenet_2012_id.json")
+    lines_path = maps / "imagenet_to_label_2012_v2"
+    names_2012 = _names_2012(lines_path)
     coop = list(read_wnid_classnames(ddir / info.classnames_file).values())  # pytorch (sorted-wnid) order
-    try:
-        to_pytorch = {int(v): int(k) for k, v in pytorch_to_2012.items()}
-    except (TypeError, ValueError):
-        raise FeatbenchError(f"{maps / 'pytorch_to_imagenet_2012_id.json'} must map integer indices to integer ids") from None
     index_2012 = {name: i for i, name in enumerate(names_2012)}
     class_ids: list[str] = []
     classnames: list[str] = []
     class_map: list[list[str]] = []
     splits_items: list[tuple[str, int]] = []
-    for folder in subdirs(image_root):
-        label = folder_label.get(folder)
-        if label is None or label not in label_to_imagenet:
-            continue  # one of the ~200 ObjectNet classes without an ImageNet counterpart
+    for folder, label in _mapped_folders(subdirs(image_root), folder_label, label_to_imagenet, folder_path):
         group = []
-        for name in str(label_to_imagenet[label]).split("; "):
+        for name in label_to_imagenet[label].split("; "):
             i2012 = index_2012.get(name.strip())
             if i2012 is None or i2012 not in to_pytorch or to_pytorch[i2012] >= len(coop):
                 raise FeatbenchError(f"ObjectNet class {label!r} maps to ImageNet class {name!r}, which "

@@ -34,9 +34,10 @@ Feature-cache adaptations (also in the README's "What differs"):
   stand-in for Dassl's fresh random crop + flip); without views the plain features are used, noted.
 - fp32 throughout (the references run CLIP in fp16 by default, PREC "fp16").
 - KgCoOp's hand-crafted classifier is the cache's zero-shot classifier (normalised mean of the normalised
-  template outputs). KgCoOp encodes one template per dataset; the cache's template is the same one except
-  on DTD (cache "{} texture.", KgCoOp "a photo of a {}, a type of texture.") and ImageNet (cache: the 8-template
-  ensemble, KgCoOp "a photo of a {}.").
+  template outputs) over the reference's templates: KgCoOp encodes one template per dataset
+  (``CUSTOM_TEMPLATES``), so on ImageNet only the cache's "a photo of a {}." is used (``paper_templates``;
+  the other 7 of the cache's 8 are dropped, noted on the row). The other catalog datasets' caches hold the
+  same single template except DTD (cache "{} texture.", KgCoOp "a photo of a {}, a type of texture.").
 - Not implemented: class-specific contexts (CSC) and "middle"/"front" class-token positions.
 """
 
@@ -48,7 +49,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.paper import epochs_for_shots
+from featbench.heads.paper import TEMPLATES_1, epochs_for_shots
 from featbench.heads.spec import Param, nonnegative, positive
 
 COOP_EPOCHS_BY_SHOTS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -287,6 +288,7 @@ class KgCoOp(CoOp):
     display_name: ClassVar[str] = "KgCoOp"  # what tables and plots show
     paper: ClassVar[str] = "Yao et al. 2023, Visual-Language Prompt Tuning with Knowledge-guided Context Optimization"
     needs_text: ClassVar[bool] = True
+    paper_templates: ClassVar[dict] = TEMPLATES_1  # CUSTOM_TEMPLATES: "a photo of a {}." alone on ImageNet
     hyperparams: ClassVar[dict] = {**PROMPT_PARAMS,
                                    "lam": nonnegative(doc="weight of 1 - mean cos(t_c, t_c^clip) (the reference's W)")}
 

@@ -47,6 +47,11 @@ IMAGENET_SELECT_TEMPLATES = (
 #: TaskRes and CLAP (CoOp's code base) add the dataset's CoOp template to the 7: 8 on ImageNet
 IMAGENET_TEMPLATES_8 = IMAGENET_SELECT_TEMPLATES + ("a photo of a {}.",)
 
+#: KgCoOp's hand-crafted classifier (trainers/kgcoop.py CUSTOM_TEMPLATES) is one template per dataset: on ImageNet
+#: "a photo of a {}." alone, the other catalog datasets' caches already hold just their CoOp template
+IMAGENET_COOP_TEMPLATE = ("a photo of a {}.",)
+
+TEMPLATES_1 = {"imagenet": IMAGENET_COOP_TEMPLATE}
 TEMPLATES_7 = {"imagenet": IMAGENET_SELECT_TEMPLATES}
 TEMPLATES_8 = {"imagenet": IMAGENET_TEMPLATES_8}
 
@@ -131,6 +136,7 @@ def epochs_for_shots(table: dict[int, int], shots: int) -> int:
 
 
 __all__ = [
-    "DISPLAY_NAMES", "declared_display_name", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS", "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8",
-    "TEMPLATES_7", "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",
+    "DISPLAY_NAMES", "declared_display_name", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS",
+    "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8", "IMAGENET_COOP_TEMPLATE", "TEMPLATES_1", "TEMPLATES_7",
+    "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",
 ]

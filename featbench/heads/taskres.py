@@ -38,6 +38,7 @@ from featbench.errors import FeatbenchError
 from featbench.heads.base import Head
 from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
 from featbench.heads.paper import DASSL_SCALE, TEMPLATES_8, epochs_for_shots
+from featbench.npyfiles import check_npy_size
 
 # per-dataset / per-shot defaults of the reference configs (data, not branches)
 TASKRES_LR: dict[str, float] = {"imagenet": 2e-4}
@@ -48,6 +49,8 @@ TASKRES_EPOCHS_BY_SHOTS: dict[int, int] = {1: 100, 2: 100, 4: 100, 8: 200, 16: 2
 def _load_base_file(p: Path):
     """The array in a .npy/.pt/.pth base file; pickles and anything but one numeric tensor are refused."""
     if p.suffix == ".npy":
+        with open(p, "rb") as fh:  # a header declaring a huge array is refused before numpy allocates it
+            check_npy_size(fh, p.stat().st_size, f"taskres.base={p}")
         try:
             return np.load(p, allow_pickle=False)
         except ValueError as err:  # object arrays and pickled files need allow_pickle, which we never grant
