@@ -221,11 +221,8 @@ def test_cache_reader_gives_data_or_one_error(tiny_cache, tmp_path_factory, attr
     _one_result_or_error(lambda: _exercise(path))
 
 
-# What the fuzzing found in the cache reader, pinned until the cache package (issue 16) takes the fix:
-# ``Cache.view_sets`` trusts the views' ``scale`` attribute and the preprocess record's ``view_scales`` /
-# ``view_scale`` (IndexError, ValueError, TypeError instead of one line). Strict: an XPASS means it is fixed.
-@pytest.mark.xfail(strict=True, raises=(IndexError, ValueError, TypeError),
-                   reason="Cache.view_sets does not validate view scales (fix belongs in the cache package)")
+# What the fuzzing found in the cache reader: ``Cache.view_sets`` trusted the views' ``scale`` attribute and the
+# preprocess record's ``view_scales`` / ``view_scale`` (IndexError, ValueError, TypeError instead of one line).
 @pytest.mark.parametrize("scale, preprocess", [(0, None), ('{"a": [1, 2]}', None), (None, '{"view_scales": 5}'),
                                                (None, '{"view_scale": "x"}')])
 def test_cache_view_scale_of_the_wrong_type_is_one_error(tiny_cache, tmp_path, scale, preprocess):

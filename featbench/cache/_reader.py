@@ -247,6 +247,9 @@ class _ImageArrays(_CacheFile):
             return {}
         g = self._f["splits"]["train"]
         listed = _listed_view_scales(self.preprocess)
+        if not isinstance(listed, (list, tuple)):
+            raise CacheContractError(f"{self.path}: preprocess view_scales must list one [min, max] per view set; "
+                                     "rebuild the cache with `featbench extract --overwrite`")
         out: dict[str, tuple[float, float] | None] = {}
         for i, name in enumerate(VIEW_SET_NAMES):
             if name not in g:
@@ -254,7 +257,7 @@ class _ImageArrays(_CacheFile):
             scale = g[name].attrs.get("scale")
             if scale is None and i < len(listed):
                 scale = listed[i]
-            out[name] = (float(scale[0]), float(scale[1])) if scale is not None else None
+            out[name] = _crop_scale(self.path, name, scale) if scale is not None else None
         return out
 
     def covers_views(self, rows: Iterable[int]) -> bool:
@@ -337,6 +340,18 @@ class Cache(_Metadata, _TextArrays, _ImageArrays):
 def _listed_view_scales(preprocess: dict) -> list:
     """Crop scales recorded in preprocess: one per view set, or the single scale of an older cache."""
     return preprocess.get("view_scales") or ([preprocess["view_scale"]] if preprocess.get("view_scale") else [])
+
+
+def _crop_scale(path, name: str, scale) -> tuple[float, float]:
+    """A view set's recorded crop scale as (min, max) in (0, 1], or one line naming the set."""
+    try:
+        lo, hi = (float(v) for v in np.asarray(scale, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (0 < lo <= hi <= 1):
+        raise CacheContractError(f"{path}: /splits/train/{name} records crop scale {str(scale)[:40]!r}, not two numbers "
+                                 "0 < min <= max <= 1; rebuild the cache with `featbench extract --overwrite`")
+    return lo, hi
 
 
 def _positions(path, stored_rows: np.ndarray, wanted: Iterable[int], what: str) -> np.ndarray:
