@@ -77,7 +77,7 @@ def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
 #: results file (notes, timestamps, per-class counts) is read in a fraction of its size
 TABLE_FIELDS = ("dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "head", "params",
                 "selected", "overrides", "paper_defaults", "protocol", "test_selection", "classes", "fallback",
-                "shots", "seed", "acc", "mean_per_class_recall")
+                "transductive", "fit_device", "shots", "seed", "acc", "mean_per_class_recall")
 #: what ``featbench compare`` reads in addition
 PER_CLASS_FIELDS = TABLE_FIELDS + ("cache", "per_class")
 
@@ -663,6 +663,10 @@ def _notes(prepared, block: str) -> list[str]:
         notes.append(f"Encoder: {encoders[0]}.")
     else:
         notes.append(f"Encoders: {', '.join(encoders)} (each head row names its encoder; never averaged across them).")
+    if "fit_device" in prepared.columns:  # outside a row's identity, so said here when the cells mix devices
+        devices = prepared["fit_device"].dropna().astype(str).value_counts()
+        if len(devices) > 1:
+            notes.append("Fit devices: " + ", ".join(f"{d} ({n} rows)" for d, n in sorted(devices.items())) + ".")
     if n_ds == 1:
         notes.append(f"Dataset: {names[0]}.")
     elif block == "dataset":

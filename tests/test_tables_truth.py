@@ -169,6 +169,19 @@ def test_transductive_rows_are_marked_and_never_ranked_against_inductive_ones():
     assert "transductive" not in render(plain, "csv")  # the column appears only where such rows are
 
 
+def test_the_cli_table_marks_transductive_rows_and_names_mixed_fit_devices(tmp_path):
+    rows = [row(ds, "zeroshot", 1, s, 60.0, fit_device="cpu") for ds in ("caltech101", "dtd") for s in (1, 2)]
+    rows += [row(ds, "transclip", 1, s, 70.0, transductive=True, fit_device="cuda NVIDIA H100")
+             for ds in ("caltech101", "dtd") for s in (1, 2)]
+    res = CliRunner().invoke(app, ["table", str(write(tmp_path / "r.jsonl", rows)), "--rows", "head", "--cols", "shots",
+                                   "--format", "markdown", "--names", "registry"])
+    assert res.exit_code == 0, res.output
+    assert "§" in res.output and "Fit devices: cpu (4 rows), cuda NVIDIA H100 (4 rows)." in res.output
+    same = [r for r in rows if r["head"] == "zeroshot"]
+    res = CliRunner().invoke(app, ["table", str(write(tmp_path / "s.jsonl", same)), "--format", "markdown"])
+    assert res.exit_code == 0 and "Fit devices" not in res.output
+
+
 # -- item 5: paper names, stable figures -----------------------------------------------------------------------
 def test_cli_uses_paper_names_unless_told_registry(tmp_path):
     path = write(tmp_path / "r.jsonl", clip_adapter_rows())
