@@ -110,7 +110,8 @@ from typer.testing import CliRunner  # noqa: E402
 from featbench import devices  # noqa: E402
 from featbench.cli import app  # noqa: E402
 from featbench.results import read_rows, row_key  # noqa: E402
-from featbench.runner import execute, run_cells_on_free_gpu  # noqa: E402
+from featbench.backends import run_cells_on_free_gpu  # noqa: E402
+from featbench.runner import execute  # noqa: E402
 from featbench.fitspec import FitSpec  # noqa: E402
 
 from test_protocol import NCMHead, make_cache, test_heads  # noqa: E402,F401  (fixture)
@@ -177,7 +178,7 @@ def test_jobs_on_cuda_without_gpus_is_one_line():
 def test_a_worker_fits_on_the_gpu_it_took(monkeypatch):
     import queue
 
-    import featbench.runner as R
+    import featbench.backends as R
 
     free = queue.Queue()
     free.put("cuda:1")
