@@ -56,10 +56,18 @@ def site(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), str(EXAMPLE), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.delenv(H.DISABLE_AUTOLOAD_ENV, raising=False)
     sys.modules.pop(MODULE, None)
+    _fresh_workers()  # loky reuses workers across tests: ones started earlier never saw this PYTHONPATH
     yield folder
     H.registry.pop(TARGET)
     H.registry.forget_plugins()
     sys.modules.pop(MODULE, None)
+    _fresh_workers()
+
+
+def _fresh_workers() -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
 
 
 @pytest.fixture
