@@ -43,8 +43,8 @@ from typing import ClassVar
 import numpy as np
 
 from featbench.errors import FeatbenchError
-from featbench.heads.base import Head, require
-from featbench.heads.coop import PROMPT_PARAMS, prompt_pieces
+from featbench.heads.base import Head
+from featbench.heads.coop import PROMPT_PARAMS, prompt_pieces, start_prompt_fit
 from featbench.heads.paper import DASSL_SCALE
 
 #: prompt sequences per text-tower call when scoring (images per call = this // classes, at least 1)
@@ -172,13 +172,7 @@ class CoCoOp(Head):
         from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
         from featbench.heads.prolip import training_views  # lazy: torch loads only when a head fits
 
-        require(text_tower, "the text tower that made the cache (the runner passes it as text_tower=)", self.name)
-        require(classnames, "the class names (classnames=)", self.name)
-        X, y = T.check_xy(X, y, len(classnames))
-        dev = T.resolve_device(self.device)
-        tower = text_tower.on(dev)
-        notes: list[str] = []
-        gen = T.generator(self.random_state)
+        X, y, dev, tower, notes, gen = start_prompt_fit(self, X, y, text_tower, classnames)
         ctx0, sos, suffix, eot = prompt_pieces(tower, classnames, self.n_ctx, self.ctx_init, gen, notes, self.name)
         ctx = torch.nn.Parameter(ctx0)
         meta = meta_net_init(X.shape[1], tower.width, gen, dev)

@@ -72,6 +72,18 @@ PROMPT_PARAMS = {
 }
 
 
+def start_prompt_fit(head, X, y, text_tower, classnames):
+    """What a prompt learner's fit starts with: (checked X, y, device, the tower on it, notes, the head's
+    generator). Shared by CoOp, KgCoOp and CoCoOp."""
+    from featbench.heads import _torch as T  # lazy: torch loads only when a head fits
+
+    require(text_tower, "the text tower that made the cache (the runner passes it as text_tower=)", head.name)
+    require(classnames, "the class names (classnames=)", head.name)
+    X, y = T.check_xy(X, y, len(classnames))
+    dev = T.resolve_device(head.device)
+    return X, y, dev, text_tower.on(dev), [], T.generator(head.random_state)
+
+
 def prompt_pieces(tower, classnames, n_ctx, ctx_init, gen, notes, head="coop"):
     """The pieces of CoOp's prompts ``[SOS] ctx [tokens of c] "." [EOS]`` for ``classnames``.
 
@@ -190,13 +202,7 @@ class CoOp(Head):
         from featbench.heads import _torch as T
         from featbench.heads.prolip import training_views
 
-        require(text_tower, "the text tower that made the cache (the runner passes it as text_tower=)", self.name)
-        require(classnames, "the class names (classnames=)", self.name)
-        X, y = T.check_xy(X, y, len(classnames))
-        dev = T.resolve_device(self.device)
-        tower = text_tower.on(dev)
-        notes: list[str] = []
-        gen = T.generator(self.random_state)
+        X, y, dev, tower, notes, gen = start_prompt_fit(self, X, y, text_tower, classnames)
         ctx0, sos, suffix, eot = self._prompts(tower, classnames, gen, notes)
         self._prepare_penalty(text, dev, notes)
         src = training_views(np.asarray(X, np.float32), views, dev, self.name, "views", notes,
