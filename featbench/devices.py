@@ -68,18 +68,23 @@ def may_use_cuda(device) -> bool:
     return torch.cuda.is_available()
 
 
-def use_deterministic(device, fast: bool = False) -> bool:
+def use_deterministic(device, fast: bool = False, warn_only: bool = False) -> bool:
     """Deterministic kernels wherever CUDA may run (``fast``: leave torch's defaults); True when switched on.
 
-    Call before CUDA starts in every process that fits (the parent, each joblib or Ray worker): cuBLAS reads
-    CUBLAS_WORKSPACE_CONFIG once, when its first handle is made. CPU work is left as it is.
+    Call before CUDA starts in every process that fits or extracts (the parent, each joblib or Ray worker,
+    each torchrun rank): cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, when its first handle is made. cuDNN gets
+    fixed (non-benchmarked) deterministic convolution algorithms. ``warn_only``: a kernel without a
+    deterministic version warns instead of failing (extraction: a forward pass must not stop over it).
+    CPU work is left as it is.
     """
     if fast or not may_use_cuda(device):
         return False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     import torch  # lazy: the CLI's start-up path never needs torch
 
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
     return True
 
 

@@ -38,11 +38,17 @@ class Result:
 
 def minimize(fun, x0, *, max_iter: int = 1000, gtol: float = 1e-5, ftol: float = 64 * _EPS, m: int = 10,
              maxls: int = 50) -> Result:
-    """Minimise ``fun(x) -> (f: float, grad: tensor like x)`` from ``x0`` (a float64 tensor)."""
+    """Minimise ``fun(x) -> (f, grad)`` from ``x0`` (a float64 tensor); ``f`` a float or a 0-dim tensor.
+
+    On a GPU every host read of a scalar waits for the device, so the loop reads scalars in batches: one
+    transfer per evaluation (f, g'd and max|g| together) and one per iteration (g'd of the new direction,
+    with ||d|| on the first), while the two-loop recursion keeps its coefficients on the device.
+    """
     x = x0.clone()
     f, g = fun(x)
+    f, gmax = host(f, g.abs().max())
     n_eval = 1
-    if float(g.abs().max()) <= gtol:
+    if gmax <= gtol:
         return Result(x, f, 0, n_eval, "gradient below gtol at the start")
     S: list = []
     Y: list = []
@@ -50,20 +56,20 @@ def minimize(fun, x0, *, max_iter: int = 1000, gtol: float = 1e-5, ftol: float =
     it = 0
     while True:
         d = _direction(g, S, Y, rho)
-        gd0 = float(g @ d)
+        gd0, dnorm = host(g @ d, d.norm()) if it == 0 else (host(g @ d)[0], None)
         if gd0 >= 0:  # not a descent direction: forget the history and use steepest descent
             if not S:
                 return Result(x, f, it, n_eval, "no descent direction")
             S.clear(), Y.clear(), rho.clear()
             continue
-        stp = min(1.0 / float(d.norm()), _BIG) if it == 0 else 1.0
+        stp = min(1.0 / dnorm, _BIG) if it == 0 else 1.0
         search = _LineSearch(f, gd0, stp, stpmax=_BIG)
-        xs, fs, gs, gds, ok = x, f, g, gd0, False
+        xs, fs, gs, gds, gmax, ok = x, f, g, gd0, gmax, False
         for _ in range(maxls):
             xs = x + stp * d if stp != 1.0 else x + d
             fs, gs = fun(xs)
+            fs, gds, gmax = host(fs, gs @ d, gs.abs().max())
             n_eval += 1
-            gds = float(gs @ d)
             stp, done = search.next(fs, gds, stp)
             if done:
                 ok = True
@@ -78,11 +84,11 @@ def minimize(fun, x0, *, max_iter: int = 1000, gtol: float = 1e-5, ftol: float =
         it += 1
         if it >= max_iter:
             return Result(x, f, it, n_eval, "max_iter reached")
-        if float(g.abs().max()) <= gtol:
+        if gmax <= gtol:
             return Result(x, f, it, n_eval, "gradient below gtol")
         if f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
             return Result(x, f, it, n_eval, "relative reduction of f below ftol")
-        # the pair (s, y) and L-BFGS-B's curvature check on s'y
+        # the pair (s, y) and L-BFGS-B's curvature check on s'y (known on the host from g'd: no transfer)
         s = d * stp if stp != 1.0 else d
         y = g - g_old
         sy = (gds - gd0) * stp if stp != 1.0 else gds - gd0
@@ -95,20 +101,34 @@ def minimize(fun, x0, *, max_iter: int = 1000, gtol: float = 1e-5, ftol: float =
         rho.append(1.0 / sy)
 
 
+def host(*values) -> list[float]:
+    """Python floats of scalars (tensors or numbers), with one device-to-host transfer for all the tensors."""
+    import torch
+
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    read = iter(torch.stack([t.reshape(()).to(torch.float64) for t in tensors]).tolist())
+    return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
+
+
 def _direction(g, S, Y, rho):
-    """-H g by the two-loop recursion, H0 = (s'y / y'y) I of the newest pair (steepest descent without pairs)."""
+    """-H g by the two-loop recursion, H0 = (s'y / y'y) I of the newest pair (steepest descent without pairs).
+
+    The coefficients a_i and b stay 0-dim tensors on g's device: no host transfer inside the recursion.
+    """
     if not S:
         return -g
     q = g.clone()
-    a = [0.0] * len(S)
+    a = [None] * len(S)
     for i in range(len(S) - 1, -1, -1):
-        a[i] = rho[i] * float(S[i] @ q)
-        q.add_(Y[i], alpha=-a[i])
+        a[i] = (S[i] @ q) * rho[i]
+        q.sub_(Y[i] * a[i])
     y = Y[-1]
-    q.mul_(1.0 / (rho[-1] * float(y @ y)))
+    q.div_((y @ y) * rho[-1])
     for i in range(len(S)):
-        b = rho[i] * float(Y[i] @ q)
-        q.add_(S[i], alpha=a[i] - b)
+        b = (Y[i] @ q) * rho[i]
+        q.add_(S[i] * (a[i] - b))
     return q.neg_()
 
 

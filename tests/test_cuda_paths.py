@@ -127,8 +127,10 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     yield
     torch.use_deterministic_algorithms(before)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
 def test_determinism_only_where_cuda_may_run(fake_gpu, monkeypatch):
@@ -139,6 +141,31 @@ def test_determinism_only_where_cuda_may_run(fake_gpu, monkeypatch):
     assert devices.use_deterministic("cuda:0") is True
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE_CONFIG
     assert torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("device, want", [("cpu", False), ("cuda", True), ("cuda:0", True)])
+def test_extraction_turns_determinism_on_before_the_encoder_starts_cuda(fake_gpu, monkeypatch, tmp_path, device, want):
+    """Same images, same bits: deterministic kernels (warn-only: a forward pass must not stop over one) and
+    fixed cuDNN algorithms are set before `prepare` loads the encoder onto the GPU."""
+    from featbench import extract
+    from featbench.extract_spec import ExtractSpec
+
+    seen = {}
+
+    def prepare(spec, say):
+        seen.update(enabled=torch.are_deterministic_algorithms_enabled(),
+                    warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+                    cudnn=(torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic))
+        raise KeyboardInterrupt  # stop before any encoding
+
+    monkeypatch.setattr(extract, "prepare", prepare)
+    torch.use_deterministic_algorithms(False)
+    with pytest.raises(KeyboardInterrupt):
+        extract.run_extract(ExtractSpec("caltech101", tmp_path, device=device))
+    assert seen["enabled"] is want
+    if want:
+        assert seen["warn_only"] and seen["cudnn"] == (False, True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE_CONFIG
 
 
 def test_cuda_n_becomes_the_current_device(fake_gpu, monkeypatch):
