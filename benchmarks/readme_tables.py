@@ -6,6 +6,8 @@ script is the only thing that writes it, so the README cannot drift from what th
 
 - ``imagenet-fixture``: zeroshot / taskres / clip-adapter, 1 and 2 shots, mean ± population std over seeds
   1, 2, 3, protocol paper (the table under "Heads and their papers");
+- ``stronger-heads``: Tip-Adapter beside the training-free ProKeR and APE and the trained APE-T, same cells;
+- ``transclip``: TransCLIP-FS and -ZS (transductive) beside zero-shot, same cells;
 - ``b2n``: base-to-new at 2 shots over seeds 1, 2, 3 (Base / New / H, H from the mean Base and mean New).
 
     python benchmarks/readme_tables.py                  # compute, print, write benchmarks/readme_tables.md
@@ -36,6 +38,15 @@ SAVED = REPO / "benchmarks" / "readme_tables.md"
 DEFAULT_FIXTURES = Path(os.environ.get("FEATBENCH_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real-vitb32"))
 HEADS = ("zeroshot", "taskres", "clip-adapter")
 SHOTS = (1, 2)
+#: the other tables, each a list of (row label, head, --set overrides); fitted over SHOTS x SEEDS like the first
+TABLES = {
+    "stronger-heads": [("tip-adapter", "tip-adapter", {}), ("proker", "proker", {}), ("ape", "ape", {}),
+                       ("ape-t", "ape-t", {})],
+    "transclip": [("zeroshot (inductive, for reference)", "zeroshot", {}),
+                  ("transclip (TransCLIP-FS on zero-shot, the default)", "transclip", {}),
+                  ("transclip `mode=zs` (TransCLIP-ZS: the shots unused)", "transclip", {"transclip.mode": "zs"})],
+}
+BLOCKS = ("imagenet-fixture", *TABLES, "b2n")
 SEEDS = (1, 2, 3)
 B2N_SHOTS = 2
 LABELS = {"zeroshot": "zero-shot", "taskres": "TaskRes", "clip-adapter": "CLIP-Adapter"}
@@ -65,11 +76,26 @@ def mean_std(values) -> str:
 
 def imagenet_table(rows: list[dict], heads) -> str:
     """The README's Markdown table: one line per head, one column per shot count."""
+    return markdown_table([(head, [r for r in rows if r["head"] == head]) for head in heads])
+
+
+def markdown_table(labelled: list[tuple[str, list[dict]]]) -> str:
+    """One line per (label, that line's rows), one column per shot count."""
     lines = ["| head | " + " | ".join(f"{k}-shot" for k in SHOTS) + " |", "|---|" + "---:|" * len(SHOTS)]
-    for head in heads:
-        cells = [mean_std([r["acc"] for r in rows if r["head"] == head and r["shots"] == k]) for k in SHOTS]
-        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    for label, rows in labelled:
+        cells = [mean_std([r["acc"] for r in rows if r["shots"] == k]) for k in SHOTS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def spec_table(cache: Path, folder: Path, spec) -> str:
+    """A TABLES entry: each line its own fit (its own overrides), into one results file per line."""
+    labelled = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (label, head, sets) in enumerate(spec):
+        rows = fit_rows(cache, folder / f"line-{i}.jsonl", (head,), SHOTS, sets=sets)
+        labelled.append((label, rows))
+    return markdown_table(labelled)
 
 
 def b2n_sentence(rows: list[dict], heads) -> str:
@@ -91,12 +117,17 @@ def compute(fixtures: Path, only=None, heads=HEADS) -> dict[str, str]:
     blocks = {}
     with tempfile.TemporaryDirectory(prefix="readme-tables-") as tmp:
         cache = import_fixture(fixtures, Path(tmp))
-        if only in (None, "imagenet-fixture"):
-            rows = fit_rows(cache, Path(tmp) / "results.jsonl", heads, SHOTS)
-            blocks["imagenet-fixture"] = imagenet_table(rows, heads)
-        if only in (None, "b2n"):
-            rows = fit_rows(cache, Path(tmp) / "b2n.jsonl", heads, (B2N_SHOTS,), base_to_new=True)
-            blocks["b2n"] = b2n_sentence(rows, heads)
+        anchors = tuple(h for h in heads if h in HEADS)
+        if only in (None, "imagenet-fixture") and anchors:
+            rows = fit_rows(cache, Path(tmp) / "results.jsonl", anchors, SHOTS)
+            blocks["imagenet-fixture"] = imagenet_table(rows, anchors)
+        for name, spec in TABLES.items():
+            lines = [line for line in spec if heads == HEADS or line[1] in heads]  # --heads: a subset's lines
+            if only in (None, name) and lines:
+                blocks[name] = spec_table(cache, Path(tmp) / name, lines)
+        if only in (None, "b2n") and anchors:
+            rows = fit_rows(cache, Path(tmp) / "b2n.jsonl", anchors, (B2N_SHOTS,), base_to_new=True)
+            blocks["b2n"] = b2n_sentence(rows, anchors)
     return blocks
 
 
@@ -165,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the figures")
     ap.add_argument("--saved", action="store_true", help="use benchmarks/readme_tables.md instead of computing")
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md's blocks with the figures")
-    ap.add_argument("--only", choices=("imagenet-fixture", "b2n"), help="compute one block")
+    ap.add_argument("--only", choices=BLOCKS, help="compute one block")
     ap.add_argument("--heads", default=",".join(HEADS), help="compute these heads' rows only (checked as a subset)")
     args = ap.parse_args(argv)
     if args.saved:
