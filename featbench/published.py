@@ -22,6 +22,9 @@ SPLITS = {"few-shot": ("all",), "base-to-new": ("base", "new", "H"), "domain-gen
 #: 0 marks a zero-shot number: it needs no shots and stands for every shot count
 SHOTS = (0, 1, 2, 4, 8, 16)
 AVERAGE = "average"
+#: the datasets a ledger "average" is the mean over (CoOp's eleven)
+AVERAGED = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+            "sun397", "dtd", "eurosat", "ucf101")
 FORMATS = ("markdown", "csv")
 _REQUIRED = ("head", "model", "pretrained", "dataset", "protocol", "split", "source", "where")
 
@@ -61,14 +64,23 @@ def read_ledger(path: str | Path | None = None) -> list[Published]:
 
 def parse_ledger(text: str, where: str = "ledger.csv") -> list[Published]:
     """Rows of ledger CSV text, checked: the header, each field's type and range, and unique keys."""
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _read_rows(reader, where)
+    except csv.Error as err:
+        raise FeatbenchError(f"{where}:{reader.line_num}: not valid CSV ({err}); quote fields that hold commas, "
+                             "quotes or line breaks") from None
+
+
+def _read_rows(reader: csv.DictReader, where: str) -> list[Published]:
     header = tuple(reader.fieldnames or ())
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise FeatbenchError(f"{where}: the ledger lacks the column(s) {', '.join(missing)}; the header must be "
                              f"{','.join(COLUMNS)}")
     rows, seen = [], {}
-    for lineno, raw in enumerate(reader, start=2):
+    for raw in reader:
+        lineno = reader.line_num
         row = _check_row(raw, f"{where}:{lineno}")
         if row.key in seen:
             raise FeatbenchError(f"{where}:{lineno}: the same number as line {seen[row.key]} "
@@ -83,6 +95,9 @@ def _check_row(raw: dict, at: str) -> Published:
         raise FeatbenchError(f"{at}: the row has {'more' if None in raw else 'fewer'} fields than the header; "
                              "quote fields that hold commas")
     vals = {c: raw[c].strip() for c in COLUMNS}
+    broken = next((c for c in COLUMNS if "\n" in vals[c] or "\r" in vals[c]), None)
+    if broken:
+        raise FeatbenchError(f"{at}: the '{broken}' field holds a line break; keep each number on one line")
     for col in _REQUIRED:
         if not vals[col]:
             raise FeatbenchError(f"{at}: the '{col}' field is empty; every number names its {col}")
@@ -178,5 +193,5 @@ def _md(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", r"\|").replace("\n", " ")
 
 
-__all__ = ["LEDGER", "COLUMNS", "PROTOCOLS", "SPLITS", "SHOTS", "AVERAGE", "Published", "Index", "read_ledger",
+__all__ = ["LEDGER", "COLUMNS", "PROTOCOLS", "SPLITS", "SHOTS", "AVERAGE", "AVERAGED", "Published", "Index", "read_ledger",
            "parse_ledger", "select", "format_rows"]
