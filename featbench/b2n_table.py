@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from featbench.errors import FeatbenchError
 from featbench.table_model import AVERAGE, OVERRIDES_NOTE, Table, order_datasets, order_heads
-from featbench.tables import filter_rows, prepare
+from featbench.tables import attach_published, filter_rows, prepare
 
 # ----------------------------------------------------------------------------------------------------
 # the Base / New / H table (pure function of result rows; pandas imported lazily)
@@ -27,7 +27,7 @@ def is_base_to_new(df) -> bool:
 
 
 def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, *, heads=None, shots=None,
-                          datasets=None, names: str = "registry"):
+                          datasets=None, names: str = "registry", published: bool = False):
     """Base / New / H table: one block per head (and shot count), rows = datasets + Average; every format
     shows the head as a leading column.
 
@@ -38,6 +38,7 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
     those means (CoCoOp reports H of the averaged accuracies, also for the dataset Average), so it has no std.
     The Average of Base (New) is the mean over datasets of the per-dataset means, shown only where every
     dataset has both; its std is that of the per-seed averages when every dataset has the same seeds.
+    ``published=True`` puts the Base / New / H a paper publishes beside each cell that has one.
     """
     import numpy as np  # lazy: `featbench --help` must not pay for numpy/pandas
     import pandas as pd
@@ -96,6 +97,9 @@ def aggregate_base_to_new(df, metric: str = "acc", protocol: str | None = None, 
         table.notes.append(OVERRIDES_NOTE)
     table.notes.append(f"{AVERAGE}: mean over the {len(ds_order)} datasets, shown only where every dataset has the cell."
                        if with_avg else f"Dataset: {ds_order[0]}.")
+    if published:
+        blocks = {b: (h, int(k)) for b, h, k in zip(prepared["block"], prepared["head_label"], prepared["shots"])}
+        attach_published(table, prepared, blocks=blocks)
     return table
 
 

@@ -21,6 +21,9 @@ FALLBACK_NOTE = ("zero-shot CLIP fallback: the head cannot score classes it was 
                  "zero-shot CLIP's New (and the H built on it); never bold or ranked.")
 TRANSDUCTIVE_NOTE = ("transductive: the head adapted to the unlabeled test images it is scored on (TransCLIP); not "
                      "comparable with inductive heads, so never bold or ranked against them.")
+PUBLISHED_NOTE = ("Published numbers: [pub P, Δ D] is the number a paper publishes for the cell "
+                  "(featbench/published_data/ledger.csv, `featbench published`) and D = ours - P, matched on head, "
+                  "encoder, dataset, shots and protocol.")
 OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
                   "paper's per-dataset/per-shot defaults.")
 #: how heads are named: "paper" (each paper's name: TaskRes, Tip-Adapter-F) or "registry" (taskres, tip-adapter-f)
@@ -61,6 +64,8 @@ class Table:
     transductive: object = None  # like ``oracle``: cells of heads that read the unlabeled test set
     overrides: bool = False  # whether a row of the table runs with parameters the user set
     block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
+    published: object = None  # like ``mean``: the published number of each cell (NaN: none); None: not asked for
+    published_source: object = None  # like ``mean``: the source of each published number ("" where none)
 
     @property
     def any_oracle(self) -> bool:

@@ -91,7 +91,17 @@ def _cell_parts(table: Table, r, c, decimals: int, per_cell_n: bool):
     transductive = table.transductive is not None and bool(table.transductive.iat[r, c])
     return dict(mean=f"{mean:.{decimals}f}", std=None if std != std else f"{std:.{decimals}f}",
                 n=n if per_cell_n else None, oracle=bool(table.oracle.iat[r, c]), fallback=fallback,
-                transductive=transductive)
+                transductive=transductive, published=_published_parts(table, r, c, mean, decimals))
+
+
+def _published_parts(table: Table, r, c, mean: float, decimals: int):
+    """(published, ours - published) as printed, or None where the cell has no published number."""
+    if table.published is None:
+        return None
+    pub = table.published.iat[r, c]
+    if pub != pub:
+        return None
+    return f"{pub:.{decimals}f}", f"{mean - pub:+.{decimals}f}"
 
 
 def _caption(table: Table, seeds: int | None) -> str:
@@ -180,6 +190,7 @@ def _render_csv(table: Table, decimals: int) -> str:
         lab = _dim_label(table.cols, c)
         header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle", f"{lab} fallback"]
         header += [f"{lab} transductive"] if table.any_transductive else []
+        header += [f"{lab} published", f"{lab} delta", f"{lab} published source"] if table.published is not None else []
     w.writerow([_csv_text(h) for h in header])
     for i, block, row in _row_keys(table):
         out = [_csv_text(v) for v in ([block] if table.block_dim else []) + [row]]
@@ -194,8 +205,19 @@ def _render_csv(table: Table, decimals: int) -> str:
                     int(fb) if m == m else ""]
             if table.any_transductive:
                 out.append(int(bool(table.transductive.iat[i, j])) if m == m else "")
+            if table.published is not None:
+                out += _csv_published(table, i, j, m, decimals)
         w.writerow(out)
     return buf.getvalue()
+
+
+def _csv_published(table: Table, i, j, mean: float, decimals: int) -> list:
+    """The published number, ours - published (blank without either) and its source, for one CSV cell."""
+    pub = table.published.iat[i, j]
+    if pub != pub:
+        return ["", "", ""]
+    delta = "" if mean != mean else f"{mean - pub:.{decimals + 2}f}"
+    return [f"{pub:.{decimals + 2}f}", delta, _csv_text(table.published_source.iat[i, j])]
 
 
 def _format_cell(parts, bold: bool, style: str) -> str:
@@ -214,6 +236,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
             text += rf" $\pm$ {parts['std']}"
         if parts["n"] is not None:
             text += f" ({parts['n']})"
+        if parts["published"] is not None:
+            text += r" {\scriptsize[pub %s, $\Delta\,%s$]}" % parts["published"]
         return text
     text = parts["mean"]
     text = f"**{text}**" if bold else text
@@ -227,6 +251,8 @@ def _format_cell(parts, bold: bool, style: str) -> str:
         text += f" ± {parts['std']}"
     if parts["n"] is not None:
         text += f" ({parts['n']})"
+    if parts["published"] is not None:
+        text += " [pub %s, Δ %s]" % parts["published"]
     return text
 
 
@@ -320,6 +346,7 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
     for note in notes[1:]:
         mark = marks.get(note[:2], "")
         text = latex_escape(note[2:] if mark else note).replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$")
+        text = text.replace("Δ", r"$\Delta$")
         rest.append(mark + text)
     if rest:
         out.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(rest) + "}")

@@ -55,8 +55,8 @@ from typing import Iterable
 from featbench.errors import FeatbenchError
 from featbench.results import canonical_json, is_partial_row, row_key
 from featbench.table_model import (AVERAGE, DATASET_ORDER, DIMS, FORMATS, MAX_DECIMALS, METRIC_NAMES, METRICS,  # noqa: F401
-                                   MISSING, NAMES, ORACLE_NOTE, OVERRIDES_NOTE, PROTOCOLS, REQUIRED_KEYS, Table,
-                                   check_names, display_name, order_datasets, order_heads)
+                                   MISSING, NAMES, ORACLE_NOTE, OVERRIDES_NOTE, PROTOCOLS, PUBLISHED_NOTE,
+                                   REQUIRED_KEYS, Table, check_names, display_name, order_datasets, order_heads)
 from featbench.table_render import check_decimals, latex_escape, render, render_groups
 
 # -- loading ----------------------------------------------------------------------------------------------
@@ -571,12 +571,13 @@ def _average_cells(df, cells):
 def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots", protocol: str | None = None,
               *, heads: Iterable[str] | None = None, shots: Iterable[int] | None = None,
               datasets: Iterable[str] | None = None, model: str | None = None,
-              pretrained: str | None = None, names: str = "registry") -> Table:
+              pretrained: str | None = None, names: str = "registry", published: bool = False) -> Table:
     """Aggregate result rows (the DataFrame from :func:`load_results`) into a :class:`Table`.
 
     ``heads``/``shots``/``datasets`` optionally restrict the table (heads match the registry name, the paper's
     name or the full label; datasets the dataset evaluated on). ``names="paper"`` labels heads by their
-    papers' names (``featbench table`` does), "registry" by their registry names.
+    papers' names (``featbench table`` does), "registry" by their registry names. ``published=True`` puts the
+    number a paper publishes beside each cell that has one (:func:`attach_published`).
     """
     import pandas as pd
 
@@ -642,7 +643,97 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     if rows == "head":
         table.rank = _rank(mean, table.flagged())
     table.notes += _notes(prepared, block)
+    if published:
+        fixed = {"dataset": AVERAGE} if block == "dataset" else ({} if block_dim else {block: orders[block][0]})
+        attach_published(table, prepared, fixed=fixed)
     return table
+
+
+# -- published numbers beside ours ----------------------------------------------------------------------------
+_B2N_SPLITS = {"Base": "base", "New": "new", "H": "H"}
+
+
+def attach_published(table: Table, prepared, *, fixed: dict | None = None, blocks: dict | None = None,
+                     ledger=None) -> Table:
+    """Fill ``table.published`` / ``published_source`` from the ledger of published numbers and add a note
+    naming the sources.
+
+    A cell matches a ledger row on head (a plain label: no overrides, no variant keys), model, pretrained,
+    dataset ("Average" = the ledger's "average"; a dataset evaluated away from its training set =
+    domain generalisation), shots and protocol (our paper/val/oracle rows are the papers' few-shot protocol;
+    Base/New/H columns are base-to-new). ``fixed`` gives the dimension the table does not show (its single
+    value); ``blocks`` maps base-to-new block labels to (head label, shots).
+    """
+    import pandas as pd
+
+    from featbench import published as pub
+
+    index = pub.Index(pub.read_ledger() if ledger is None else ledger)
+    encoders = prepared[["model", "pretrained"]].drop_duplicates()
+    values = pd.DataFrame(float("nan"), index=table.mean.index, columns=table.mean.columns)
+    sources = pd.DataFrame("", index=table.mean.index, columns=table.mean.columns)
+    found: dict[str, str] = {}
+    if len(encoders) == 1:
+        model, pretrained = (str(v) for v in encoders.iloc[0])
+        heads = _plain_heads(prepared)
+        places = {lab: (str(ds), str(src)) for lab, ds, src in
+                  zip(prepared["dataset_label"], prepared["dataset"], prepared["source_dataset"])}
+        if set(places) != set(pub.AVERAGED):  # a published average is over CoOp's eleven datasets, no others
+            places[AVERAGE] = None
+        for i, key in enumerate(table.mean.index):
+            for j, col in enumerate(table.mean.columns):
+                dims = dict(fixed or {})
+                if table.block_dim:
+                    dims[table.block_dim], dims[table.rows] = key
+                else:
+                    dims[table.rows] = key
+                dims[table.cols] = col
+                if table.mean.iat[i, j] != table.mean.iat[i, j]:
+                    continue  # no cell of ours: nothing to compare with
+                hit = _published_for(index, dims, heads, places, model, pretrained, blocks)
+                if hit is not None:
+                    values.iat[i, j], sources.iat[i, j] = hit.value, hit.source
+                    found.setdefault(hit.source, hit.where)
+    table.published, table.published_source = values, sources
+    if found:
+        table.notes.append(PUBLISHED_NOTE + " Sources: " + "; ".join(f"{s}, {w}" for s, w in found.items()) + ".")
+    else:
+        table.notes.append("Published numbers: none in the ledger matches a cell of this table (`featbench published` "
+                           "lists them).")
+    return table
+
+
+def _plain_heads(prepared) -> dict:
+    """Head label -> registry head, for labels that name a head's paper-default setting (nothing else)."""
+    out = {}
+    for head, label, over in zip(prepared["head"], prepared["head_label"], prepared["has_overrides"]):
+        head = str(head)
+        if not over and label in (head, display_name(head)):
+            out[label] = head
+    return out
+
+
+def _published_for(index, dims: dict, heads: dict, places: dict, model: str, pretrained: str, blocks):
+    if blocks is not None:  # base-to-new: blocks are heads (or "head (k-shot)"), columns Base / New / H
+        label, shots = blocks.get(dims.get("head"), (None, None))
+        protocol, split = "base-to-new", _B2N_SPLITS.get(str(dims.get("classes")))
+    else:
+        label, shots, split = dims.get("head"), dims.get("shots"), "all"
+        protocol = "few-shot"
+    head = heads.get(label)
+    if head is None or split is None or shots is None:
+        return None
+    place = dims.get("dataset")
+    if place == AVERAGE and places.get(AVERAGE, ()) is not None:
+        dataset = "average"
+    elif place in places and places[place] is not None:
+        dataset, source = places[place]
+        if source != dataset and blocks is None:
+            protocol = "domain-generalisation"
+    else:
+        return None
+    return index.find(head=head, model=model, pretrained=pretrained, dataset=dataset, shots=int(shots),
+                      protocol=protocol, split=split)
 
 
 def _with_average(datasets: list[str], rows: str, cols: str) -> list[str]:
@@ -731,4 +822,4 @@ __all__ = ["load_results", "result_files", "row_sources", "check_result_row", "R
            "PER_CLASS_FIELDS", "NAMES", "check_names", "display_name", "filter_rows",
            "prepare", "cell_stats", "aggregate", "aggregate_by_encoder",
            "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
-           "check_decimals", "Table"]
+           "check_decimals", "Table", "attach_published"]

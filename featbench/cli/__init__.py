@@ -13,6 +13,7 @@ from featbench.cli import catalog as _catalog  # noqa: F401  (datasets, heads)
 from featbench.cli import fit as _fit  # noqa: F401  (fit, fewshot)
 from featbench.cli import report as _report  # noqa: F401  (table, plot)
 from featbench.cli import run as _run  # noqa: F401  (run, demo)
+from featbench.cli import published as _published  # noqa: F401  (published)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ def table(
     force: bool = typer.Option(False, "--force", help="Let --out replace an existing file that is not a featbench table."),
     base_to_new: Optional[bool] = typer.Option(None, "--base-to-new/--no-base-to-new", help="Base / New / H table of `fit --base-to-new` rows (default: when the rows are all base/new rows)."),
     names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, tip-adapter-f, ...)."),
+    published: bool = typer.Option(False, "--published", help="Beside each cell, the number its paper publishes and ours - published (`featbench published` lists them)."),
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
@@ -61,7 +62,7 @@ def table(
         heads=parse_str_list(heads) if heads else None,
         shots=parse_int_list(shots, "--shots") if shots else None,
         datasets=parse_str_list(datasets) if datasets else None,
-        model=model, pretrained=pretrained, names=names,
+        model=model, pretrained=pretrained, names=names, published=published,
     )
     text = tables.render_groups(groups, format, decimals=decimals, standalone=standalone)
     if out is None:
