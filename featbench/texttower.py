@@ -45,7 +45,8 @@ def reextract_hint(cache) -> str:
 
 IMPORT_HINT = ("`featbench import FEATURES.npz ... --text-tower MODEL:PRETRAINED` (an open_clip tag, e.g. "
                "ViT-B-32:openai) or `--text-tower MODEL:/path/to/checkpoint.pt`, naming the encoder that made its "
-               "text features (featbench re-encodes the class prompts to check it)")
+               "text features (featbench re-encodes the class prompts to check it; the .npz needs classnames, "
+               "text_raw and templates, or pass --templates FILE)")
 
 
 def is_imported(cache) -> bool:
