@@ -27,7 +27,7 @@ from typing import Any
 
 from featbench.devices import resolve_device
 from featbench.encoders import INIT_SEED, quiet_root_logger, resolve_weights
-from featbench.errors import FeatbenchError
+from featbench.errors import FeatbenchError, short_repr
 
 ATTR = "text_tower"
 STATE_DATASET = "/model/text_tower_state"
@@ -41,6 +41,25 @@ _MAX_MEMO = 2
 def reextract_hint(cache) -> str:
     return (f"re-extract it with `featbench extract --model {cache.model} --pretrained {cache.pretrained} ... "
             "--overwrite` (featbench now records the text tower in the cache)")
+
+
+IMPORT_HINT = ("`featbench import FEATURES.npz ... --text-tower MODEL:PRETRAINED` (an open_clip tag, e.g. "
+               "ViT-B-32:openai) or `--text-tower MODEL:/path/to/checkpoint.pt`, naming the encoder that made its "
+               "text features (featbench re-encodes the class prompts to check it; the .npz needs classnames, "
+               "text_raw and templates, or pass --templates FILE)")
+
+
+def is_imported(cache) -> bool:
+    """Whether `featbench import` made the cache (its features came from elsewhere: re-extracting is no fix)."""
+    pp = getattr(cache, "preprocess", None)
+    return isinstance(pp, dict) and pp.get("source") == "imported"
+
+
+def tower_fix(cache) -> str:
+    """How to give a cache a good text-tower record: import again with --text-tower, or re-extract."""
+    if cache is None:
+        return "record the tower again (featbench extract or featbench import --text-tower)"
+    return f"import it again with {IMPORT_HINT}" if is_imported(cache) else reextract_hint(cache)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,33 +319,182 @@ def cache_record(enc) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# rebuilding (fit side)
+# the record a cache holds (fit side)
 # ----------------------------------------------------------------------------------------------------
 def cache_tower_record(cache) -> dict:
-    """The cache's text-tower record, or a one-line error saying how to get one (cheap: no torch)."""
+    """The cache's text-tower record, checked field by field, or a one-line error saying how to get a good one
+    (cheap: no torch)."""
     raw = cache.attrs.get(ATTR)
-    if not raw:
-        raise FeatbenchError(f"cache {cache.path} does not record the text tower that made it (built before featbench "
-                             f"recorded it, or imported), which prompt learners (coop, kgcoop) need; {reextract_hint(cache)}")
-    try:
-        record = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
-        if record.get("unsupported"):
-            raise FeatbenchError(f"cache {cache.path}: prompt learners (coop, kgcoop) cannot use its encoder: {record['unsupported']}")
-        for key in ("model", "model_cfg", "weights", "sha256"):
-            record[key]
-    except (ValueError, KeyError, TypeError):
-        raise FeatbenchError(f"cache {cache.path}: its text_tower record is unreadable; {reextract_hint(cache)}") from None
-    if record.get("state") and not cache.has_dataset(record["state"]):
-        raise FeatbenchError(f"cache {cache.path}: the text-tower state {record['state']} it names is missing; {reextract_hint(cache)}")
+    if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
+        raise FeatbenchError(_no_record(cache))
+    record = _parse_record(raw, cache)
+    if isinstance(record, dict) and record.get("unsupported"):
+        raise FeatbenchError(f"cache {cache.path}: prompt learners (coop, kgcoop, cocoop) cannot use its encoder: "
+                             f"{short_repr(record['unsupported'], 300, plain=True)}")
+    check_record(record, cache)
     if record["weights"] == "file":
         import os
 
-        if not os.path.isfile(str(record.get("pretrained"))):
-            raise FeatbenchError(f"cache {cache.path} was made with the checkpoint {record.get('pretrained')}, which no longer "
-                                 "exists there; restore that file (prompt learners rebuild the text tower from it) or re-extract")
+        if not os.path.isfile(record["pretrained"]):
+            raise FeatbenchError(f"cache {cache.path} was made with the checkpoint {record['pretrained']}, which no longer "
+                                 "exists there; restore that file (prompt learners rebuild the text tower from it) or "
+                                 + ("import the features again with --text-tower" if is_imported(cache) else "re-extract"))
     return record
 
 
+def _no_record(cache) -> str:
+    if is_imported(cache):
+        return (f"cache {cache.path} was imported from features computed elsewhere (`featbench import`) and lacks the "
+                "text encoder that made its text features, which prompt learners (coop, kgcoop, cocoop) run at fit "
+                f"time; add it by importing again with {IMPORT_HINT}")
+    return (f"cache {cache.path} does not record the text tower that made it (built before featbench recorded it), "
+            f"which prompt learners (coop, kgcoop, cocoop) need; {reextract_hint(cache)}")
+
+
+def _parse_record(raw, cache):
+    """The attribute's JSON, or one line saying it is not JSON."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if not isinstance(raw, str):
+        raise FeatbenchError(f"cache {cache.path}: its text_tower record is stored as {type(raw).__name__}, expected "
+                             f"a JSON string; {tower_fix(cache)}")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise FeatbenchError(f"cache {cache.path}: its text_tower record is not valid JSON "
+                             f"({short_repr(err, 80, plain=True)}); {tower_fix(cache)}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the record's schema: every field the rebuild reads, checked where the record enters
+# ----------------------------------------------------------------------------------------------------
+WEIGHT_KINDS = ("none", "file", "tag")
+#: parameters + buffers a rebuilt model may hold (open_clip's largest is about 5e9): a bigger config is a typo
+MAX_MODEL_ELEMENTS = 10**10
+_HEX = frozenset("0123456789abcdef")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _sha(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
+
+
+#: (key, what it must be, test) for the top of ``model_cfg``; open_clip judges the rest (``_dry_build``)
+_CFG_FIELDS = (
+    ("embed_dim", "a positive integer", _count),
+    ("vision_cfg", "an object", lambda v: isinstance(v, dict)),
+    ("text_cfg", "an object", lambda v: isinstance(v, dict)),
+)
+
+
+#: (key, what it must be, test) for every key of the record the rebuild reads
+_FIELDS = (
+    ("model", "a non-empty string (the open_clip model name)", lambda v: isinstance(v, str) and bool(v.strip())),
+    ("model_cfg", "an object (open_clip's model config: embed_dim, vision_cfg, text_cfg)",
+     lambda v: isinstance(v, dict)),
+    ("quick_gelu", "true or false", lambda v: isinstance(v, bool)),
+    ("weights", f"one of {', '.join(WEIGHT_KINDS)}", lambda v: isinstance(v, str) and v in WEIGHT_KINDS),
+    ("pretrained", "a non-empty string (an open_clip tag, a checkpoint path or none)",
+     lambda v: isinstance(v, str) and bool(v.strip()) and "\x00" not in v),
+    ("checkpoint_sha256", "null or a sha256 (64 lowercase hex digits)", lambda v: v is None or _sha(v)),
+    ("sha256", "a sha256 of the tower's tensors (64 lowercase hex digits)", _sha),
+    ("state", "null or the name of the cache dataset holding the tower's state (a string)",
+     lambda v: v is None or (isinstance(v, str) and v.startswith("/") and "\x00" not in v)),
+)
+
+
+def check_record(record, cache=None) -> dict:
+    """`record` when every field the rebuild reads has its type and form, else one line naming the key and the fix.
+
+    ``cache`` (optional) is where a random-weight tower's state lives: its dataset must hold exactly the values
+    the record's ``state_layout`` lays out (a truncated or foreign state is refused before torch runs).
+    """
+    problem = _record_problem(record, cache)
+    if problem:
+        where = f"cache {cache.path}" if cache is not None else "text-tower record"
+        raise FeatbenchError(f"{where}: its text_tower record {problem}; {tower_fix(cache)}")
+    return record
+
+
+def _record_problem(record, cache) -> str | None:
+    if not isinstance(record, dict):
+        return f"is a JSON {_json_type(record)}, expected an object"
+    for key, want, ok in _FIELDS:
+        if key not in record:
+            return f"lacks the key {key!r} ({want})"
+        if not ok(record[key]):
+            return f"has {key!r} = {short_repr(record[key])} ({_json_type(record[key])}), expected {want}"
+    for key, want, ok in _CFG_FIELDS:
+        cfg = record["model_cfg"]
+        if key not in cfg:
+            return f"has a 'model_cfg' without {key!r} ({want}; open_clip's configs have embed_dim, vision_cfg, text_cfg)"
+        if not ok(cfg[key]):
+            return f"has 'model_cfg'.{key!r} = {short_repr(cfg[key])} ({_json_type(cfg[key])}), expected {want}"
+    if record["weights"] != "none":
+        if record["state"] is not None:
+            return (f"has 'state' = {short_repr(record['state'])} with 'weights' = {record['weights']!r}: only a "
+                    "random-weight tower ('weights': 'none') stores its state; expected 'state': null")
+        return None
+    if record["state"] is None:
+        return "has 'weights' = 'none' but 'state' null: a random-weight tower needs its stored state"
+    return _layout_problem(record.get("state_layout", _MISSING)) or _state_problem(record, cache)
+
+
+_MISSING = object()
+
+
+def _layout_problem(layout) -> str | None:
+    """The problem with a ``state_layout`` ([[tensor name, shape], ...]), or None."""
+    want = "a list of [tensor name, [dims...]] pairs"
+    if layout is _MISSING:
+        return f"lacks the key 'state_layout' ({want}), which a random-weight tower needs"
+    if not isinstance(layout, list) or not layout:
+        return f"has 'state_layout' = {short_repr(layout)}, expected a non-empty list of [tensor name, [dims...]] pairs"
+    seen = set()
+    for i, entry in enumerate(layout):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in entry[1])):
+            return f"has 'state_layout'[{i}] = {short_repr(entry)}, expected [tensor name, [non-negative dims...]]"
+        if entry[0].split(".", 1)[0] not in PARTS or entry[0] in seen:
+            what = "twice" if entry[0] in seen else f"outside the text tower ({', '.join(PARTS)})"
+            return f"has 'state_layout'[{i}] naming the tensor {short_repr(entry[0])} {what}"
+        seen.add(entry[0])
+    return None
+
+
+def _state_problem(record: dict, cache) -> str | None:
+    """Whether the cache's stored state holds exactly the values the layout lays out."""
+    if cache is None or not hasattr(cache, "dataset_shape"):
+        return None  # no cache to look in: the rebuild refuses a missing state
+    name = record["state"]
+    shape = cache.dataset_shape(name)
+    if shape is None:
+        return f"names the text-tower state {name} ('state'), which the cache lacks"
+    total = sum(_numel(dims) for _, dims in record["state_layout"])
+    if len(shape) != 1 or shape[0] != total:
+        return (f"lays out {total} values ('state_layout') but the dataset {name} has shape {list(shape)} "
+                "(truncated, or the state of another model)")
+    return None
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _json_type(v) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if v is None else names.get(type(v), type(v).__name__)
+
+
+# ----------------------------------------------------------------------------------------------------
+# rebuilding (fit side)
+# ----------------------------------------------------------------------------------------------------
 def _register_config(record: dict) -> str:
     """Register the recorded model config under a name unique to it; returns that name."""
     import os
@@ -350,38 +518,96 @@ def _register_config(record: dict) -> str:
 
 
 def build_from_record(record: dict, cache=None, device="cpu") -> TextTower:
-    """Rebuild the recorded tower, check its tensor hash, keep only the text pieces."""
+    """Rebuild the recorded tower, check its tensor hash, keep only the text pieces.
+
+    The record is checked first (``check_record``) and its model config is tried on torch's meta device (no
+    memory, no time), so a config open_clip rejects, a model prompt learners cannot run or a state layout that
+    does not fit is one line naming the record, before any weights are allocated.
+    """
     import gc
 
-    import open_clip
-
+    check_record(record, cache)
     where = f"cache {cache.path}" if cache is not None else "text-tower record"
     name = _register_config(record)
-    net = _create_network(name, record)
+    _dry_build(name, record, cache, where)
+    net = _create_network(name, record, cache, where)
     if record["weights"] == "none":
         _load_stored_state(net, record, cache, where)
     else:
-        _load_checkpoint(net, record, where)
+        _load_checkpoint(net, record, cache, where)
     sha = state_sha256(text_state(net))
     if sha != record["sha256"]:
         raise FeatbenchError(f"{where}: the rebuilt text tower differs from the one that made the cache (sha256 {sha[:12]} "
-                             f"vs recorded {record['sha256'][:12]}); use the same weights/open_clip, or re-extract")
+                             f"vs recorded {record['sha256'][:12]}); use the same weights/open_clip, or "
+                             f"{tower_fix(cache)}")
     net.eval().requires_grad_(False)
-    tower = TextTower.from_model(net, open_clip.get_tokenizer(name), sha256=sha)
+    tower = TextTower.from_model(net, _tokenizer(name, cache, where), sha256=sha)
     net.visual = None  # drop the image tower: only the text pieces stay referenced
     del net
     gc.collect()
     return tower.on(device)
 
 
-def _create_network(name: str, record: dict):
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return short_repr(text.splitlines()[0], 200, plain=True) if text else type(err).__name__
+
+
+def _rejected(cache, where: str, what: str) -> FeatbenchError:
+    return FeatbenchError(f"{where}: its text_tower record {what}; {tower_fix(cache)}")
+
+
+def _dry_build(name: str, record: dict, cache, where: str) -> None:
+    """Build the recorded config on the meta device: open_clip's verdict on it, its size, its text tensors."""
+    import itertools
+
+    import open_clip
+    import torch
+
+    try:
+        with quiet_root_logger(), torch.device("meta"):
+            net = open_clip.create_model(name, pretrained=None, force_quick_gelu=record["quick_gelu"], device="meta")
+    except Exception as err:  # open_clip raises many kinds on a config it cannot build
+        raise _rejected(cache, where, f"has a 'model_cfg' open_clip cannot build ({_first_line(err)})") from None
+    size = sum(t.numel() for t in itertools.chain(net.parameters(), net.buffers()))
+    if size > MAX_MODEL_ELEMENTS:
+        raise _rejected(cache, where, f"has a 'model_cfg' of {size:.3g} parameters, more than any CLIP model "
+                                      f"(limit {MAX_MODEL_ELEMENTS:.0e})")
+    try:
+        check_supported(net)
+    except FeatbenchError as err:
+        raise _rejected(cache, where, f"has a 'model_cfg' prompt learners cannot run ({err})") from None
+    if record["weights"] == "none":
+        expected = [[k, list(t.shape)] for k, t in net.state_dict().items() if k.split(".", 1)[0] in PARTS]
+        if record["state_layout"] != expected:
+            diff = next((i for i, (a, b) in enumerate(zip(record["state_layout"], expected)) if a != b),
+                        min(len(expected), len(record["state_layout"])))
+            got = record["state_layout"][diff] if diff < len(record["state_layout"]) else "nothing"
+            want = expected[diff] if diff < len(expected) else "nothing"
+            raise _rejected(cache, where, f"has a 'state_layout' that does not fit its 'model_cfg' (entry {diff}: "
+                                          f"{short_repr(got)}, the config has {short_repr(want)})")
+
+
+def _create_network(name: str, record: dict, cache=None, where: str = "text-tower record"):
     """The recorded open_clip model, initialised from the encoders' fixed seed (as extraction made it)."""
     import open_clip
     import torch
 
-    with quiet_root_logger(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
+    try:
+        with quiet_root_logger(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(record.get("quick_gelu")))
+    except Exception as err:  # the meta build passed, so this is memory or an open_clip corner
+        raise _rejected(cache, where, f"has a 'model_cfg' open_clip cannot build ({_first_line(err)})") from None
+
+
+def _tokenizer(name: str, cache, where: str):
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as err:  # a text_cfg naming a tokenizer that is not available offline
+        raise _rejected(cache, where, f"has a 'model_cfg' whose tokenizer open_clip cannot load ({_first_line(err)})") from None
 
 
 def _load_stored_state(net, record: dict, cache, where: str) -> None:
@@ -389,33 +615,43 @@ def _load_stored_state(net, record: dict, cache, where: str) -> None:
     import torch
 
     if cache is None or not record.get("state"):
-        raise FeatbenchError(f"{where}: a random-weight tower needs its stored state; {reextract_hint(cache)}")
-    flat = torch.from_numpy(cache.array(record["state"]).astype("float32", copy=False))
+        raise FeatbenchError(f"{where}: a random-weight tower needs its stored state; {tower_fix(cache)}")
+    flat = torch.from_numpy(cache.array(record["state"]).astype("float32", copy=False).reshape(-1))
     state, pos = {}, 0
     for key, shape in record["state_layout"]:
-        n = 1
-        for s in shape:
-            n *= int(s)
+        n = _numel(shape)
+        if pos + n > flat.numel():
+            break
         state[key] = flat[pos:pos + n].reshape(shape)
         pos += n
-    missing, _ = net.load_state_dict(state, strict=False)
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that do not fit the model
+        raise _rejected(cache, where, f"has a 'state_layout' that does not fit {record['model']} ({_first_line(err)})") from None
     missing = [k for k in missing if k.split(".", 1)[0] in PARTS]
     if missing or pos != flat.numel():
-        raise FeatbenchError(f"{where}: the stored text-tower state does not fit {record['model']}; {reextract_hint(cache)}")
+        raise FeatbenchError(f"{where}: the stored text-tower state does not fit {record['model']}; {tower_fix(cache)}")
 
 
-def _load_checkpoint(net, record: dict, where: str) -> None:
+def _load_checkpoint(net, record: dict, cache, where: str) -> None:
     """Pretrained weights: the recorded checkpoint file, or the open_clip tag's file found again."""
     import open_clip
 
     kind = record["weights"]
-    path = record["pretrained"] if kind == "file" else resolve_weights(record["model"], record["pretrained"]).path
+    if kind == "file":
+        path = record["pretrained"]
+    else:
+        try:
+            path = resolve_weights(record["model"], record["pretrained"]).path
+        except FeatbenchError as err:
+            raise _rejected(cache, where, f"names weights ('model' {record['model']!r}, 'pretrained' "
+                                          f"{record['pretrained']!r}) that cannot be found ({err})") from None
     try:
         with quiet_root_logger():
             open_clip.load_checkpoint(net, path)
     except Exception as err:
         raise FeatbenchError(f"{where}: could not load the text tower's weights from {path} "
-                             f"({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+                             f"({_first_line(err)})") from None
 
 
 def load_for_cache(cache, device="cpu") -> TextTower:
@@ -435,5 +671,6 @@ def load_for_cache(cache, device="cpu") -> TextTower:
     return tower
 
 
-__all__ = ["TextTower", "cache_record", "cache_tower_record", "build_from_record", "load_for_cache",
-           "state_sha256", "text_state", "ATTR", "STATE_DATASET"]
+__all__ = ["TextTower", "cache_record", "cache_tower_record", "check_record", "build_from_record", "load_for_cache",
+           "is_imported", "tower_fix", "state_sha256", "text_state", "ATTR", "STATE_DATASET", "IMPORT_HINT",
+           "WEIGHT_KINDS"]

@@ -274,6 +274,11 @@ class _ImageArrays(_CacheFile):
     def has_dataset(self, name: str) -> bool:
         return name in self._f
 
+    def dataset_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of a dataset by absolute name without reading it; None where the name is no dataset."""
+        node = self._f.get(name)
+        return tuple(int(n) for n in node.shape) if isinstance(node, h5py.Dataset) else None
+
     def array(self, name: str) -> np.ndarray:
         """Any dataset by absolute name (e.g. '/model/image_projection'), float32 for float data."""
         if name not in self._f:

@@ -206,11 +206,21 @@ def import_command(
     logit_scale: float = typer.Option(100.0, "--logit-scale", help="CLIP's exponentiated logit scale"),
     dtype: str = typer.Option("float16", "--dtype", help="on-disk dtype: float16 | float32"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    text_tower: Optional[str] = typer.Option(None, "--text-tower", help="MODEL:PRETRAINED (open_clip tag) or "
+                                             "MODEL:/path/to/checkpoint.pt: the text encoder that made text_raw, "
+                                             "checked by re-encoding the class prompts; prompt learners (coop, "
+                                             "kgcoop, cocoop) need it"),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="the prompt templates of text_raw where the "
+                                             ".npz has none: one per line with {} for the class name, or a .json/.yaml list"),
 ) -> None:
     """Import features computed elsewhere (.npz arrays) as a schema-v1 cache that `featbench fit` reads."""
     from featbench.importer import import_npz
+    from featbench.prompts import read_templates
 
     _choice(dtype, "--dtype", ("float16", "float32"))
+    if text_tower is not None:
+        check_torch_install()
     path = import_npz(npz, out, dataset=dataset, model=model, pretrained=pretrained, logit_scale=logit_scale,
-                      dtype=dtype, overwrite=overwrite)
+                      dtype=dtype, overwrite=overwrite, text_tower=text_tower,
+                      templates=None if templates is None else read_templates(templates))
     typer.echo(str(path))
