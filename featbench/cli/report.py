@@ -19,7 +19,8 @@ def table(
     results: List[Path] = typer.Argument(..., help="Result files (.jsonl) or directories of them.", show_default=False),
     format: str = typer.Option("markdown", "--format", "-f", help="csv | latex | markdown"),
     rows: str = typer.Option("dataset", "--rows", help="dataset | head | shots"),
-    cols: str = typer.Option("shots", "--cols", help="shots | head | dataset"),
+    cols: str = typer.Option("shots", "--cols", help="shots | head | dataset | params (accuracy against trainable "
+                             "parameters: heads as rows; --rows head: the average, --rows dataset: a block each)"),
     metric: str = typer.Option("acc", "--metric", help="acc | mean_per_class_recall"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names or labels) to keep."),
@@ -36,7 +37,8 @@ def table(
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
-    --rows head --cols shots prints the dataset-average per head and shot, with a rank column.
+    --rows head --cols shots prints the dataset-average per head and shot, with a rank column; --cols params
+    adds each head's trainable parameter count (ELEVATER's parameter efficiency).
     Results of several encoders (model/pretrained) give one table per encoder, never an average across them.
     """
     from featbench import tables
@@ -55,6 +57,8 @@ def table(
     check_name_flags(df, heads=heads, datasets=datasets)
     if base_to_new is None:
         base_to_new = b2n_table.is_base_to_new(df)
+    if base_to_new and cols == tables.PARAMS:
+        raise FeatbenchError("--cols params: not for base-to-new rows; drop --base-to-new or use --cols shots")
     layout = dict(build=b2n_table.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
     groups = tables.aggregate_by_encoder(
         df, metric=metric, protocol=protocol, **layout,
