@@ -91,6 +91,8 @@ def plot(
     datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to draw."),
     shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to draw, e.g. 1,2,4."),
     names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, ...)."),
+    x: str = typer.Option("shots", "--x", help="shots (curves per dataset) | params (accuracy against trainable "
+                          "parameters, log axis: a panel per shot count, a point per head; writes accuracy-vs-params)"),
 ) -> None:
     """Accuracy-vs-shots curves: one panel per dataset plus Average, one line per head, ±std bands.
 
@@ -105,7 +107,7 @@ def plot(
     picked = dict(heads=parse_str_list(heads) if heads else None,
                   datasets=parse_str_list(datasets) if datasets else None,
                   shots=parse_int_list(shots, "--shots") if shots else None)
-    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title, names=names, **picked):
+    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title, names=names, x=x, **picked):
         typer.echo(f"wrote {path}")
 
 
