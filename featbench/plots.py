@@ -217,6 +217,9 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
         note += f"\n{tables.AVERAGE} over {len(found)} datasets (accuracy and parameter count)"
     if unknown:
         note += "\nnot drawn (trainable params unknown): " + ", ".join(plain(h) for h in unknown)
+    absent = [h for h in tables.order_heads(prepared) if h not in handles and h not in unknown]
+    if absent:
+        note += f"\nnot drawn (no {plain(panel_of)} cell: not run on every dataset): " + ", ".join(map(plain, absent))
     fig.suptitle((plain(title) + "\n" if title else "") + note, fontsize=8)
     return fig
 

@@ -67,11 +67,11 @@ class Table:
     transductive: object = None  # like ``oracle``: cells of heads that read the unlabeled test set
     overrides: bool = False  # whether a row of the table runs with parameters the user set
     block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
-    params: object = None  # ``--cols params``: a frame (columns low, high; NaN: unknown) on ``mean``'s index
+    params: object = None  # ``--cols params``: a frame on ``mean``'s index: low, high (NaN: none), unknown (bool)
 
     @property
     def any_unknown_params(self) -> bool:
-        return self.params is not None and bool(self.params["low"].isna().any())
+        return self.params is not None and bool(self.params["unknown"].any())
 
     @property
     def any_oracle(self) -> bool:

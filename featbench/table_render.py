@@ -258,10 +258,13 @@ def _params_header(table: Table) -> list[str]:
 
 
 def _params_cell(table: Table, i: int) -> list[str]:
-    """Row ``i``'s "Trainable params" cell (0, 8.2K, 1.0M; a range low–high; ? unknown), if the table has one."""
+    """Row ``i``'s "Trainable params" cell (0, 8.2K, 1.0M; a range low–high; ? unknown; — no cell), if any."""
     if table.params is None:
         return []
-    return [format_count_range(table.params["low"].iat[i], table.params["high"].iat[i])]
+    low, high = table.params["low"].iat[i], table.params["high"].iat[i]
+    if low != low and not table.params["unknown"].iat[i]:
+        return [MISSING]
+    return [format_count_range(low, high)]
 
 
 def _render_markdown(table: Table, decimals: int) -> str:

@@ -720,8 +720,11 @@ def aggregate_params(df, metric: str = "acc", rows: str = "head", protocol: str 
     present = mean.notna()
     low, high = pivot("low").astype(float).where(present), pivot("high").astype(float).where(present)
     unknown = (present & low.isna()).any(axis=1)
-    params = pd.DataFrame({"low": low.min(axis=1), "high": high.max(axis=1)}).where(~unknown)
-    keep = present.any(axis=1)
+    params = pd.DataFrame({"low": low.min(axis=1), "high": high.max(axis=1)}).where(~unknown).assign(unknown=unknown)
+    # a head missing from the Average (not every dataset has it) keeps its row there, its cells shown missing
+    only_average = blocks == [AVERAGE]
+    in_average = mean.index.get_level_values(0) == AVERAGE if block_dim else [only_average] * len(mean)
+    keep = present.any(axis=1) | pd.Series(in_average, index=mean.index)
     table = Table(mean=mean[keep], std=std[keep], n=n[keep], oracle=flags["oracle"][keep],
                   transductive=flags["transductive"][keep], rows="head", cols="shots", block_dim=block_dim,
                   metric=metric, protocol=protocol, overrides=bool(prepared["has_overrides"].any()),

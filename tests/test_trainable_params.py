@@ -264,6 +264,21 @@ def test_a_partly_unknown_cell_is_unknown(tmp_path):
     assert math.isnan(aggregate(load_results(path), rows="head", cols="params").params["low"].iat[0])
 
 
+def test_a_head_missing_from_a_dataset_keeps_its_average_row(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = [_row(d, "zeroshot", 1, 1, 50.0, 0) for d in ("dtd", "eurosat")] + [_row("dtd", "taskres", 1, 1, 60.0, 47)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "| TaskRes | — | — | — |" in _table(path, "--cols", "params", "--rows", "head")
+    blocks = _table(path, "--cols", "params")
+    assert "| dtd | TaskRes | 47 |" in blocks and "| Average | TaskRes | — | — | — |" in blocks
+    assert "| eurosat | TaskRes |" not in blocks and "unknown" not in blocks
+    from featbench.plots import make_params_figure
+    from featbench.tables import load_results
+
+    title = make_params_figure(load_results(path), names="paper").get_suptitle()
+    assert "not drawn (no Average cell: not run on every dataset): TaskRes" in title
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1K", [3]])
 def test_a_bad_count_is_an_error_naming_the_line(tmp_path, bad):
     path = tmp_path / "r.jsonl"
