@@ -200,7 +200,8 @@ def make_table(df, *, rows: str = "head", cols: str = "shots", fmt: str = "markd
     df : pandas.DataFrame
         From :func:`read_results`.
     rows, cols : {"head", "dataset", "shots"}
-        The table's rows and columns (the third dimension is averaged or split into blocks).
+        The table's rows and columns (the third dimension is averaged or split into blocks). ``cols="params"``:
+        accuracy against trainable parameters (heads as rows; ``rows="head"`` or ``"dataset"``).
     fmt : {"markdown", "latex", "csv"}
         Output format.
     names : {"paper", "registry"}, default="paper"

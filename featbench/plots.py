@@ -15,28 +15,31 @@ from pathlib import Path
 
 from featbench.errors import FeatbenchError
 from featbench.heads.paper import DISPLAY_NAMES
+from featbench.table_model import format_count
 
 PLOT_SUFFIXES = (".png", ".pdf")
 DEFAULT_STEM = "accuracy-vs-shots"
+#: ``plot --x``: what the x axis shows, and the file stem a folder ``--out`` receives for it
+X_AXES = {"shots": DEFAULT_STEM, "params": "accuracy-vs-params"}
 MIN_WIDTH = 4.8  # inches: room for a readable legend even with a single panel
 
 
-def output_stem(out: str | Path) -> Path:
+def output_stem(out: str | Path, default: str = DEFAULT_STEM) -> Path:
     """Where ``--out`` puts the figure: a path ending in .png/.pdf is a stem (both files are written next to
     each other, e.g. ``fig.png`` + ``fig.pdf``); anything else is a directory (created) that receives
     ``accuracy-vs-shots.png`` and ``accuracy-vs-shots.pdf``."""
     out = Path(out)
     if out.suffix.lower() in PLOT_SUFFIXES:
         return out.with_suffix("")
-    return out / DEFAULT_STEM
+    return out / default
 
 
-def check_output(out: str | Path) -> Path:
+def check_output(out: str | Path, default: str = DEFAULT_STEM) -> Path:
     """The stem, after refusing (one line) an ``--out`` that would overwrite or write into something that is not
     a plot: an existing file other than a .png/.pdf, or a .png/.pdf path that is a directory. Re-plotting over
     the .png/.pdf a previous ``plot`` wrote is allowed."""
     out = Path(out)
-    stem = output_stem(out)
+    stem = output_stem(out, default)
     if out.suffix.lower() not in PLOT_SUFFIXES and out.exists() and not out.is_dir():
         raise FeatbenchError(f"--out {out}: is an existing file, not a folder; give a folder or a path ending in "
                              ".png/.pdf (both files are written)")
@@ -58,13 +61,17 @@ def plain(text) -> str:
 
 
 def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | None = None,
-                ncols: int = 4, dpi: int = 150, title: str | None = None, **pick) -> list[Path]:
+                ncols: int = 4, dpi: int = 150, title: str | None = None, x: str = "shots", **pick) -> list[Path]:
     """Draw the curves of result rows ``df`` (from :func:`featbench.tables.load_results`); return the files.
 
+    ``x="params"`` draws accuracy against trainable parameters instead (:func:`make_params_figure`).
     ``pick``: ``names``, ``heads``, ``datasets``, ``shots`` as :func:`make_figure` takes them.
     """
-    stem = check_output(out)
-    fig = make_figure(df, metric=metric, protocol=protocol, ncols=ncols, title=title, **pick)
+    if x not in X_AXES:
+        raise FeatbenchError(f"--x must be one of {', '.join(X_AXES)}; got {x!r}")
+    stem = check_output(out, X_AXES[x])
+    build = make_params_figure if x == "params" else make_figure
+    fig = build(df, metric=metric, protocol=protocol, ncols=ncols, title=title, **pick)
     written = []
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -93,14 +100,7 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
 
     from featbench import tables
 
-    prepared = tables.prepare(df, metric=metric, protocol=protocol, names=names)
-    prepared = prepared[prepared["classes"] == "all"].reset_index(drop=True)  # base-to-new rows have no curve
-    if prepared.empty:
-        raise FeatbenchError("no accuracy-vs-shots rows: base-to-new rows are shown by `featbench table --base-to-new`")
-    prepared = tables.filter_rows(prepared, heads=heads, shots=shots, datasets=datasets).reset_index(drop=True)
-    if prepared.empty:
-        raise FeatbenchError("nothing to plot after filtering by --heads/--datasets/--shots; check the names "
-                             "against `featbench table`")
+    prepared = _plot_rows(df, metric, protocol, names, heads=heads, shots=shots, datasets=datasets)
     cells = tables.cell_stats(prepared)
     heads = tables.order_heads(prepared)
     styles = _line_styles(prepared)
@@ -162,6 +162,119 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     return fig
 
 
+def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: int = 4,
+                       title: str | None = None, names: str = "registry", heads=None, datasets=None, shots=None):
+    """Accuracy against trainable parameters (ELEVATER's parameter efficiency): one panel per shot count, one
+    point per head (mean over seeds, ±std bar) on a log x axis; training-free heads (0 parameters) sit at a
+    marked floor whose tick reads 0. Several datasets: the Average (mean accuracy, mean count), as the table's.
+    Heads whose count is unknown (older rows, heads that do not report it) are left out and named in the title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from featbench import tables
+
+    prepared = _plot_rows(df, metric, protocol, names, heads=heads, shots=shots, datasets=datasets)
+    found = tables.order_datasets(prepared["dataset_label"])
+    panel_of = found[0] if len(found) == 1 else tables.AVERAGE
+    cells = tables.cell_stats(prepared).merge(tables.param_cells(prepared), on=["head", "dataset", "shots"])
+    cells = cells[(cells["dataset"] == panel_of) & cells["mean"].notna()]
+    unknown = sorted(set(cells.loc[cells["low"].isna(), "head"]))
+    cells = cells[cells["low"].notna()]
+    if cells.empty:
+        raise FeatbenchError("nothing to plot against parameters: no row records trainable_params (rows written by "
+                             "featbench before it recorded them); refit, or plot --x shots")
+    floor = params_floor(cells["low"])
+    shots_all = sorted({int(s) for s in cells["shots"]})
+    ncols = max(1, min(ncols, len(shots_all)))
+    nrows = math.ceil(len(shots_all) / ncols)
+    width = max(3.4 * ncols, MIN_WIDTH)
+    fig = Figure(figsize=(width, 2.9 * nrows + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    styles = _line_styles(prepared)
+    handles: dict[str, object] = {}
+    for k, shot in enumerate(shots_all):
+        ax = axes[k // ncols][k % ncols]
+        for head in tables.order_heads(prepared):
+            cell = cells[(cells["head"] == head) & (cells["shots"] == shot)]
+            if cell.empty:
+                continue
+            handles.setdefault(head, _params_point(ax, cell.iloc[0], floor, styles[head], head))
+        _params_axis(ax, floor, float(cells["high"].max()))
+        ax.set_title(f"{shot}-shot ({plain(panel_of)})", fontsize=10)
+        if k % ncols == 0:
+            ax.set_ylabel(tables.METRIC_NAMES.get(metric, metric), fontsize=9)
+        if k // ncols == nrows - 1 or k + ncols >= len(shots_all):
+            ax.set_xlabel("trainable parameters (log)", fontsize=9)
+    for k in range(len(shots_all), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    labels = [h.get_label() for h in handles.values()]
+    fig.legend(list(handles.values()), labels, loc="outside lower center", fontsize=8, frameon=False,
+               ncols=legend_columns(labels, width))
+    note = "points: mean over seeds, bars: ± population std; 0: training-free heads, drawn at the axis floor"
+    if len(found) > 1:
+        note += f"\n{tables.AVERAGE} over {len(found)} datasets (accuracy and parameter count)"
+    if unknown:
+        note += "\nnot drawn (trainable params unknown): " + ", ".join(plain(h) for h in unknown)
+    absent = [h for h in tables.order_heads(prepared) if h not in handles and h not in unknown]
+    if absent:
+        note += f"\nnot drawn (no {plain(panel_of)} cell: not run on every dataset): " + ", ".join(map(plain, absent))
+    fig.suptitle((plain(title) + "\n" if title else "") + note, fontsize=8)
+    return fig
+
+
+def params_floor(counts) -> float:
+    """Where 0 trainable parameters sit on the log axis: a decade below the smallest positive count (1 if none)."""
+    positive = [float(c) for c in counts if c > 0]
+    return 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1.0
+
+
+def _params_point(ax, cell, floor: float, style: tuple, head: str):
+    """One head's point (a horizontal segment where its runs' counts differ), with its ±std bar."""
+    color, marker, dashes = style
+    low, high = max(float(cell["low"]), floor), max(float(cell["high"]), floor)
+    std = float(cell["std"]) if cell["std"] == cell["std"] else 0.0
+    oracle = bool(cell["oracle"])
+    if high > low:
+        ax.plot([low, high], [cell["mean"]] * 2, color=color, linewidth=1.2, linestyle=dashes)
+    ax.errorbar([low], [cell["mean"]], yerr=[std], color=color, linewidth=1.0, capsize=2)
+    (pt,) = ax.plot([low], [cell["mean"]], color=color, marker=marker, markersize=6, linestyle="none",
+                    markerfacecolor="none" if oracle else color, label=plain(head) + (" †" if oracle else ""))
+    return pt
+
+
+def _params_axis(ax, floor: float, top: float) -> None:
+    """Log x axis from the floor to ``top``, a tick per decade, the floor's labelled 0 and marked by a dotted line."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    top = max(top, floor * 10)
+    ax.set_xlim(floor / 2, top * 2)
+    decades = range(round(math.log10(floor)) + 1, math.floor(math.log10(top)) + 1)
+    ax.xaxis.set_major_locator(FixedLocator([floor] + [10.0 ** d for d in decades]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: "0" if v == floor else format_count(v).replace(".0", "")))
+    ax.axvline(floor * 1.5, color="0.6", linewidth=0.6, linestyle=":")
+    ax.grid(True, alpha=0.3, linewidth=0.5)
+    ax.tick_params(labelsize=8)
+
+
+def _plot_rows(df, metric, protocol, names, **picked):
+    """The prepared, filtered "all" rows a figure draws (an error naming the fix when none are left)."""
+    from featbench import tables
+
+    prepared = tables.prepare(df, metric=metric, protocol=protocol, names=names)
+    prepared = prepared[prepared["classes"] == "all"].reset_index(drop=True)  # base-to-new rows have no curve
+    if prepared.empty:
+        raise FeatbenchError("no accuracy-vs-shots rows: base-to-new rows are shown by `featbench table --base-to-new`")
+    prepared = tables.filter_rows(prepared, **picked).reset_index(drop=True)
+    if prepared.empty:
+        raise FeatbenchError("nothing to plot after filtering by --heads/--datasets/--shots; check the names "
+                             "against `featbench table`")
+    return prepared
+
+
 def legend_columns(labels: list[str], width_in: float, fontsize: float = 8.0) -> int:
     """How many legend entries fit side by side in ``width_in`` inches (at most 5): marker + text + gap each."""
     char_in = 0.6 * fontsize / 72  # a generous average glyph width
@@ -200,4 +313,4 @@ def _line_styles(prepared) -> dict[str, tuple]:
     return styles
 
 
-__all__ = ["plot_curves", "make_figure", "head_style", "output_stem", "check_output", "plain", "legend_columns"]
+__all__ = ["plot_curves", "make_figure", "make_params_figure", "params_floor", "X_AXES", "head_style", "output_stem", "check_output", "plain", "legend_columns"]

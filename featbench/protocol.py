@@ -337,12 +337,23 @@ def _base_row(cell: Cell, src, cls, tr: _Training, head, combo: dict, fit_second
         "shots": int(cell.shots),
         "seed": int(cell.seed),
         "fit_seconds": round(fit_seconds, 4),
+        "trainable_params": trainable_params(head),
         **fit_device_fields(cell.device),
         "views_used": jsonable(views_used),
         "views_scale": list(view_scale) if view_scale else None,
         "notes": tr.setup_notes + head_notes + tr.notes,
         "featbench_version": __version__,
     }
+
+
+def trainable_params(head) -> int | None:
+    """The fitted head's trained parameter count for the row; None (unknown) for a head that does not say."""
+    count = head.trainable_params()
+    if count is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise FeatbenchError(f"head '{head.head_name()}': trainable_params() gave {count!r}; return an int >= 0 or None")
+    return int(count)
 
 
 def _target_rows(cell: Cell, src, kind: str, head, base_row: dict, refit=None) -> list[dict]:
@@ -432,5 +443,5 @@ __all__ = [
     "effective_search_space", "selection_kind", "selection_rows", "FULL_VAL_NOTE", "KSHOT_VAL_NOTE",
     "needs_selection_split", "planned_params", "target_columns", "accuracy", "mean_per_class_recall",
     "open_cached", "close_cached", "head_target", "HOLDOUT_NOTE", "ORACLE_NOTE", "has_val", "labelled",
-    "bounded_threads",
+    "bounded_threads", "trainable_params",
 ]

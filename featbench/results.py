@@ -23,8 +23,8 @@ from featbench.errors import FeatbenchError
 #: every row carries these fields (CONTRIBUTING.md "Result rows"), in this order
 ROW_FIELDS = (
     "dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "cache", "head", "params", "selected",
-    "protocol", "classes", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "views_used", "notes",
-    "featbench_version", "timestamp",
+    "protocol", "classes", "shots", "seed", "acc", "mean_per_class_recall", "n_test", "fit_seconds", "trainable_params",
+    "views_used", "notes", "featbench_version", "timestamp",
 )
 #: the fields that identify a row: two rows with equal keys are the same experiment (resume skips it).
 #: ``content`` is the cache's content identity (class names + split index), so two custom datasets encoded

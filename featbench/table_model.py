@@ -26,6 +26,12 @@ PUBLISHED_NOTE = ("Published numbers: [pub P, Δ D] is the number a paper publis
                   "encoder, dataset, shots and protocol.")
 OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
                   "paper's per-dataset/per-shot defaults.")
+#: ``--cols params``: heads as rows, a "Trainable params" column, then one accuracy column per shot count
+PARAMS = "params"
+PARAMS_HEADER = "Trainable params"
+UNKNOWN_PARAMS = "?"
+UNKNOWN_PARAMS_NOTE = ("? trainable params unknown: rows written before featbench recorded trainable_params, or a "
+                       "head that does not report it.")
 #: how heads are named: "paper" (each paper's name: TaskRes, Tip-Adapter-F) or "registry" (taskres, tip-adapter-f)
 NAMES = ("paper", "registry")
 REQUIRED_KEYS = ("dataset", "head", "shots", "seed", "protocol")
@@ -66,6 +72,11 @@ class Table:
     block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
     published: object = None  # like ``mean``: the published number of each cell (NaN: none); None: not asked for
     published_source: object = None  # like ``mean``: the source of each published number ("" where none)
+    params: object = None  # ``--cols params``: a frame on ``mean``'s index: low, high (NaN: none), unknown (bool)
+
+    @property
+    def any_unknown_params(self) -> bool:
+        return self.params is not None and bool(self.params["unknown"].any())
 
     @property
     def any_oracle(self) -> bool:
@@ -91,6 +102,25 @@ class Table:
         """The seed count when every present cell has the same one (then shown once, in a note)."""
         vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
         return vals.pop() if len(vals) == 1 else None
+
+
+def format_count(n: float) -> str:
+    """A parameter count as papers print it: 0, 512, 8.2K, 1.0M, 2.1B (one decimal from a thousand on)."""
+    n = float(n)
+    if round(n) < 1000:
+        return str(int(round(n)))
+    for unit, suffix in ((1e3, "K"), (1e6, "M"), (1e9, "B")):
+        if round(n / unit, 1) < 1000 or suffix == "B":
+            return f"{n / unit:.1f}{suffix}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_count_range(low: float, high: float) -> str:
+    """One count, or ``low–high`` where the counts differ at the printed precision (NaN: unknown, "?")."""
+    if low != low or high != high:
+        return UNKNOWN_PARAMS
+    a, b = format_count(low), format_count(high)
+    return a if a == b else f"{a}–{b}"
 
 
 def check_names(names: str) -> str:

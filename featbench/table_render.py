@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from featbench.errors import FeatbenchError
 from featbench.table_model import (AVERAGE, FALLBACK_NOTE, FORMATS, MAX_DECIMALS, METRIC_NAMES, MISSING, ORACLE_NOTE,
-                                   TRANSDUCTIVE_NOTE, Table)
+                                   PARAMS_HEADER, TRANSDUCTIVE_NOTE, UNKNOWN_PARAMS_NOTE, Table, format_count_range)
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -184,6 +184,8 @@ def _render_csv(table: Table, decimals: int) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ([table.block_dim] if table.block_dim else []) + [table.rows]
+    if table.params is not None:  # exact counts (an Average row: the rounded mean)
+        header += ["trainable params min", "trainable params max"]
     if table.rank is not None:
         header.append("rank")
     for c in table.mean.columns:
@@ -194,6 +196,8 @@ def _render_csv(table: Table, decimals: int) -> str:
     w.writerow([_csv_text(h) for h in header])
     for i, block, row in _row_keys(table):
         out = [_csv_text(v) for v in ([block] if table.block_dim else []) + [row]]
+        if table.params is not None:
+            out += ["" if v != v else int(round(v)) for v in (table.params["low"].iat[i], table.params["high"].iat[i])]
         if table.rank is not None:
             rk = table.rank.iat[i]
             out.append("" if rk != rk else int(rk))
@@ -264,6 +268,8 @@ def _footnotes(table: Table, seeds: int | None) -> list[str]:
         notes.append(f"‡ {FALLBACK_NOTE}")
     if table.any_transductive:
         notes.append(f"§ {TRANSDUCTIVE_NOTE}")
+    if table.any_unknown_params:
+        notes.append(UNKNOWN_PARAMS_NOTE)
     if table.rank is not None:
         flagged = (", or a † / ‡ / § cell," if table.any_oracle or table.any_fallback or table.any_transductive
                    else "")
@@ -273,16 +279,32 @@ def _footnotes(table: Table, seeds: int | None) -> list[str]:
     return notes
 
 
+def _params_header(table: Table) -> list[str]:
+    return [PARAMS_HEADER] if table.params is not None else []
+
+
+def _params_cell(table: Table, i: int) -> list[str]:
+    """Row ``i``'s "Trainable params" cell (0, 8.2K, 1.0M; a range low–high; ? unknown; — no cell), if any."""
+    if table.params is None:
+        return []
+    low, high = table.params["low"].iat[i], table.params["high"].iat[i]
+    if low != low and not table.params["unknown"].iat[i]:
+        return [MISSING]
+    return [format_count_range(low, high)]
+
+
 def _render_markdown(table: Table, decimals: int) -> str:
     seeds = table.uniform_seeds()
     best = _best_mask(table, decimals)
     first = ([table.block_dim] if table.block_dim else []) + [table.rows]
-    header = first + (["rank"] if table.rank is not None else []) + [_dim_label(table.cols, c) for c in table.mean.columns]
+    header = first + _params_header(table) + (["rank"] if table.rank is not None else []) + [
+        _dim_label(table.cols, c) for c in table.mean.columns]
     lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
              "|" + "|".join([":---"] * len(first) + ["---:"] * (len(header) - len(first))) + "|"]
     for i, block, row in _row_keys(table):
         cells = ([_md_escape(_dim_label(table.block_dim, block))] if table.block_dim else [])
         cells.append(_md_escape(_dim_label(table.rows, row)))
+        cells += _params_cell(table, i)
         if table.rank is not None:
             rk = table.rank.iat[i]
             cells.append(MISSING if rk != rk else str(int(rk)))
@@ -301,11 +323,12 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
     best = _best_mask(table, decimals)
     has_rank = table.rank is not None
     as_column = bool(table.block_dim and table.block_column)  # the base-to-new layout: as in Markdown and CSV
-    n_lead = 1 + (1 if has_rank else 0) + (1 if as_column else 0)
+    n_params = len(_params_header(table))
+    n_lead = 1 + (1 if has_rank else 0) + (1 if as_column else 0) + n_params
     ncols = table.mean.shape[1]
-    spec = "l" * (1 + as_column) + ("r" if has_rank else "") + "r" * ncols
+    spec = "l" * (1 + as_column) + "r" * n_params + ("r" if has_rank else "") + "r" * ncols
     header = ([latex_escape(table.block_dim.capitalize())] if as_column else []) + [
-        latex_escape(table.rows.capitalize())] + (["Rank"] if has_rank else []) + [
+        latex_escape(table.rows.capitalize())] + _params_header(table) + (["Rank"] if has_rank else []) + [
         latex_escape(_dim_label(table.cols, c)) for c in table.mean.columns]
     out = []
     if standalone:
@@ -332,6 +355,7 @@ def _render_latex(table: Table, decimals: int, standalone: bool) -> str:
             out.append(r"\cmidrule(lr){1-%d}" % (n_lead + ncols))
         cells = [latex_escape(_dim_label(table.block_dim, block))] if as_column else []
         cells.append(latex_escape(_dim_label(table.rows, row)))
+        cells += [c.replace("–", "--") for c in _params_cell(table, i)]
         if has_rank:
             rk = table.rank.iat[i]
             cells.append("---" if rk != rk else str(int(rk)))

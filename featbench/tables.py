@@ -55,7 +55,7 @@ from typing import Iterable
 from featbench.errors import FeatbenchError
 from featbench.results import canonical_json, is_partial_row, row_key
 from featbench.table_model import (AVERAGE, DATASET_ORDER, DIMS, FORMATS, MAX_DECIMALS, METRIC_NAMES, METRICS,  # noqa: F401
-                                   MISSING, NAMES, ORACLE_NOTE, OVERRIDES_NOTE, PROTOCOLS, PUBLISHED_NOTE,
+                                   MISSING, NAMES, ORACLE_NOTE, OVERRIDES_NOTE, PARAMS, PROTOCOLS, PUBLISHED_NOTE,
                                    REQUIRED_KEYS, Table, check_names, display_name, order_datasets, order_heads)
 from featbench.table_render import check_decimals, latex_escape, render, render_groups
 
@@ -77,7 +77,7 @@ def filter_rows(prepared, *, heads=None, shots=None, datasets=None):
 #: results file (notes, timestamps, per-class counts) is read in a fraction of its size
 TABLE_FIELDS = ("dataset", "source_dataset", "model", "pretrained", "fingerprint", "content", "head", "params",
                 "selected", "overrides", "paper_defaults", "protocol", "test_selection", "classes", "fallback",
-                "transductive", "fit_device", "shots", "seed", "acc", "mean_per_class_recall")
+                "transductive", "fit_device", "shots", "seed", "acc", "mean_per_class_recall", "trainable_params")
 #: what ``featbench compare`` reads in addition
 PER_CLASS_FIELDS = TABLE_FIELDS + ("cache", "per_class")
 
@@ -288,6 +288,10 @@ def _check_row(row: dict, where: str) -> None:
     for k in METRICS:
         if k == "acc" or row.get(k) is not None:
             _check_number(row.get(k), where, k)
+    count = row.get("trainable_params")  # absent or null: unknown (older rows, heads that do not say)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise FeatbenchError(f"{where}: 'trainable_params' must be a whole number >= 0 or null, got {_shown(count)}; "
+                             "fix or remove that line")
 
 
 def _check_number(value, where: str, key: str) -> None:
@@ -581,22 +585,16 @@ def aggregate(df, metric: str = "acc", rows: str = "dataset", cols: str = "shots
     """
     import pandas as pd
 
+    if cols == PARAMS:
+        return aggregate_params(df, metric, rows, protocol, heads=heads, shots=shots, datasets=datasets, model=model,
+                                pretrained=pretrained, names=names)
     if rows not in DIMS:
         raise FeatbenchError(f"--rows must be one of {', '.join(DIMS)}; got {rows!r}")
     if cols not in DIMS:
-        raise FeatbenchError(f"--cols must be one of {', '.join(DIMS)}; got {cols!r}")
+        raise FeatbenchError(f"--cols must be one of {', '.join(DIMS + (PARAMS,))}; got {cols!r}")
     if rows == cols:
         raise FeatbenchError(f"--rows and --cols must differ (both are {rows!r})")
-    if model is not None or pretrained is not None:
-        df = filter_encoder(df, model, pretrained)
-    prepared = prepare(df, metric=metric, protocol=protocol, names=names)
-    prepared = keep_rows(prepared, prepared["classes"] == "all")
-    if prepared.empty:
-        raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
-    prepared = filter_rows(prepared, heads=heads, shots=shots, datasets=datasets)
-    if prepared.empty:
-        raise FeatbenchError("no result rows left after filtering by --heads/--shots/--datasets")
-    prepared = prepared.reset_index(drop=True)
+    prepared = _table_rows(df, metric, protocol, model, pretrained, names, heads=heads, shots=shots, datasets=datasets)
     cells = cell_stats(prepared)
     orders = {
         "head": order_heads(prepared),
@@ -735,6 +733,105 @@ def _published_for(index, dims: dict, heads: dict, places: dict, model: str, pre
     return index.find(head=head, model=model, pretrained=pretrained, dataset=dataset, shots=int(shots),
                       protocol=protocol, split=split)
 
+def _table_rows(df, metric, protocol, model, pretrained, names, **picked):
+    """The prepared "all" rows of one table: encoder filter, :func:`prepare`, then the --heads/--shots/--datasets
+    filters (each step an error when it leaves nothing)."""
+    if model is not None or pretrained is not None:
+        df = filter_encoder(df, model, pretrained)
+    prepared = prepare(df, metric=metric, protocol=protocol, names=names)
+    prepared = keep_rows(prepared, prepared["classes"] == "all")
+    if prepared.empty:
+        raise FeatbenchError("the result rows are all base-to-new rows; use `featbench table --base-to-new`")
+    prepared = filter_rows(prepared, **picked)
+    if prepared.empty:
+        raise FeatbenchError("no result rows left after filtering by --heads/--shots/--datasets")
+    return prepared.reset_index(drop=True)
+
+
+# -- accuracy against trainable parameters (--cols params) -----------------------------------------------------
+def param_cells(prepared):
+    """Per (head, dataset, shots) cell the lowest and highest ``trainable_params`` of its rows (NaN when a row
+    lacks the count: unknown, never 0), plus "Average" rows: the mean over the datasets of each, only where
+    every dataset has a known count. Columns: head, dataset, shots, low, high."""
+    import numpy as np
+    import pandas as pd
+
+    raw = prepared["trainable_params"] if "trainable_params" in prepared.columns else None
+    counts = pd.Series(np.nan, index=prepared.index) if raw is None else pd.to_numeric(raw, errors="coerce")
+    frame = pd.DataFrame({"head": prepared["head_label"], "dataset": prepared["dataset_label"],
+                          "shots": prepared["shots"], "p": counts.astype(float)})
+    g = frame.groupby(["head", "dataset", "shots"], sort=False)["p"]
+    per = pd.DataFrame({"low": g.min(), "high": g.max()})
+    per.loc[(g.count() < g.size()).to_numpy(), ["low", "high"]] = np.nan  # a row without a count: unknown
+    per = per.reset_index()
+    n_ds = frame["dataset"].nunique()
+    avg = per.groupby(["head", "shots"], sort=False).agg(low=("low", "mean"), high=("high", "mean"),
+                                                         known=("low", "count"))
+    avg.loc[(avg["known"] < n_ds).to_numpy(), ["low", "high"]] = np.nan
+    avg = avg.drop(columns="known").reset_index().assign(dataset=AVERAGE)
+    return pd.concat([per, avg[per.columns]], ignore_index=True)
+
+
+def aggregate_params(df, metric: str = "acc", rows: str = "head", protocol: str | None = None, *,
+                     heads: Iterable[str] | None = None, shots: Iterable[int] | None = None,
+                     datasets: Iterable[str] | None = None, model: str | None = None, pretrained: str | None = None,
+                     names: str = "registry") -> Table:
+    """Accuracy against trainable parameters, as ELEVATER reports it (``--cols params``): heads as rows, a
+    "Trainable params" column (``Table.params``: each row's lowest and highest count over its shot columns)
+    and one accuracy column per shot count.
+
+    ``rows="head"``: the dataset Average (or the one dataset); ``rows="dataset"``: a block of heads per dataset
+    (their exact counts) and the Average block (the mean of the datasets' counts: class counts differ).
+    """
+    import pandas as pd
+
+    if rows not in ("head", "dataset"):
+        raise FeatbenchError(f"--cols params puts heads in rows and shots in columns; give --rows head (the average) "
+                             f"or --rows dataset (a block per dataset), not --rows {rows}")
+    prepared = _table_rows(df, metric, protocol, model, pretrained, names, heads=heads, shots=shots, datasets=datasets)
+    cells = cell_stats(prepared).merge(param_cells(prepared), on=["head", "dataset", "shots"], how="left")
+    found = order_datasets(prepared["dataset_label"])
+    blocks = found if len(found) == 1 else ([AVERAGE] if rows == "head" else found + [AVERAGE])
+    block_dim = "dataset" if len(blocks) > 1 else None
+    head_order, shot_order = order_heads(prepared), sorted(set(int(s) for s in prepared["shots"]))
+    cells = cells[cells["dataset"].isin(blocks)]
+    keys = ["dataset", "head"] if block_dim else ["head"]
+    if block_dim:
+        index = pd.MultiIndex.from_tuples([(b, h) for b in blocks for h in head_order], names=keys)
+    else:
+        index = pd.Index(head_order, name="head")
+
+    def pivot(value, aggfunc="first"):
+        piv = cells.pivot_table(index=keys, columns="shots", values=value, aggfunc=aggfunc, dropna=False)
+        return piv.reindex(index=index, columns=shot_order)
+
+    mean, std, n = pivot("mean").astype(float), pivot("std").astype(float), pivot("n").fillna(0).astype(float)
+    flags = {k: pivot(k, "max").fillna(False).astype(bool) for k in ("oracle", "transductive")}
+    present = mean.notna()
+    low, high = pivot("low").astype(float).where(present), pivot("high").astype(float).where(present)
+    unknown = (present & low.isna()).any(axis=1)
+    params = pd.DataFrame({"low": low.min(axis=1), "high": high.max(axis=1)}).where(~unknown).assign(unknown=unknown)
+    # a head missing from the Average (not every dataset has it) keeps its row there, its cells shown missing
+    only_average = blocks == [AVERAGE]
+    in_average = mean.index.get_level_values(0) == AVERAGE if block_dim else [only_average] * len(mean)
+    keep = present.any(axis=1) | pd.Series(in_average, index=mean.index)
+    table = Table(mean=mean[keep], std=std[keep], n=n[keep], oracle=flags["oracle"][keep],
+                  transductive=flags["transductive"][keep], rows="head", cols="shots", block_dim=block_dim,
+                  metric=metric, protocol=protocol, overrides=bool(prepared["has_overrides"].any()),
+                  params=params[keep])
+    table.rank = _rank(table.mean, table.flagged())
+    table.notes += _notes(prepared, "dataset" if blocks == [AVERAGE] else "shots")
+    table.notes.append(_params_note(AVERAGE in blocks, len(found)))
+    return table
+
+
+def _params_note(has_average: bool, n_datasets: int) -> str:
+    note = ("Trainable params: what each head's fit trained (0: training-free; CSV: the exact counts); a range "
+            "where the count changes with the shots (Tip-Adapter-F, APE-T: per training image) or the run")
+    if has_average:
+        note += f"; averaged over datasets: the mean of the {n_datasets} datasets' counts (their class counts differ)"
+    return note + "."
+
 
 def _with_average(datasets: list[str], rows: str, cols: str) -> list[str]:
     """The dataset order plus "Average", which a table with one dataset as rows or columns would only repeat."""
@@ -820,6 +917,6 @@ def _rank(mean, flagged=None):
 
 __all__ = ["load_results", "result_files", "row_sources", "check_result_row", "RowReader", "TABLE_FIELDS",
            "PER_CLASS_FIELDS", "NAMES", "check_names", "display_name", "filter_rows",
-           "prepare", "cell_stats", "aggregate", "aggregate_by_encoder",
+           "prepare", "cell_stats", "aggregate", "aggregate_by_encoder", "aggregate_params", "param_cells",
            "render", "render_groups", "latex_escape", "filter_encoder", "encoder_label",
            "check_decimals", "Table", "attach_published"]

@@ -185,6 +185,9 @@ def check_fit_and_outputs(make: Callable[[], Head], problem: ToyProblem) -> None
     assert logits.shape == (n, C), f"decision_function gives shape {logits.shape}, expected ({n}, {C})"
     assert np.isfinite(logits).all(), "decision_function gives non-finite logits"
     check_predictions(head, problem, logits)
+    count = head.trainable_params()
+    assert count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0), \
+        f"trainable_params() gives {count!r}, not a count (an int >= 0) or None (unknown)"
     after = (problem.X, problem.y, problem.context, problem.X_test)
     assert _same(after, before), "fit or decision_function modified its input arrays"
 

@@ -19,7 +19,8 @@ def table(
     results: List[Path] = typer.Argument(..., help="Result files (.jsonl) or directories of them.", show_default=False),
     format: str = typer.Option("markdown", "--format", "-f", help="csv | latex | markdown"),
     rows: str = typer.Option("dataset", "--rows", help="dataset | head | shots"),
-    cols: str = typer.Option("shots", "--cols", help="shots | head | dataset"),
+    cols: str = typer.Option("shots", "--cols", help="shots | head | dataset | params (accuracy against trainable "
+                             "parameters: heads as rows; --rows head: the average, --rows dataset: a block each)"),
     metric: str = typer.Option("acc", "--metric", help="acc | mean_per_class_recall"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol: paper | val | oracle."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (registry names or labels) to keep."),
@@ -37,7 +38,8 @@ def table(
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
-    --rows head --cols shots prints the dataset-average per head and shot, with a rank column.
+    --rows head --cols shots prints the dataset-average per head and shot, with a rank column; --cols params
+    adds each head's trainable parameter count (ELEVATER's parameter efficiency).
     Results of several encoders (model/pretrained) give one table per encoder, never an average across them.
     """
     from featbench import tables
@@ -56,6 +58,8 @@ def table(
     check_name_flags(df, heads=heads, datasets=datasets)
     if base_to_new is None:
         base_to_new = b2n_table.is_base_to_new(df)
+    if base_to_new and cols == tables.PARAMS:
+        raise FeatbenchError("--cols params: not for base-to-new rows; drop --base-to-new or use --cols shots")
     layout = dict(build=b2n_table.aggregate_base_to_new) if base_to_new else dict(rows=rows, cols=cols)
     groups = tables.aggregate_by_encoder(
         df, metric=metric, protocol=protocol, **layout,
@@ -88,6 +92,8 @@ def plot(
     datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets to draw."),
     shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to draw, e.g. 1,2,4."),
     names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, ...)."),
+    x: str = typer.Option("shots", "--x", help="shots (curves per dataset) | params (accuracy against trainable "
+                          "parameters, log axis: a panel per shot count, a point per head; writes accuracy-vs-params)"),
 ) -> None:
     """Accuracy-vs-shots curves: one panel per dataset plus Average, one line per head, ±std bands.
 
@@ -102,7 +108,7 @@ def plot(
     picked = dict(heads=parse_str_list(heads) if heads else None,
                   datasets=parse_str_list(datasets) if datasets else None,
                   shots=parse_int_list(shots, "--shots") if shots else None)
-    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title, names=names, **picked):
+    for path in plot_curves(df, out, metric=metric, protocol=protocol, title=title, names=names, x=x, **picked):
         typer.echo(f"wrote {path}")
 
 

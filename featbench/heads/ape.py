@@ -187,6 +187,8 @@ class APE(Head):
     display_name = "APE"  # what tables and plots show
 
     name: ClassVar[str] = "ape"
+    #: trained by fit (trainable_params): training-free: channel selection and a searched cache
+    trained_attributes: ClassVar[tuple] = ()
     paper: ClassVar[str] = "Zhu et al., Not All Features Matter: Enhancing Few-shot CLIP with Adaptive Prior Refinement, ICCV 2023"
     needs_text: ClassVar[bool] = True
     uses_views: ClassVar[bool] = True
@@ -351,6 +353,8 @@ class APET(APE):
     display_name = "APE-T"  # what tables and plots show
 
     name: ClassVar[str] = "ape-t"
+    #: trained by fit (trainable_params): the residual R [C, feat_num] and the value weights v [N]
+    trained_attributes: ClassVar[tuple] = ("residual_", "value_weights_")
     hyperparams = {
         "alpha": nonnegative(doc="weight of the cache logits while training (initial value when searched)"),
         "beta": nonnegative(doc="sharpness of the cache affinities while training (initial value when searched)"),

@@ -40,6 +40,11 @@
   same fitted state as calling ``fit`` on each (stacked parameters, batched matmuls, each run's own RNG
   stream). The default key is None and the default ``fit_batched`` fits one at a time.
   ``featbench.batching`` groups the runs of a grid (seeds, sweep points, a protocol search) for it.
+- ``trainable_params()`` (after fitting) is the number of parameters the fit trained by gradient (L-BFGS
+  included): the element count of the learned attributes named by ``trained_attributes`` (``()`` for a
+  training-free head: caches, kernels and closed-form statistics count 0). Heads whose trained state depends
+  on their settings or on a base head override it. A head that declares nothing (``None``, the default a
+  plugin gets) reports None: unknown, never a made-up 0. Counted from the shapes, even where epochs=0.
 - ``class_weights()`` returns [C, D] class weights in the image-feature space where the head has them
   (zero-shot text weights, a linear probe's coefficients): TaskRes can use them as its base classifier.
 - What a head needs from the evaluation layer is declared as class attributes on ``Head`` (every one with
@@ -150,6 +155,9 @@ class Head(ClassifierMixin, BaseEstimator):
     paper_view_scale: ClassVar[tuple | None] = None
     #: datasets whose reference selects on the test split (what `oracle` reproduces)
     reference_selects_on_test: ClassVar[tuple] = ()
+    #: the learned attributes fit trains, whose sizes ``trainable_params()`` adds up: () for a training-free
+    #: head, None (undeclared, a plugin's default) for unknown
+    trained_attributes: ClassVar[tuple[str, ...] | None] = None
 
     def __init_subclass__(cls, **kwargs):
         """Wrap the subclass's own fit / decision_function / fit_batched with the shared input checks."""
@@ -245,6 +253,12 @@ class Head(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def trainable_params(self) -> int | None:
+        """How many parameters the fit trained (the sizes of ``trained_attributes``); None when undeclared."""
+        if self.trained_attributes is None:
+            return None
+        return count_params(self, self.trained_attributes)
+
     def predict_proba(self, X) -> np.ndarray:
         logits = np.asarray(self.decision_function(X), dtype=np.float64)
         logits = logits - logits.max(axis=1, keepdims=True)
@@ -277,6 +291,23 @@ class Head(ClassifierMixin, BaseEstimator):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({args})"
+
+
+def count_params(head: Head, names) -> int:
+    """The element count of the fitted attributes ``names`` (tensors, arrays, or lists of them; None counts 0)."""
+    try:
+        check_is_fitted(head)
+    except NotFittedError:
+        raise HeadNotFittedError(f"head '{head.head_name()}' is not fitted yet; call fit(X, y, ...) first") from None
+    total = 0
+    for name in names:
+        if not hasattr(head, name):
+            raise FeatbenchError(f"head '{head.head_name()}' declares trained attribute '{name}' but its fit did not "
+                                 "set it; fix trained_attributes")
+        value = getattr(head, name)
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        total += sum(int(np.prod(np.shape(p))) for p in parts if p is not None)
+    return total
 
 
 def require(value, what: str, head: str):
@@ -386,4 +417,4 @@ def _checked_fit_batched(fit_batched):
     return fit_batched_checked
 
 
-__all__ = ["Head", "HeadTags", "ContextTags", "InvalidInputError", "HeadNotFittedError", "require"]
+__all__ = ["Head", "HeadTags", "ContextTags", "InvalidInputError", "HeadNotFittedError", "require", "count_params"]

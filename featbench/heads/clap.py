@@ -51,6 +51,8 @@ class CLAP(Head):
     """Class-adaptive linear probing: CE plus a per-class L2 pull towards the zero-shot prototypes."""
 
     name: ClassVar[str] = "clap"
+    #: trained by fit (trainable_params): the class prototypes [C, D]
+    trained_attributes: ClassVar[tuple] = ("prototypes_",)
     display_name: ClassVar[str] = "CLAP"  # what tables and plots show
     paper: ClassVar[str] = ("Silva-Rodriguez et al., A Closer Look at the Few-Shot Adaptation of Large "
                             "Vision-Language Models, CVPR 2024")

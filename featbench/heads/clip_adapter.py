@@ -57,6 +57,8 @@ class CLIPAdapter(Head):
     """Residual bottleneck adapter on the image feature, cosine logits against the text classifier."""
 
     name = "clip-adapter"
+    #: trained by fit (trainable_params): the adapter's two bias-free layers [D/r, D] and [D, D/r]
+    trained_attributes = ("W1_", "W2_")
     display_name = "CLIP-Adapter"  # what tables and plots show
     paper = "Gao et al. 2023 (IJCV), CLIP-Adapter: Better Vision-Language Models with Feature Adapters"
     needs_text = True

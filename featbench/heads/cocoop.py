@@ -97,6 +97,8 @@ class CoCoOp(Head):
     display_name = "CoCoOp"  # what tables and plots show
 
     name: ClassVar[str] = "cocoop"
+    #: trained by fit (trainable_params): the context [M, width] and the meta-net's W1, b1, W2, b2
+    trained_attributes: ClassVar[tuple] = ("ctx_", "meta_net_")
     paper: ClassVar[str] = "Zhou et al. 2022, Conditional Prompt Learning for Vision-Language Models (CoCoOp)"
     needs_text: ClassVar[bool] = False
     #: the runner passes ``text_tower=`` (featbench.texttower.TextTower) to heads that declare this

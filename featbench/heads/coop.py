@@ -141,6 +141,8 @@ class CoOp(Head):
     """Context optimisation: learn the prompt's context vectors through the frozen text tower."""
 
     name: ClassVar[str] = "coop"
+    #: trained by fit (trainable_params): the M context vectors [M, token width]
+    trained_attributes: ClassVar[tuple] = ("ctx_",)
     display_name: ClassVar[str] = "CoOp"  # what tables and plots show
     paper: ClassVar[str] = "Zhou et al. 2022, Learning to Prompt for Vision-Language Models (CoOp)"
     needs_text: ClassVar[bool] = False

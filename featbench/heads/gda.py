@@ -62,6 +62,8 @@ class GDA(Head):
     """Training-free Gaussian discriminant head on (augmented) image features plus zero-shot logits."""
 
     name: ClassVar[str] = "gda"
+    #: trained by fit (trainable_params): training-free: closed-form class means and shared covariance
+    trained_attributes: ClassVar[tuple] = ()
     display_name: ClassVar[str] = "GDA"  # what tables and plots show
     paper: ClassVar[str] = "Wang et al., A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation, ICLR 2024"
     needs_text: ClassVar[bool] = True

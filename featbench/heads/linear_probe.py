@@ -96,6 +96,8 @@ class LinearProbe(Head):
     """CoOp lpclip linear probe (Radford et al. 2021; Zhou et al. 2022) with a fast torch L-BFGS solver."""
 
     name = "linear-probe"
+    #: trained by fit (trainable_params): L-BFGS on W [C, D] and b [C]
+    trained_attributes = ("coef_", "intercept_")
     display_name = "Linear probe CLIP"  # what tables and plots show
     paper = "Zhou et al. 2022, Learning to Prompt for Vision-Language Models (CoOp), lpclip protocol"
     needs_text = False

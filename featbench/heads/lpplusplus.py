@@ -46,7 +46,7 @@ from typing import ClassVar
 import numpy as np
 
 from featbench.errors import FeatbenchError
-from featbench.heads.base import Head, require
+from featbench.heads.base import Head, count_params, require
 from featbench.heads.spec import DEVICE, Param, nonnegative
 from featbench.heads.paper import KSHOT_VAL, TEMPLATES_7, TIP_SCALE
 
@@ -84,6 +84,8 @@ class LPPlusPlus(Head):
     """LP++ linear probe with per-class text-blend weights and Lipschitz step sizes (no tuning)."""
 
     name: ClassVar[str] = "lp++"
+    #: trained by fit (trainable_params): W [C, D], b [C] and the blend weights a [C] (when alpha_every > 0)
+    trained_attributes: ClassVar[tuple] = ("W_", "b_", "a_")
     display_name: ClassVar[str] = "LP++"  # what tables and plots show
     paper: ClassVar[str] = "Huang et al., LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP, CVPR 2024"
     needs_text: ClassVar[bool] = True
@@ -207,6 +209,10 @@ class LPPlusPlus(Head):
             "notes": notes + [f"lr_W={lr_w:.4g}, lr_alpha={lr_a:.4g}, alpha_init={a0:.4g} (Lipschitz step sizes)"],
         }
         return self
+
+    def trainable_params(self) -> int | None:
+        """W and b; the blend weights a only when fit updates them (alpha_every > 0), else they stay at a0."""
+        return count_params(self, self.trained_attributes if self.alpha_every else ("W_", "b_"))
 
     def decision_function(self, X) -> np.ndarray:
         import torch

@@ -86,6 +86,8 @@ class ProKeR(Head):
     display_name = "ProKeR"  # what tables and plots show
 
     name: ClassVar[str] = "proker"
+    #: trained by fit (trainable_params): training-free: a closed-form kernel ridge solve
+    trained_attributes: ClassVar[tuple] = ()
     paper: ClassVar[str] = "Bendou et al., A Kernel Perspective on Training-Free Few-Shot Adaptation of Large VLMs, CVPR 2025"
     needs_text: ClassVar[bool] = True
     uses_views: ClassVar[bool] = True

@@ -113,6 +113,8 @@ class ProLIP(ProjectionTuning):
     """Fine-tunes the final visual projection on cached pre-projection features with ||W - W0||^2."""
 
     name: ClassVar[str] = "prolip"
+    #: trained by fit (trainable_params): the visual projection [D_pre, D] (its bias stays frozen)
+    trained_attributes: ClassVar[tuple] = ("projection_",)
     display_name: ClassVar[str] = "ProLIP"  # what tables and plots show
     paper: ClassVar[str] = "Fahes et al., CLIP's Visual Embedding Projector is a Few-shot Cornucopia, 2024"
     needs_text: ClassVar[bool] = True

@@ -176,6 +176,8 @@ class TaskRes(Head):
     """Task residual on top of a frozen base classifier (CLIP text weights by default)."""
 
     name = "taskres"
+    #: trained by fit (trainable_params): the residual X [C, D] (W0 frozen), plus a base head fitted here
+    trained_attributes = ("residual_",)
     display_name = "TaskRes"  # what tables and plots show
     paper = "Yu et al. 2023, Task Residual for Tuning Vision-Language Models"
     needs_text = True
@@ -395,6 +397,14 @@ class TaskRes(Head):
         from featbench.heads import _torch as T
 
         return T.cosine_decision(X, self.weights_, self.logit_scale_)
+
+    def trainable_params(self) -> int | None:
+        """The residual's size, plus what a base head named by ``base`` trained in this fit (None if unknown)."""
+        own = super().trainable_params()
+        if self.base_head_ is None:
+            return own
+        base = self.base_head_.trainable_params()
+        return None if base is None else own + base
 
     def class_weights(self) -> np.ndarray:
         """W0 + alpha * X (unnormalised, as the method defines the tuned classifier)."""

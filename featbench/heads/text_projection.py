@@ -30,6 +30,8 @@ class TextProjection(ProjectionTuning):
     """Tunes CLIP's text projection on the few-shot data; its class weights serve as a TaskRes base."""
 
     name: ClassVar[str] = "text-projection"
+    #: trained by fit (trainable_params): the text projection [D_text, D]
+    trained_attributes: ClassVar[tuple] = ("text_projection_",)
     display_name: ClassVar[str] = "Text projection"  # what tables and plots show
     paper: ClassVar[str] = ("featbench reconstruction of TaskRes*'s enhanced base (Yu et al., CVPR 2023), "
                             "recipe of ProLIP's text-projection tuning (Fahes et al., 2024)")

@@ -191,6 +191,8 @@ class TipAdapter(Head):
     """Training-free Tip-Adapter: a key-value cache of the few-shot features blended with zero-shot CLIP."""
 
     name = "tip-adapter"
+    #: trained by fit (trainable_params): training-free: the cache is the shots' features
+    trained_attributes = ()
     display_name = "Tip-Adapter"  # what tables and plots show
     paper = "Zhang et al. 2022, Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification"
     needs_text = True
@@ -348,6 +350,8 @@ class TipAdapterF(TipAdapter):
     """
 
     name = "tip-adapter-f"
+    #: trained by fit (trainable_params): the cache keys [N, D] (values and text stay frozen)
+    trained_attributes = ("keys_",)
     display_name = "Tip-Adapter-F"  # what tables and plots show
     # alpha/beta re-searched internally; epochs/lr are the paper's fixed recipe. The reference trains on the
     # same (0.5, 1) crops its cache is built from (main.py: train_loader_F uses train_tranform).

@@ -216,6 +216,8 @@ class TransCLIP(Head):
     display_name = "TransCLIP"  # what tables and plots show
 
     name: ClassVar[str] = "transclip"
+    #: trained by fit (trainable_params): none of its own (z, means, variances are solved per test set)
+    trained_attributes: ClassVar[tuple] = ()
     paper: ClassVar[str] = "Zanella et al. 2024, Boosting Vision-Language Models with Transduction (TransCLIP)"
     needs_text: ClassVar[bool] = True  # the zero-shot base, and every base's class space
     uses_views: ClassVar[bool] = True  # for the base head (TransCLIP itself reads none)
@@ -333,6 +335,11 @@ class TransCLIP(Head):
         self.fit_info_ = {"selected": selected, "views_used": base_info.get("views_used", 0), "notes": notes,
                           "mode": mode, "lam": lam, "gammas": list(gammas), "val_acc": info["val_acc"]}
         return self
+
+    def trainable_params(self) -> int | None:
+        """The base head's count: TransCLIP's own state is solved on the test set, not trained by gradient."""
+        super().trainable_params()  # the fitted check
+        return self.base_.trainable_params()
 
     def _block(self, X) -> int | None:
         """Where X sits in the transductive set as a contiguous block of rows (the protocol scores in chunks)."""

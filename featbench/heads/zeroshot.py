@@ -12,6 +12,8 @@ class ZeroShot(Head):
     """t_c = norm(mean_T norm(text)); logits = logit_scale * norm(f) . t_c (CLIP, Radford et al. 2021)."""
 
     name = "zeroshot"
+    #: trained by fit (trainable_params): training-free: the text weights are CLIP's
+    trained_attributes = ()
     display_name = "Zero-shot CLIP"  # what tables and plots show
     paper = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
     needs_text = True
