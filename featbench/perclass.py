@@ -60,7 +60,8 @@ def _classnames(cache_path, n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def _match(df, head: str):
+def match_head(df, head: str):
+    """The rows of ``head`` (registry name, paper name or full label); an error when it names several variants."""
     named = {h for h in set(df["head"]) if head in (h, display_name(h))}
     sub = df[df["head"].isin(named) | (df["head_label"] == head)]
     labels = sorted(set(sub["head_label"]))
@@ -68,6 +69,28 @@ def _match(df, head: str):
         raise FeatbenchError(f"--heads {head}: several variants in the results ({'; '.join(labels)}); "
                              "name one of them exactly")
     return sub
+
+
+def select_pair(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_protocol: str | None = None):
+    """The prepared rows (featbench.tables.prepare) of ``head_a`` and ``head_b`` after the filters, one frame each;
+    an error naming the heads present when either has none."""
+    from featbench import tables
+
+    if head_a == head_b:
+        raise FeatbenchError(f"--heads {head_a},{head_b}: name two different heads")
+    prepared = tables.prepare(df, protocol=metric_protocol)
+    if "classes" in prepared.columns:  # base-to-new rows carry no per-class counts
+        prepared = prepared[prepared["classes"] == "all"]
+    if datasets:
+        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    if shots:
+        prepared = prepared[prepared["shots"].isin(set(shots))]
+    a, b = match_head(prepared, head_a), match_head(prepared, head_b)
+    for name, sub in ((head_a, a), (head_b, b)):
+        if sub.empty:
+            have = ", ".join(sorted(set(prepared["head_label"]))) or "none"
+            raise FeatbenchError(f"--heads {name}: no rows for this head (after filters); the results have {have}")
+    return a, b
 
 
 def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_protocol: str | None = None) -> list[Comparison]:
@@ -79,18 +102,7 @@ def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_p
     if "per_class" not in df.columns or df["per_class"].isna().all():
         raise FeatbenchError("the result rows have no per-class counts (rows written before featbench stored "
                              "them); rerun `featbench fit` into a new results file")
-    prepared = tables.prepare(df, protocol=metric_protocol)
-    if "classes" in prepared.columns:  # base-to-new rows carry no per-class counts
-        prepared = prepared[prepared["classes"] == "all"]
-    if datasets:
-        prepared = prepared[prepared["dataset"].isin(set(datasets))]
-    if shots:
-        prepared = prepared[prepared["shots"].isin(set(shots))]
-    a, b = _match(prepared, head_a), _match(prepared, head_b)
-    for name, sub in ((head_a, a), (head_b, b)):
-        if sub.empty:
-            have = ", ".join(sorted(set(prepared["head_label"]))) or "none"
-            raise FeatbenchError(f"--heads {name}: no rows for this head (after filters); the results have {have}")
+    a, b = select_pair(df, head_a, head_b, datasets=datasets, shots=shots, metric_protocol=metric_protocol)
     out = []
     enc = lambda r: tables.encoder_label(r["model"], r["pretrained"])  # noqa: E731
     groups_a = {}
@@ -153,4 +165,4 @@ def render(comparisons: list[Comparison], head_a: str, head_b: str, top: int = 1
     return "\n".join(lines)
 
 
-__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME"]
+__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME", "match_head", "select_pair"]

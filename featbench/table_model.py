@@ -61,6 +61,7 @@ class Table:
     transductive: object = None  # like ``oracle``: cells of heads that read the unlabeled test set
     overrides: bool = False  # whether a row of the table runs with parameters the user set
     block_column: bool = False  # blocks as a leading column in every format (the base-to-new layout)
+    spread: str = "std"  # what ``std`` holds: "std" (population std) or "ci" (95% t half-width, :func:`with_ci`)
 
     @property
     def any_oracle(self) -> bool:
@@ -86,6 +87,26 @@ class Table:
         """The seed count when every present cell has the same one (then shown once, in a note)."""
         vals = {int(v) for v in self.n.to_numpy().ravel() if v == v and v > 0}
         return vals.pop() if len(vals) == 1 else None
+
+
+#: the note under a ``--ci`` table that has a cell of one seed
+ONE_SEED_NOTE = "A cell of one seed shows its mean alone: one seed gives no confidence interval."
+
+
+def with_ci(table: Table) -> Table:
+    """The table with each std replaced by the half-width of the 95% t interval of the mean over its n seeds
+    (sample std, ddof=1; t with n - 1 df); cells of one seed keep the mean alone, with a note."""
+    from dataclasses import replace
+
+    from featbench.stats import t_half_width
+
+    half = table.std.copy()
+    half.loc[:, :] = t_half_width(table.std.to_numpy(dtype=float), table.n.to_numpy(dtype=float), ddof=0)
+    notes = list(table.notes)
+    present = table.mean.notna().to_numpy()
+    if (present & (table.n.to_numpy(dtype=float) == 1)).any():
+        notes.append(ONE_SEED_NOTE)
+    return replace(table, std=half, spread="ci", notes=notes)
 
 
 def check_names(names: str) -> str:
