@@ -101,7 +101,8 @@ def paired_bootstrap(correct_a, correct_b, *, resamples: int = RESAMPLES, seed: 
     """
     ca, cb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if ca.shape != cb.shape or ca.ndim != 1 or ca.size == 0:
-        raise FeatbenchError(f"paired hits must be two equal, non-empty 1-d arrays; got shapes {ca.shape} and {cb.shape}")
+        raise FeatbenchError(f"paired hits must be two equal, non-empty 1-d arrays; got shapes {ca.shape} and "
+                             f"{cb.shape}")
     resamples = check_resamples(resamples)
     n = ca.size
     n01, n10 = int(np.count_nonzero(cb & ~ca)), int(np.count_nonzero(ca & ~cb))
