@@ -36,7 +36,7 @@ class Comparison:
 MAX_CLASSNAME = 40
 
 
-def _where(row) -> str:
+def row_source(row) -> str:
     """file:line of a row from featbench.tables.load_results ("a row" for a hand-made frame)."""
     return f"{row['_file']}:{row['_line']}" if "_file" in row and "_line" in row else "a row"
 
@@ -58,6 +58,25 @@ def _classnames(cache_path, n: int) -> list[str]:
         except Exception:  # a moved or foreign cache: fall back to indices
             pass
     return [f"class {i}" for i in range(n)]
+
+
+def class_counts(row):
+    """The row's per-class (correct, total) counts as int64 numpy arrays, None when the row has none."""
+    import numpy as np  # lazy, as pandas: `featbench --help` imports neither
+
+    pc = row.get("per_class")
+    if not isinstance(pc, dict):
+        return None
+    bad = (f"{row_source(row)}: 'per_class' must hold equal-length lists 'correct' and 'total' of counts with "
+           "0 <= correct <= total; rerun `featbench fit` into a new results file")
+    try:
+        correct, total = np.asarray(pc["correct"]), np.asarray(pc["total"])
+    except (KeyError, TypeError, ValueError):
+        raise FeatbenchError(bad) from None
+    if (correct.ndim != 1 or correct.shape != total.shape or correct.dtype.kind not in "iu"
+            or total.dtype.kind not in "iu" or (correct < 0).any() or (correct > total).any()):
+        raise FeatbenchError(bad)
+    return correct.astype(np.int64), total.astype(np.int64)
 
 
 def match_head(df, head: str):
@@ -117,10 +136,10 @@ def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_p
         for rows in (groups_a[key], groups_b[key]):
             correct = total = None
             for s in seeds:
-                pc = rows[s]["per_class"]
-                if not isinstance(pc, dict) or "correct" not in pc or "total" not in pc:
-                    raise FeatbenchError(f"{_where(rows[s])}: no per-class counts in this row")
-                c, t = list(pc["correct"]), list(pc["total"])
+                counts = class_counts(rows[s])
+                if counts is None:
+                    raise FeatbenchError(f"{row_source(rows[s])}: no per-class counts in this row")
+                c, t = counts[0].tolist(), counts[1].tolist()
                 correct = c if correct is None else [x + y for x, y in zip(correct, c)]
                 total = t if total is None else [x + y for x, y in zip(total, t)]
             pooled.append((correct, total))
@@ -165,4 +184,5 @@ def render(comparisons: list[Comparison], head_a: str, head_b: str, top: int = 1
     return "\n".join(lines)
 
 
-__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME", "match_head", "select_pair"]
+__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME", "match_head", "select_pair",
+           "class_counts", "row_source"]

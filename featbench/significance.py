@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from featbench import stats
-from featbench.errors import FeatbenchError
-from featbench.perclass import select_pair
+from featbench.errors import FeatbenchError, short_repr
+from featbench.npyfiles import check_npy_size
+from featbench.perclass import class_counts, row_source, select_pair
 
 
 @dataclass
@@ -79,31 +80,42 @@ def mismatch(groups_a: dict, groups_b: dict, head_a: str, head_b: str) -> str:
 
 
 # -- one cell --------------------------------------------------------------------------------------------------
-def _where(row) -> str:
-    return f"{row['_file']}:{row['_line']}" if "_file" in row and "_line" in row else "a row"
-
-
 def load_hits(folder: Path, row) -> tuple[np.ndarray, np.ndarray]:
     """(per-image hit, labels) from the row's saved predictions in ``folder``; checked against the row's acc."""
     name = str(row["predictions"])
     if Path(name).name != name or name in ("", ".", ".."):
-        raise FeatbenchError(f"{_where(row)}: 'predictions' must be a file name, got {name!r}")
+        raise FeatbenchError(f"{row_source(row)}: 'predictions' must be a file name, got {short_repr(name)}")
     path = Path(folder) / name
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            pred, label = np.asarray(npz["pred"]), np.asarray(npz["label"])
-    except FileNotFoundError:
-        raise FeatbenchError(f"--predictions {folder}: no {name} (named by {_where(row)}); pass the folder given "
-                             "to `fit --save-predictions`") from None
-    except (OSError, ValueError, KeyError) as err:
-        raise FeatbenchError(f"{path}: not a featbench predictions file ({err}); remove it and rerun the fit") from None
-    if pred.ndim != 1 or pred.shape != label.shape:
-        raise FeatbenchError(f"{path}: 'pred' and 'label' must be 1-d arrays of one length; rerun the fit")
+    if not path.is_file():
+        raise FeatbenchError(f"--predictions {folder}: no {name} (named by {row_source(row)}); pass the folder given "
+                             "to `fit --save-predictions`")
+    pred, label = _read_predictions(path)
     hits = pred == label
-    if hits.size == 0 or abs(100.0 * hits.mean() - float(row["acc"])) > 1e-6:
-        raise FeatbenchError(f"{path}: its predictions do not give the acc of {_where(row)}; the file belongs to "
+    if abs(100.0 * hits.mean() - float(row["acc"])) > 1e-6:
+        raise FeatbenchError(f"{path}: its predictions do not give the acc of {row_source(row)}; the file belongs to "
                              "another run: rerun the fit with --save-predictions")
     return hits, label
+
+
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 'pred' and 'label' arrays of a `fit --save-predictions` file: 1-d, integer, one length, not empty
+    (each member's header checked against its size before numpy allocates it)."""
+    bad = f"{path}: not a featbench predictions file"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for info in npz.zip.infolist():
+                with npz.zip.open(info) as fh:
+                    check_npy_size(fh, info.file_size, f"{path} member {info.filename}")
+            pred, label = np.asarray(npz["pred"]), np.asarray(npz["label"])
+    except FeatbenchError:
+        raise
+    except Exception as err:  # not a zip, no such member, a pickled array, ...
+        raise FeatbenchError(f"{bad} ({str(err)[:120]}); remove it and rerun the fit with --save-predictions") from None
+    if pred.ndim != 1 or pred.shape != label.shape or pred.size == 0 or not (
+            pred.dtype.kind in "iu" and label.dtype.kind in "iu"):
+        raise FeatbenchError(f"{bad} ('pred' and 'label' must be non-empty 1-d integer arrays of one length); "
+                             "rerun the fit with --save-predictions")
+    return pred, label
 
 
 def _one_seed(ra, rb, predictions: Path | None, resamples: int):
@@ -112,17 +124,17 @@ def _one_seed(ra, rb, predictions: Path | None, resamples: int):
         hits_a, labels_a = load_hits(predictions, ra)
         hits_b, labels_b = load_hits(predictions, rb)
         if labels_a.shape != labels_b.shape or not np.array_equal(labels_a, labels_b):
-            raise FeatbenchError(f"{_where(ra)} and {_where(rb)}: the saved predictions are of different test sets; "
-                                 "compare rows of the same cache")
+            raise FeatbenchError(f"{row_source(ra)} and {row_source(rb)}: the saved predictions are of different "
+                                 "test sets; compare rows of the same cache")
         est = stats.paired_bootstrap(hits_a, hits_b, resamples=resamples)
         return est, "predictions", stats.mcnemar_exact(hits_a, hits_b)
-    pa, pb = ra.get("per_class"), rb.get("per_class")
-    if not (isinstance(pa, dict) and isinstance(pb, dict)):
+    pa, pb = class_counts(ra), class_counts(rb)
+    if pa is None or pb is None:
         return None, "", None
-    if list(pa.get("total", [])) != list(pb.get("total", [])):
-        raise FeatbenchError(f"{_where(ra)} and {_where(rb)}: the per-class counts are of different test sets; "
+    if not np.array_equal(pa[1], pb[1]):
+        raise FeatbenchError(f"{row_source(ra)} and {row_source(rb)}: the per-class counts are of different test sets; "
                              "compare rows of the same cache")
-    est = stats.unpaired_bootstrap(pa["correct"], pb["correct"], pa["total"], resamples=resamples)
+    est = stats.unpaired_bootstrap(pa[0], pb[0], pa[1], resamples=resamples)
     return est, "counts", None
 
 

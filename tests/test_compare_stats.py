@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 from typer.testing import CliRunner
 
@@ -201,3 +203,56 @@ def test_table_ci_base_to_new(tmp_path):
     res = invoke("table", write(tmp_path / "b2n.jsonl", rows), "--ci")
     assert res.exit_code == 0, res.output
     assert f"81.00 ± {_half([80, 82, 81]):.2f}" in res.output and f"62.00 ± {_half([60, 61, 65]):.2f}" in res.output
+
+
+# -- readers (hypothesis) --------------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**20) | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["correct", "total", "x"]), inner,
+                                                                max_size=3),
+    max_leaves=10)
+count_lists = st.fixed_dictionaries({"correct": st.lists(st.integers(-2, 6), max_size=4),
+                                     "total": st.lists(st.integers(-2, 6), max_size=4)})
+
+
+def _clean_exit(res):
+    """Exit 0 with no NaN, or the one-line error of a bad input: never a traceback."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if res.exit_code == 0:
+        assert "nan" not in res.output.lower()
+    else:
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("featbench: error:"), res.output
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pc_a=json_values | count_lists, pc_b=json_values | count_lists)
+def test_compare_reads_any_per_class_value_without_a_traceback(tmp_path, pc_a, pc_b):
+    rows = [row("dtd", "zeroshot", 1, 1, 50.0, per_class=pc_a), row("dtd", "taskres", 1, 1, 60.0, per_class=pc_b)]
+    _clean_exit(invoke("compare", write(tmp_path / "r.jsonl", rows), "--heads", "zeroshot,taskres",
+                       "--bootstrap", 200))
+
+
+arrays = st.tuples(st.sampled_from(["int32", "int64", "uint8", "float32", "bool", "U1"]),
+                   st.lists(st.integers(0, 3), min_size=0, max_size=2)).map(
+    lambda t: np.zeros(t[1], dtype=t[0]) if t[0] != "int64" else np.arange(int(np.prod(t[1]))).reshape(t[1]) % 3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=st.dictionaries(st.sampled_from(["pred", "label", "other"]), arrays, max_size=3),
+       raw=st.none() | st.binary(max_size=64), acc=st.floats(0, 100))
+def test_load_hits_reads_any_file_without_a_traceback(tmp_path, members, raw, acc):
+    from featbench.errors import FeatbenchError
+    from featbench.significance import load_hits
+
+    path = tmp_path / "p.npz"
+    if raw is None:
+        np.savez(path, **members)
+    else:
+        path.write_bytes(raw)
+    try:
+        hits, labels = load_hits(tmp_path, {"predictions": "p.npz", "acc": acc, "_file": "r.jsonl", "_line": 1})
+    except FeatbenchError as err:
+        assert "\n" not in str(err)
+    else:
+        assert hits.shape == labels.shape and hits.dtype == bool and abs(100 * hits.mean() - acc) <= 1e-6
