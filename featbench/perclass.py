@@ -36,7 +36,7 @@ class Comparison:
 MAX_CLASSNAME = 40
 
 
-def _where(row) -> str:
+def row_source(row) -> str:
     """file:line of a row from featbench.tables.load_results ("a row" for a hand-made frame)."""
     return f"{row['_file']}:{row['_line']}" if "_file" in row and "_line" in row else "a row"
 
@@ -60,7 +60,27 @@ def _classnames(cache_path, n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def _match(df, head: str):
+def class_counts(row):
+    """The row's per-class (correct, total) counts as int64 numpy arrays, None when the row has none."""
+    import numpy as np  # lazy, as pandas: `featbench --help` imports neither
+
+    pc = row.get("per_class")
+    if not isinstance(pc, dict):
+        return None
+    bad = (f"{row_source(row)}: 'per_class' must hold equal-length lists 'correct' and 'total' of counts with "
+           "0 <= correct <= total; rerun `featbench fit` into a new results file")
+    try:
+        correct, total = np.asarray(pc["correct"]), np.asarray(pc["total"])
+    except (KeyError, TypeError, ValueError):
+        raise FeatbenchError(bad) from None
+    if (correct.ndim != 1 or correct.shape != total.shape or correct.dtype.kind not in "iu"
+            or total.dtype.kind not in "iu" or (correct < 0).any() or (correct > total).any()):
+        raise FeatbenchError(bad)
+    return correct.astype(np.int64), total.astype(np.int64)
+
+
+def match_head(df, head: str):
+    """The rows of ``head`` (registry name, paper name or full label); an error when it names several variants."""
     named = {h for h in set(df["head"]) if head in (h, display_name(h))}
     sub = df[df["head"].isin(named) | (df["head_label"] == head)]
     labels = sorted(set(sub["head_label"]))
@@ -68,6 +88,28 @@ def _match(df, head: str):
         raise FeatbenchError(f"--heads {head}: several variants in the results ({'; '.join(labels)}); "
                              "name one of them exactly")
     return sub
+
+
+def select_pair(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_protocol: str | None = None):
+    """The prepared rows (featbench.tables.prepare) of ``head_a`` and ``head_b`` after the filters, one frame each;
+    an error naming the heads present when either has none."""
+    from featbench import tables
+
+    if head_a == head_b:
+        raise FeatbenchError(f"--heads {head_a},{head_b}: name two different heads")
+    prepared = tables.prepare(df, protocol=metric_protocol)
+    if "classes" in prepared.columns:  # base-to-new rows carry no per-class counts
+        prepared = prepared[prepared["classes"] == "all"]
+    if datasets:
+        prepared = prepared[prepared["dataset"].isin(set(datasets))]
+    if shots:
+        prepared = prepared[prepared["shots"].isin(set(shots))]
+    a, b = match_head(prepared, head_a), match_head(prepared, head_b)
+    for name, sub in ((head_a, a), (head_b, b)):
+        if sub.empty:
+            have = ", ".join(sorted(set(prepared["head_label"]))) or "none"
+            raise FeatbenchError(f"--heads {name}: no rows for this head (after filters); the results have {have}")
+    return a, b
 
 
 def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_protocol: str | None = None) -> list[Comparison]:
@@ -79,18 +121,7 @@ def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_p
     if "per_class" not in df.columns or df["per_class"].isna().all():
         raise FeatbenchError("the result rows have no per-class counts (rows written before featbench stored "
                              "them); rerun `featbench fit` into a new results file")
-    prepared = tables.prepare(df, protocol=metric_protocol)
-    if "classes" in prepared.columns:  # base-to-new rows carry no per-class counts
-        prepared = prepared[prepared["classes"] == "all"]
-    if datasets:
-        prepared = prepared[prepared["dataset"].isin(set(datasets))]
-    if shots:
-        prepared = prepared[prepared["shots"].isin(set(shots))]
-    a, b = _match(prepared, head_a), _match(prepared, head_b)
-    for name, sub in ((head_a, a), (head_b, b)):
-        if sub.empty:
-            have = ", ".join(sorted(set(prepared["head_label"]))) or "none"
-            raise FeatbenchError(f"--heads {name}: no rows for this head (after filters); the results have {have}")
+    a, b = select_pair(df, head_a, head_b, datasets=datasets, shots=shots, metric_protocol=metric_protocol)
     out = []
     enc = lambda r: tables.encoder_label(r["model"], r["pretrained"])  # noqa: E731
     groups_a = {}
@@ -105,10 +136,10 @@ def compare(df, head_a: str, head_b: str, *, datasets=None, shots=None, metric_p
         for rows in (groups_a[key], groups_b[key]):
             correct = total = None
             for s in seeds:
-                pc = rows[s]["per_class"]
-                if not isinstance(pc, dict) or "correct" not in pc or "total" not in pc:
-                    raise FeatbenchError(f"{_where(rows[s])}: no per-class counts in this row")
-                c, t = list(pc["correct"]), list(pc["total"])
+                counts = class_counts(rows[s])
+                if counts is None:
+                    raise FeatbenchError(f"{row_source(rows[s])}: no per-class counts in this row")
+                c, t = counts[0].tolist(), counts[1].tolist()
                 correct = c if correct is None else [x + y for x, y in zip(correct, c)]
                 total = t if total is None else [x + y for x, y in zip(total, t)]
             pooled.append((correct, total))
@@ -153,4 +184,5 @@ def render(comparisons: list[Comparison], head_a: str, head_b: str, top: int = 1
     return "\n".join(lines)
 
 
-__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME"]
+__all__ = ["compare", "render", "Comparison", "short_name", "MAX_CLASSNAME", "match_head", "select_pair",
+           "class_counts", "row_source"]

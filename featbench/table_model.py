@@ -77,6 +77,7 @@ class Table:
     @property
     def any_unknown_params(self) -> bool:
         return self.params is not None and bool(self.params["unknown"].any())
+    spread: str = "std"  # what ``std`` holds: "std" (population std) or "ci" (95% t half-width, :func:`with_ci`)
 
     @property
     def any_oracle(self) -> bool:
@@ -121,6 +122,26 @@ def format_count_range(low: float, high: float) -> str:
         return UNKNOWN_PARAMS
     a, b = format_count(low), format_count(high)
     return a if a == b else f"{a}–{b}"
+
+
+#: the note under a ``--ci`` table that has a cell of one seed
+ONE_SEED_NOTE = "A cell of one seed shows its mean alone: one seed gives no confidence interval."
+
+
+def with_ci(table: Table) -> Table:
+    """The table with each std replaced by the half-width of the 95% t interval of the mean over its n seeds
+    (sample std, ddof=1; t with n - 1 df); cells of one seed keep the mean alone, with a note."""
+    from dataclasses import replace
+
+    from featbench.stats import t_half_width
+
+    half = table.std.copy()
+    half.loc[:, :] = t_half_width(table.std.to_numpy(dtype=float), table.n.to_numpy(dtype=float), ddof=0)
+    notes = list(table.notes)
+    present = table.mean.notna().to_numpy()
+    if (present & (table.n.to_numpy(dtype=float) == 1)).any():
+        notes.append(ONE_SEED_NOTE)
+    return replace(table, std=half, spread="ci", notes=notes)
 
 
 def check_names(names: str) -> str:

@@ -110,7 +110,8 @@ def _caption(table: Table, seeds: int | None) -> str:
     if table.overrides:
         proto += " with overrides" if table.protocol else ", with overrides"
     over = f" over {seeds} seed{'s' if seeds != 1 else ''}" if seeds else " over seeds (seed count in parentheses)"
-    return f"{metric}: mean ± population std{over}{proto}."
+    spread = "95% CI half-width (t, n-1 df)" if table.spread == "ci" else "population std"
+    return f"{metric}: mean ± {spread}{over}{proto}."
 
 
 def _block_title(table: Table, value) -> str:
@@ -190,7 +191,8 @@ def _render_csv(table: Table, decimals: int) -> str:
         header.append("rank")
     for c in table.mean.columns:
         lab = _dim_label(table.cols, c)
-        header += [f"{lab} mean", f"{lab} std", f"{lab} n", f"{lab} oracle", f"{lab} fallback"]
+        spread = "ci95" if table.spread == "ci" else "std"
+        header += [f"{lab} mean", f"{lab} {spread}", f"{lab} n", f"{lab} oracle", f"{lab} fallback"]
         header += [f"{lab} transductive"] if table.any_transductive else []
         header += [f"{lab} published", f"{lab} delta", f"{lab} published source"] if table.published is not None else []
     w.writerow([_csv_text(h) for h in header])

@@ -35,6 +35,7 @@ def table(
     base_to_new: Optional[bool] = typer.Option(None, "--base-to-new/--no-base-to-new", help="Base / New / H table of `fit --base-to-new` rows (default: when the rows are all base/new rows)."),
     names: str = typer.Option("paper", "--names", help="paper (TaskRes, Tip-Adapter-F, ...) | registry (taskres, tip-adapter-f, ...)."),
     published: bool = typer.Option(False, "--published", help="Beside each cell, the number its paper publishes and ours - published (`featbench published` lists them)."),
+    ci: bool = typer.Option(False, "--ci", help="Mean ± 95% CI half-width over seeds (t, n-1 df) instead of ± std."),
 ) -> None:
     """Mean ± std over seeds per cell, with an Average over datasets (only where every dataset has the cell).
 
@@ -68,6 +69,10 @@ def table(
         datasets=parse_str_list(datasets) if datasets else None,
         model=model, pretrained=pretrained, names=names, published=published,
     )
+    if ci:
+        from featbench.table_model import with_ci
+
+        groups = [(enc, with_ci(t)) for enc, t in groups]
     text = tables.render_groups(groups, format, decimals=decimals, standalone=standalone)
     if out is None:
         typer.echo(text, nl=False)
@@ -120,20 +125,32 @@ def compare(
     shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts to keep."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Keep only rows of this protocol."),
     top: int = typer.Option(10, "--top", help="How many classes to list as largest gains and losses (1-1000)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="The folder given to `fit "
+                                               "--save-predictions`: one-seed cells get the exact paired bootstrap."),
+    bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap resamples (100-1000000; fixed RNG seed)."),
 ) -> None:
-    """Per-class accuracy of head B against head A: which classes B fixes or breaks (pooled over shared seeds)."""
-    from featbench import perclass, tables
+    """B against A: a significance test of the accuracy difference first, then per-class gains and losses.
+
+    Rows are matched on (encoder, dataset, shots, seed). Cells with 2+ matched seeds: paired t test over the
+    seeds (df = seeds - 1). One seed: bootstrap over test images, paired and exact from saved predictions
+    (--predictions DIR, plus McNemar's exact test), else from per-class counts with A and B resampled
+    independently (said so in the output). Overall per encoder: paired t over all matched differences. 95% CIs,
+    two-sided p; the same command gives the same numbers.
+    """
+    from featbench import perclass, significance, tables
 
     pair = parse_str_list(heads)
     if len(pair) != 2:
         raise FeatbenchError(f"--heads {heads}: give exactly two heads, e.g. --heads zeroshot,taskres")
     if not 1 <= top <= 1000:
         raise FeatbenchError(f"--top {top}: give a number from 1 to 1000")
-    df = tables.load_results(results, fields=tables.PER_CLASS_FIELDS)
+    df = tables.load_results(results, fields=tables.PER_CLASS_FIELDS + ("predictions",))
     check_name_flags(df, heads=heads, datasets=datasets)
-    comps = perclass.compare(df, pair[0], pair[1], datasets=parse_str_list(datasets) if datasets else None,
-                             shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
-    typer.echo(perclass.render(comps, pair[0], pair[1], top=top), nl=False)
+    picked = dict(datasets=parse_str_list(datasets) if datasets else None,
+                  shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
+    tested = significance.verdict(df, pair[0], pair[1], predictions=predictions, resamples=bootstrap, **picked)
+    comps = perclass.compare(df, pair[0], pair[1], **picked)
+    typer.echo(significance.render(tested) + "\n" + perclass.render(comps, pair[0], pair[1], top=top), nl=False)
 
 
 def check_name_flags(df, *, heads: str | None, datasets: str | None) -> None:
