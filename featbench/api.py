@@ -20,7 +20,8 @@ from featbench.heads.base import Head
 from featbench.importer import import_npz
 from featbench.protocol import Cell, head_target, run_cell
 from featbench.runner import execute
-from featbench.tables import aggregate, aggregate_by_encoder, load_results, render_groups
+from featbench.result_reader import load_results
+from featbench.tables import aggregate, aggregate_by_encoder, render_groups
 
 RUNTIME_PARAMS = ("device", "random_state")
 

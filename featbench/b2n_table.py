@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from featbench.errors import FeatbenchError
 from featbench.table_model import AVERAGE, OVERRIDES_NOTE, Table, order_datasets, order_heads
-from featbench.tables import attach_published, filter_rows, prepare
+from featbench.table_published import attach_published
+from featbench.tables import filter_rows, prepare
 
 # ----------------------------------------------------------------------------------------------------
 # the Base / New / H table (pure function of result rows; pandas imported lazily)

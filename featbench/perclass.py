@@ -37,7 +37,7 @@ MAX_CLASSNAME = 40
 
 
 def row_source(row) -> str:
-    """file:line of a row from featbench.tables.load_results ("a row" for a hand-made frame)."""
+    """file:line of a row from featbench.result_reader.load_results ("a row" for a hand-made frame)."""
     return f"{row['_file']}:{row['_line']}" if "_file" in row and "_line" in row else "a row"
 
 

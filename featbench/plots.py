@@ -62,7 +62,7 @@ def plain(text) -> str:
 
 def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | None = None,
                 ncols: int = 4, dpi: int = 150, title: str | None = None, x: str = "shots", **pick) -> list[Path]:
-    """Draw the curves of result rows ``df`` (from :func:`featbench.tables.load_results`); return the files.
+    """Draw the curves of result rows ``df`` (from :func:`featbench.result_reader.load_results`); return the files.
 
     ``x="params"`` draws accuracy against trainable parameters instead (:func:`make_params_figure`).
     ``pick``: ``names``, ``heads``, ``datasets``, ``shots`` as :func:`make_figure` takes them.

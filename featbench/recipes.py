@@ -34,6 +34,7 @@ from featbench.fitspec import FitSpec
 from featbench.heads import get_head_class
 from featbench.outputs import ensure_folder
 from featbench.plots import plot_curves
+from featbench.result_reader import load_results
 from featbench.recipe_schema import (  # noqa: F401  (the recipe file's names are featbench.recipes' too)
     DEFAULT_TABLES, EXTRACT_SCHEMA, PACKAGED_RECIPES, REPORT_NAMES, SCHEMA, Recipe, describe_schema, find_recipe,
     load_recipe, packaged_recipes, recipe_summary, validate,
@@ -283,7 +284,7 @@ def write_reports(results_path: str | Path, out_dir: str | Path, *, tables_spec=
     Returns {"tables": [paths...], "plots": [paths...], "markdown": {name: text}}.
     """
     out_dir = Path(out_dir)
-    df = tables.load_results([results_path])
+    df = load_results([results_path])
     written: dict[str, Any] = {"tables": [], "plots": [], "markdown": {}}
     suffix = {"csv": ".csv", "latex": ".tex", "markdown": ".md"}
     if base_to_new:

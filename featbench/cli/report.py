@@ -43,7 +43,7 @@ def table(
     adds each head's trainable parameter count (ELEVATER's parameter efficiency).
     Results of several encoders (model/pretrained) give one table per encoder, never an average across them.
     """
-    from featbench import tables
+    from featbench import result_reader, tables
 
     if format not in tables.FORMATS:
         raise FeatbenchError(f"--format must be one of {', '.join(tables.FORMATS)}; got {format!r}")
@@ -55,7 +55,7 @@ def table(
         guard_output(out, results, flag="--out", force=force, looks_ours=looks_like_table, what="table")
     from featbench import b2n_table  # lazy, like tables: pandas only when a table is asked for
 
-    df = tables.load_results(results, fields=tables.TABLE_FIELDS)
+    df = result_reader.load_results(results, fields=result_reader.TABLE_FIELDS)
     check_name_flags(df, heads=heads, datasets=datasets)
     if base_to_new is None:
         base_to_new = b2n_table.is_base_to_new(df)
@@ -104,11 +104,11 @@ def plot(
 
     Each head keeps one colour and marker in every figure (derived from its name, not the plot's order).
     """
-    from featbench import tables
+    from featbench import result_reader, tables
     from featbench.plots import plot_curves
 
     tables.check_names(names)
-    df = tables.load_results(results, fields=tables.TABLE_FIELDS)
+    df = result_reader.load_results(results, fields=result_reader.TABLE_FIELDS)
     check_name_flags(df, heads=heads, datasets=datasets)
     picked = dict(heads=parse_str_list(heads) if heads else None,
                   datasets=parse_str_list(datasets) if datasets else None,
@@ -137,14 +137,14 @@ def compare(
     independently (said so in the output). Overall per encoder: paired t over all matched differences. 95% CIs,
     two-sided p; the same command gives the same numbers.
     """
-    from featbench import perclass, significance, tables
+    from featbench import perclass, result_reader, significance
 
     pair = parse_str_list(heads)
     if len(pair) != 2:
         raise FeatbenchError(f"--heads {heads}: give exactly two heads, e.g. --heads zeroshot,taskres")
     if not 1 <= top <= 1000:
         raise FeatbenchError(f"--top {top}: give a number from 1 to 1000")
-    df = tables.load_results(results, fields=tables.PER_CLASS_FIELDS + ("predictions",))
+    df = result_reader.load_results(results, fields=result_reader.PER_CLASS_FIELDS + ("predictions",))
     check_name_flags(df, heads=heads, datasets=datasets)
     picked = dict(datasets=parse_str_list(datasets) if datasets else None,
                   shots=parse_int_list(shots, "--shots") if shots else None, metric_protocol=protocol)
