@@ -8,7 +8,9 @@ script is the only thing that writes it, so the README cannot drift from what th
   1, 2, 3, protocol paper (the table under "Heads and their papers");
 - ``stronger-heads``: Tip-Adapter beside the training-free ProKeR and APE and the trained APE-T, same cells;
 - ``transclip``: TransCLIP-FS and -ZS (transductive) beside zero-shot, same cells;
-- ``b2n``: base-to-new at 2 shots over seeds 1, 2, 3 (Base / New / H, H from the mean Base and mean New).
+- ``b2n``: base-to-new at 2 shots over seeds 1, 2, 3 (Base / New / H, H from the mean Base and mean New);
+- ``compare``: `featbench compare`'s statistics lines for zero-shot vs Tip-Adapter at 1 shot: over seeds 1-3
+  (paired t), and on seed 1 alone from per-class counts and from saved predictions (bootstraps).
 
     python benchmarks/readme_tables.py                  # compute, print, write benchmarks/readme_tables.md
     python benchmarks/readme_tables.py --check          # compute, exit 1 if README.md differs
@@ -46,7 +48,9 @@ TABLES = {
                   ("transclip (TransCLIP-FS on zero-shot, the default)", "transclip", {}),
                   ("transclip `mode=zs` (TransCLIP-ZS: the shots unused)", "transclip", {"transclip.mode": "zs"})],
 }
-BLOCKS = ("imagenet-fixture", *TABLES, "b2n")
+#: `featbench compare` on the fixture: zero-shot vs Tip-Adapter at 1 shot, over seeds 1-3 and on seed 1 alone
+COMPARE_HEADS = ("zeroshot", "tip-adapter")
+BLOCKS = ("imagenet-fixture", *TABLES, "b2n", "compare")
 SEEDS = (1, 2, 3)
 B2N_SHOTS = 2
 LABELS = {"zeroshot": "zero-shot", "taskres": "TaskRes", "clip-adapter": "CLIP-Adapter"}
@@ -128,7 +132,39 @@ def compute(fixtures: Path, only=None, heads=HEADS) -> dict[str, str]:
         if only in (None, "b2n") and anchors:
             rows = fit_rows(cache, Path(tmp) / "b2n.jsonl", anchors, (B2N_SHOTS,), base_to_new=True)
             blocks["b2n"] = b2n_sentence(rows, anchors)
+        if only in (None, "compare") and (heads == HEADS or set(COMPARE_HEADS) <= set(heads)):
+            blocks["compare"] = compare_block(cache, Path(tmp))
     return blocks
+
+
+def compare_block(cache: Path, folder: Path) -> str:
+    """The README's `featbench compare` example: each command and the statistics lines it prints."""
+    import subprocess
+
+    heads = ",".join(COMPARE_HEADS)
+    for name, seeds in (("cmp", "1,2,3"), ("one", "1")):
+        fit_cli(cache, folder, f"--heads {heads} --shots 1 --seeds {seeds} --protocol paper "
+                f"--out real/{name}.jsonl --save-predictions real/preds-{name}")
+    out = ["```text"]
+    for args in (f"real/cmp.jsonl --heads {heads}", f"real/one.jsonl --heads {heads}",
+                 f"real/one.jsonl --heads {heads} --predictions real/preds-one"):
+        done = subprocess.run([sys.executable, "-m", "featbench", "compare", *args.split()], cwd=folder,
+                              capture_output=True, text=True, check=True)
+        stats = done.stdout.split("\n\n")[0].splitlines()  # the verdict, before the per-class lists
+        out += [f"$ featbench compare {args}", *stats]
+    return "\n".join(out + ["```"])
+
+
+def fit_cli(cache: Path, folder: Path, args: str) -> None:
+    """`featbench fit` as the README writes it, in ``folder`` (its real/ holds the cache)."""
+    import shutil
+    import subprocess
+
+    (folder / "real").mkdir(exist_ok=True)
+    if not (folder / "real" / "imagenet.h5").exists():
+        shutil.copy(cache, folder / "real" / "imagenet.h5")
+    subprocess.run([sys.executable, "-m", "featbench", "fit", "real/imagenet.h5", *args.split()], cwd=folder,
+                   capture_output=True, text=True, check=True)
 
 
 def render(blocks: dict[str, str]) -> str:
