@@ -486,9 +486,13 @@ def _open_partial(request: Request, say: Callable[[str], None]):
         templates=ds.templates, text_features_pre=text_pre if spec.pre_projection else None,
         arrays=arrays, extra=extra, tasks=tasks, dtype=spec.dtype,
     )
-    for vname, sc, _ in request.view_sets:  # each view set records its crop scale
-        for suffix in ("", "_pre"):
-            writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
+    try:
+        for vname, sc, _ in request.view_sets:  # each view set records its crop scale
+            for suffix in ("", "_pre"):
+                writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
+    except BaseException:  # a resume would not add them: start afresh instead
+        writer.discard()
+        raise
     return writer
 
 
