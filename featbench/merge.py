@@ -319,7 +319,8 @@ def _write_merged(paths: list[Path], out: Path, tmp: Path) -> None:
     except BaseException:
         for p in opened:
             p.close()
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink()
         raise
 
 

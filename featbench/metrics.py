@@ -62,6 +62,7 @@ def save_predictions(folder: str, row: dict, pred: np.ndarray, y: np.ndarray) ->
                 np.savez(fh, pred=pred, label=y)
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_file():
+                tmp.unlink()
             raise
     return name

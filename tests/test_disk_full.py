@@ -38,6 +38,8 @@ H5_TEXT = ("Can't write data (file write failed: time = Sun Dec  6 06:50:00 2026
            "errno = 28, error message = 'No space left on device', buf = 0x1, total write size = 4096)")
 QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # the subprocesses below run with one thread too
+
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
@@ -486,7 +488,7 @@ def _real_disk_run(tmp_path, size: str, commands: list[list[str]]) -> list[dict]
         steps.append(f"mkdir {saved}/{i} && cp -a {disk}/. {saved}/{i}/")
     script = f"set -e\nmount -t tmpfs -o size={size} tmpfs {disk}\n" + "\n".join(steps) + "\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True, text=True,
                               timeout=600, cwd=Path(__file__).parent.parent)
@@ -521,6 +523,22 @@ def test_real_small_filesystem_fit(tmp_path, fit_setup):
     assert len(rows) == 9 and (again["files"] / "r.jsonl").read_bytes().startswith(data)
     assert {(r["shots"], r["seed"], r["acc"]) for r in rows if r["seed"] < 3} == \
         {(r["shots"], r["seed"], r["acc"]) for r in read_rows(clean)}
+
+
+def test_real_small_filesystem_save_predictions_from_workers(tmp_path, fit_setup):
+    cache, clean = fit_setup
+    disk, out = tmp_path / "disk", tmp_path / "out" / "r.jsonl"
+    cmd = ["fit", str(cache), "--heads", "test_protocol:NCMHead", "--shots", "1,2,4", "--seeds", "1,2", "--jobs", "2",
+           "--no-progress", "--out", str(out), "--save-predictions", str(disk)]
+    first, again = _real_disk_run(tmp_path, "8k", [cmd, cmd])  # one 4 KiB page per .npz: two fit
+    _assert_one_line(first, disk)
+    assert "--save-predictions" in first["err"]
+    saved = files_in(first["files"])
+    assert len(saved) == 2 and all(n.endswith(".npz") for n in saved), saved  # no temporary file left behind
+    assert again["rc"] == 0, again
+    rows = read_rows(out)
+    assert len(rows) == 6 and {r["predictions"] for r in rows} == files_in(again["files"])
+    assert {(r["shots"], r["seed"], r["acc"]) for r in rows} == {(r["shots"], r["seed"], r["acc"]) for r in read_rows(clean)}
 
 
 # the cache takes 6.15 MiB (mostly the random text tower's weights); 6000k is refused up front, 6260k passes that

@@ -104,6 +104,14 @@ def _new_file(final: Path, init: Path) -> h5py.File:
         ) from None
 
 
+def _remove(path: Path) -> None:
+    """Delete a file of ours if it is there (a path that cannot exist, under a file, is fine too)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _write_identity(f, attrs: Mapping, fingerprint: str, job: dict, shard: str | None) -> None:
     """The given root attributes, then what makes a partial resumable: fingerprint, job and shard."""
     for k, v in attrs.items():
@@ -256,8 +264,8 @@ class CacheWriter:
     def discard(self) -> None:
         """Close and delete the partial (and any half-built `.init`): work that can never finish as asked."""
         self.close()
-        self.partial.unlink(missing_ok=True)
-        self.init_path.unlink(missing_ok=True)
+        _remove(self.partial)
+        _remove(self.init_path)
 
     # -- resuming ------------------------------------------------------------------------------------
     def try_resume(self, overwrite: bool = False) -> bool:
@@ -315,7 +323,7 @@ class CacheWriter:
                 _write_progress(f, tasks)
             os.replace(init, self.partial)
         except BaseException:  # a full disk or an interruption while laying out: no half-built file stays behind
-            init.unlink(missing_ok=True)
+            _remove(init)
             raise
         self._f = h5py.File(self.partial, "r+")
         self.tasks = {t.name: t for t in tasks}

@@ -99,7 +99,8 @@ def write_cache(
                                 dtype, view_scale, more_views)
             os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)  # a failed write leaves no half-written file behind
+            if tmp.is_file():  # a failed write leaves no half-written file behind
+                tmp.unlink()
             raise
     return path
 
