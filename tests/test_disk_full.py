@@ -543,7 +543,7 @@ def test_real_small_filesystem_save_predictions_from_workers(tmp_path, fit_setup
 
 # the cache takes 6.15 MiB (mostly the random text tower's weights); 6000k is refused up front, 6260k passes that
 # check (the arrays fit) and fills up half-way through HDF5's own bytes
-@pytest.mark.parametrize("size,up_front", [("6000k", True), ("6260k", False)])
+@pytest.mark.parametrize("size,up_front", [pytest.param("6000k", True, marks=pytest.mark.slow), ("6260k", False)])
 def test_real_small_filesystem_extract(data_root, reference, tmp_path, size, up_front):
     disk = tmp_path / "disk"
     cmd = ["extract", "--dataset", "caltech101", "--root", str(data_root), "--model", "tiny-vit", "--pretrained", "none",
