@@ -511,16 +511,16 @@ def _layout_bytes(request: Request) -> int:
 
 
 def _still_to_write(request: Request, writer) -> int:
-    """About how many bytes the extraction still has to write: all of a new file, else its pending blocks."""
-    total = request.planned_bytes or _layout_bytes(request)
-    if writer is None or writer.tasks is None or not writer.partial.exists():
-        return total
+    """About how many bytes the extraction still has to write: all of a new file, else its pending blocks (the
+    partial already holds everything else, its feature arrays preallocated)."""
+    if writer is None or not writer.tasks or not writer.partial.exists():
+        return request.planned_bytes or _layout_bytes(request)
+    blocks_bytes = _layout_bytes(request)
     try:
-        done = sum(t.n_blocks - len(writer.pending_blocks(name)) for name, t in writer.tasks.items())
-        blocks = sum(t.n_blocks for t in writer.tasks.values())
-    except Exception:  # the file is unreadable after the failure: count it all
-        return total
-    return int(total * (blocks - done) / blocks) if blocks else total
+        done, blocks = writer.blocks_done()
+    except Exception:  # the file is unreadable after the failure: count every block
+        return blocks_bytes
+    return int(blocks_bytes * (blocks - done) / blocks) if blocks else 0
 
 
 def _layout(request: Request, text_pre) -> tuple[dict, dict, list, dict]:

@@ -367,6 +367,15 @@ class CacheWriter:
         g["done"][block] = 1
         self._f.flush()  # ... then the flag that says it is there
 
+    def blocks_done(self) -> tuple[int, int]:
+        """(blocks done, blocks in all) of the partial, read from the file even after it was closed."""
+        total = sum(t.n_blocks for t in self.tasks.values())
+        if self._f is not None:
+            return total - sum(len(self.pending_blocks(name)) for name in self.tasks), total
+        with h5py.File(self.partial, "r") as f:
+            done = sum(int(np.count_nonzero(f[PROGRESS_GROUP][name]["done"][()])) for name in self.tasks)
+        return done, total
+
     def bad_positions(self, task: str) -> np.ndarray:
         return np.flatnonzero(self._f[PROGRESS_GROUP][task]["bad"][()]).astype(np.int64)
 
