@@ -21,6 +21,7 @@ import numpy as np
 from featbench import cache as C
 from featbench.datasets import load_dataset
 from featbench.devices import use_deterministic
+from featbench.diskspace import check_free_space, disk_full_as_error
 from featbench.distributed import DistEnv, dist_env, run_sharded, shard_rows
 from featbench.encoders import Encoder, ViewTransform, load_rgb, model_label, sha256_json, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch
@@ -288,8 +289,12 @@ def run_extract(spec: ExtractSpec, *, log: Callable[[str], None] | None = None,
     request = prepare(spec, say)
     if request.target.exists() and not spec.overwrite:
         return _reuse(request, say)
-    writer = _open_partial(request, say)
-    return _encode_and_finalise(request, writer, after_block, say)
+    state: dict = {}
+    with disk_full_as_error(request.target.parent, request.target.name,
+                            lambda: _still_to_write(request, state.get("writer")),
+                            then="rerun the same command once there is room: it resumes from the blocks already written"):
+        state["writer"] = writer = _open_partial(request, say)
+        return _encode_and_finalise(request, writer, after_block, say)
 
 
 def run_extract_sharded(spec: ExtractSpec, *, log: Callable[[str], None] | None = None, env: DistEnv | None = None) -> Path:
@@ -320,6 +325,7 @@ class Request:
     fingerprint: str
     job: dict
     target: Path
+    planned_bytes: int = 0  # what a new partial file holds at least (set when it is laid out)
 
     def index_sha_for(self, splits: list[str]) -> str:
         """The index digest an older cache extracted with `splits` recorded."""
@@ -469,18 +475,54 @@ def _open_partial(request: Request, say: Callable[[str], None]):
         return writer
     enc, ds = request.enc, request.ds
     text, text_pre = enc.encode_text(ds.classnames, ds.templates, pre_projection=spec.pre_projection)
+    _fits_dtype(request, "text features", text)
+    if spec.pre_projection:
+        _fits_dtype(request, "pre-projection text features", text_pre)
     arrays, extra, tasks, split_meta = _layout(request, text_pre)
     tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
     extra.update(tower_arrays)
+    request.planned_bytes = _layout_bytes(request) + C.expected_bytes(extra.values(), np.float32)
+    check_free_space(request.target.parent, request.planned_bytes, request.target.name, "nothing was written")
     writer.create(
         attrs=_attrs(request, tower), classnames=ds.classnames, splits=split_meta, text_features=text,
         templates=ds.templates, text_features_pre=text_pre if spec.pre_projection else None,
         arrays=arrays, extra=extra, tasks=tasks, dtype=spec.dtype,
     )
-    for vname, sc, _ in request.view_sets:  # each view set records its crop scale
-        for suffix in ("", "_pre"):
-            writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
+    try:
+        for vname, sc, _ in request.view_sets:  # each view set records its crop scale
+            for suffix in ("", "_pre"):
+                writer.set_attr(f"/splits/train/{vname}{suffix}", "scale", list(sc))
+    except BaseException:  # a resume would not add them: start afresh instead
+        writer.discard()
+        raise
     return writer
+
+
+def _fits_dtype(request: Request, what: str, arr) -> None:
+    """Refuse features that --dtype float16 would store as Inf (as `featbench import` does)."""
+    C.require_fits_dtype(arr, request.spec.dtype, f"{request.enc.name} {what}",
+                         "extract with --dtype float32 (this float16 extraction is not kept)")
+
+
+def _layout_bytes(request: Request) -> int:
+    """Bytes a new partial file holds at least: its preallocated feature arrays and the text features."""
+    arrays, _, _, _ = _layout(request, None)
+    item = np.dtype(np.float16 if request.spec.dtype == "float16" else np.float32).itemsize
+    text = len(request.ds.templates) * len(request.ds.classnames) * request.enc.embed_dim * item
+    return text + sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in arrays.values())
+
+
+def _still_to_write(request: Request, writer) -> int:
+    """About how many bytes the extraction still has to write: all of a new file, else its pending blocks (the
+    partial already holds everything else, its feature arrays preallocated)."""
+    if writer is None or not writer.tasks or not writer.partial.exists():
+        return request.planned_bytes or _layout_bytes(request)
+    blocks_bytes = _layout_bytes(request)
+    try:
+        done, blocks = writer.blocks_done()
+    except Exception:  # the file is unreadable after the failure: count every block
+        return blocks_bytes
+    return int(blocks_bytes * (blocks - done) / blocks) if blocks else 0
 
 
 def _layout(request: Request, text_pre) -> tuple[dict, dict, list, dict]:
@@ -548,6 +590,9 @@ def _encode_and_finalise(request: Request, writer, after_block, say: Callable[[s
         for vname, _, _ in request.view_sets:
             row_sets[f"train/{vname}"] = ("/splits/train/view_rows", "train")
         path, skipped = writer.finalize(row_sets=row_sets)
+    except C.DtypeRangeError:
+        writer.discard()  # float16 can never hold these features: a rerun with --dtype float32 starts afresh
+        raise
     finally:
         writer.close()
     if skipped:
@@ -619,6 +664,8 @@ def _encode_blocks(writer, request: Request, sources: list[_Blocks], bar, after_
             )
         feats, pre = enc.encode_images(x, pre_projection=spec.pre_projection)
         data = [feats.cpu().numpy()] + ([pre.cpu().numpy()] if spec.pre_projection else [])
+        for what, arr in zip(("image features", "pre-projection image features"), data):
+            _fits_dtype(request, f"{what} of {name} (block {b})", arr)
         v = views[name]
         if v:  # [n*V, D] (image-major) -> [V, n, D]
             data = [a.reshape(-1, v, a.shape[-1]).transpose(1, 0, 2) for a in data]

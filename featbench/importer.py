@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.cache import SPLITS, base_attrs, compute_fingerprint, write_cache
+from featbench.cache import SPLITS, base_attrs, compute_fingerprint, require_fits_dtype, write_cache
 from featbench.errors import FeatbenchError
 from featbench.npyfiles import check_npy_size
 from featbench.prompts import check_classname
@@ -43,7 +43,7 @@ def _numeric(npz: Path, name: str, arr, dtype: str) -> np.ndarray:
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise FeatbenchError(f"{npz}: {name} holds {bad} NaN/Inf value(s) (or values too large for float32); "
                              "drop or fix those rows before importing")
-    _fits_dtype(npz, name, out, dtype)
+    require_fits_dtype(out, dtype, f"{npz}: {name}", "import with --dtype float32 (or rescale the features)")
     return out
 
 
@@ -73,19 +73,6 @@ def _read_npz(npz: Path) -> dict[str, np.ndarray]:
         raise
     except Exception as err:  # a corrupt or non-npz file
         raise FeatbenchError(f"{npz} is not a readable .npz file ({str(err)[:200]})") from None
-
-
-def _fits_dtype(npz: Path, name: str, arr: np.ndarray, dtype: str) -> None:
-    """Refuse features that the on-disk dtype would turn into Inf (float16 stops at 65504)."""
-    if dtype != "float16" or not arr.size:
-        return
-    with np.errstate(over="ignore"):
-        cast = arr.astype(np.float16)
-    if not np.isfinite(cast).all():
-        peak = float(np.abs(arr).max())
-        raise FeatbenchError(f"{npz}: {name} has values up to {peak:.4g}, beyond float16's range "
-                             f"(±{float(np.finfo(np.float16).max):.0f}), which would be stored as Inf; "
-                             "import with --dtype float32 (or rescale the features)")
 
 
 def _classnames(npz: Path, arrays: dict, n_classes: int) -> list[str]:

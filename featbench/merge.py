@@ -47,6 +47,7 @@ from featbench.cache import (
     write_along,
     write_strings,
 )
+from featbench.diskspace import check_free_space, disk_full_as_error
 from featbench.errors import FeatbenchError
 
 #: datasets indexed by split row along axis 0 (merged), per split group
@@ -267,8 +268,20 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
         raise FeatbenchError(f"--out {out} is one of the parts; write the merged cache to a new path")
     if out.exists() and not overwrite:
         raise FeatbenchError(f"{out} already exists; pass --overwrite to replace it")
-    opened: list[_Part] = []
     tmp = out.with_name(out.name + ".merge-tmp")
+    sizes = [p.stat().st_size for p in paths if p.is_file()]
+    then = "no merged file was left behind; rerun the same command once there is room"
+    # the merged cache holds every row of every part: at least the largest part, at most all of them
+    check_free_space(out.parent, max(sizes, default=0), out.name, then)
+    with disk_full_as_error(out.parent, out.name, sum(sizes), then):
+        _write_merged(paths, out, tmp)
+    Cache(out).close()  # the result must satisfy the same contract as any cache
+    return out
+
+
+def _write_merged(paths: list[Path], out: Path, tmp: Path) -> None:
+    """Merge the parts into `tmp` and rename it to `out`; any failure removes `tmp`."""
+    opened: list[_Part] = []
     try:
         for p in paths:
             opened.append(_Part(p))
@@ -306,11 +319,9 @@ def merge_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
     except BaseException:
         for p in opened:
             p.close()
-        if tmp.exists():
+        if tmp.is_file():
             tmp.unlink()
         raise
-    Cache(out).close()  # the result must satisfy the same contract as any cache
-    return out
 
 
 __all__ = ["merge_parts", "part_path"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench.diskspace import disk_full_as_error
 from featbench.results import canonical_json, row_key
 
 EVAL_CHUNK = 8192
@@ -46,11 +47,22 @@ def per_class_counts(pred: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
 
 
 def save_predictions(folder: str, row: dict, pred: np.ndarray, y: np.ndarray) -> str:
-    """Write the row's test predictions and labels to ``folder/<row hash>.npz`` (atomically); return the name."""
+    """Write the row's test predictions and labels to ``folder/<row hash>.npz`` (atomically); return the name.
+
+    A failed write (a full disk) removes its temporary file and raises `DiskFull` naming the folder."""
     name = hashlib.sha256(canonical_json(list(row_key(row))).encode()).hexdigest()[:20] + ".npz"
     target = Path(folder) / name
     tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, pred=np.asarray(pred, dtype=np.int32), label=np.asarray(y, dtype=np.int32))
-    os.replace(tmp, target)
+    pred, y = np.asarray(pred, dtype=np.int32), np.asarray(y, dtype=np.int32)
+    size = pred.nbytes + y.nbytes + 1024  # the two arrays plus the zip and .npy headers
+    with disk_full_as_error(folder, f"{name} (--save-predictions)", size,
+                            then="rerun the same command to resume"):
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, pred=pred, label=y)
+            os.replace(tmp, target)
+        except BaseException:
+            if tmp.is_file():
+                tmp.unlink()
+            raise
     return name

@@ -7,6 +7,7 @@ A file that is not a featbench results file (say a ``config.json`` given as ``--
 anything runs. Appends happen under an exclusive ``flock``, and the writer re-reads what other processes
 appended since it last looked, so two identical ``fit`` commands on one file never write a row twice.
 Every row is flushed and fsync'ed before the next cell's row: an interruption loses at most the cell in flight.
+A row that fails to write (a full disk) is cut off again, so the file ends at its last complete row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from featbench.diskspace import disk_full_as_error, write_all
 from featbench.errors import FeatbenchError
 
 #: every row carries these fields (CONTRIBUTING.md "Result rows"), in this order
@@ -186,36 +188,58 @@ class ResultsWriter:
                 self.keys.add(row_key(row))
 
     def append(self, rows: Iterable[Mapping]) -> list[dict]:
-        """Append the rows whose keys are not in the file yet (re-checked under the lock); returns them."""
+        """Append the rows whose keys are not in the file yet (re-checked under the lock); returns them.
+
+        A full disk rolls the file back to its last complete row (the rows already written stay) and
+        raises `DiskFull` naming the folder; rerunning the same command then resumes where it stopped.
+        """
         rows = [dict(r) for r in rows]
         if not rows:
             return []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
         written: list[dict] = []
-        with open(self.path, "ab+") as fh:
-            try:
-                import fcntl
+        pending = [0]  # bytes of the row being written (for the error line)
+        with disk_full_as_error(folder, f"{self.path.name} (result rows)", lambda: pending[0],
+                                then="rows written so far are kept; rerun the same command to resume"):
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab+", buffering=0) as fh:  # unbuffered: a failed write leaves nothing behind
+                try:
+                    import fcntl
 
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # a second featbench on the same file waits here
-            except (ImportError, OSError):  # pragma: no cover - non-POSIX
-                pass
-            self._catch_up(fh)
-            size = fh.seek(0, os.SEEK_END)
-            if size:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":  # keep the last line as it is; ours start on a fresh line
-                    fh.write(b"\n")
-            for row in rows:
-                key = row_key(row)
-                if key in self.keys:
-                    continue
-                fh.write((json.dumps(jsonable(row), separators=(",", ":")) + "\n").encode())
-                fh.flush()
-                os.fsync(fh.fileno())
-                self.keys.add(key)
-                written.append(row)
-            self._catch_up(fh)  # moves the offset past our own lines
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # a second featbench on the same file waits here
+                except (ImportError, OSError):  # pragma: no cover - non-POSIX
+                    pass
+                self._catch_up(fh)
+                for row in rows:
+                    key = row_key(row)
+                    if key in self.keys:
+                        continue
+                    line = (json.dumps(jsonable(row), separators=(",", ":")) + "\n").encode()
+                    pending[0] = len(line)
+                    self._write_row(fh, line)
+                    self.keys.add(key)
+                    written.append(row)
+                self._catch_up(fh)  # moves the offset past our own lines
         return written
+
+    @staticmethod
+    def _write_row(fh, line: bytes) -> None:
+        """One row on a fresh line, durable before the next; on failure the file is cut back to where it was."""
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":  # keep the last line as it is; ours start on a fresh line
+                line = b"\n" + line
+        try:
+            write_all(fh.fileno(), line)
+            os.fsync(fh.fileno())
+        except BaseException:
+            try:  # shrinking a file needs no free space: no cut-off row is left behind
+                os.ftruncate(fh.fileno(), size)
+                os.fsync(fh.fileno())
+            except OSError:  # pragma: no cover - then the reader skips the partial row
+                pass
+            raise
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping]) -> int:

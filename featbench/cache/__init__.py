@@ -72,14 +72,15 @@ from featbench.cache._schema import (
     read_strings,
     safe_name,
 )
-from featbench.cache._validate import REEXTRACT, require_finite, scan_nonfinite
-from featbench.cache._writer import write_array, write_cache, write_strings
+from featbench.cache._validate import REEXTRACT, DtypeRangeError, require_finite, require_fits_dtype, scan_nonfinite
+from featbench.cache._writer import expected_bytes, write_array, write_cache, write_strings
 from featbench.errors import FingerprintMismatch  # `featbench.extract` names it through this package
 
 __all__ = [
     "BlockTask",
     "Cache",
     "CacheWriter",
+    "DtypeRangeError",
     "FingerprintMismatch",
     "PARTIAL_SUFFIX",
     "PROGRESS_GROUP",
@@ -97,6 +98,7 @@ __all__ = [
     "create_along",
     "dataset_items",
     "default_cache_path",
+    "expected_bytes",
     "group_names",
     "job_differences",
     "open_file",
@@ -106,6 +108,7 @@ __all__ = [
     "read_strings",
     "remove_stale_partial",
     "require_finite",
+    "require_fits_dtype",
     "safe_name",
     "scan_nonfinite",
     "write_along",

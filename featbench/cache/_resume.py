@@ -22,6 +22,7 @@ from featbench.cache._compact import plan_drops, replace_with_compacted
 from featbench.cache._schema import PROGRESS_GROUP, decode, partial_path, utc_now
 from featbench.cache._validate import scan_nonfinite
 from featbench.cache._writer import chunks_for, write_array, write_split_index, write_strings, write_text
+from featbench.diskspace import check_free_space
 from featbench.errors import FeatbenchError, FingerprintMismatch
 
 
@@ -101,6 +102,14 @@ def _new_file(final: Path, init: Path) -> h5py.File:
         raise FeatbenchError(
             f"cannot write {init} ({err.strerror or err}); pass a writable --out or --cache-dir"
         ) from None
+
+
+def _remove(path: Path) -> None:
+    """Delete a file of ours if it is there (a path that cannot exist, under a file, is fine too)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _write_identity(f, attrs: Mapping, fingerprint: str, job: dict, shard: str | None) -> None:
@@ -247,6 +256,17 @@ class CacheWriter:
         self._f = None
         self.tasks: dict[str, BlockTask] = {}
 
+    @property
+    def init_path(self) -> Path:
+        """Where `create` builds the partial before renaming it (`<partial>.init`)."""
+        return self.partial.with_name(self.partial.name + ".init")
+
+    def discard(self) -> None:
+        """Close and delete the partial (and any half-built `.init`): work that can never finish as asked."""
+        self.close()
+        _remove(self.partial)
+        _remove(self.init_path)
+
     # -- resuming ------------------------------------------------------------------------------------
     def try_resume(self, overwrite: bool = False) -> bool:
         """Open an existing partial file of the same job; False when there is none (or it was unusable)."""
@@ -284,23 +304,27 @@ class CacheWriter:
         preallocate; extra: absolute name -> small array written now (row lists, projections).
         The file is built under a temporary name and renamed, so a partial always opens cleanly.
         """
-        init = self.partial.with_name(self.partial.name + ".init")
-        with _new_file(self.path, init) as f:
-            _write_identity(f, attrs, self.fingerprint, self.job, self.shard)
-            write_strings(f, "classnames", classnames)
-            if text_features is not None:
-                g = write_text(f, text_features, templates, dtype)
-                if text_features_pre is not None:
-                    write_array(g, "features_pre", text_features_pre, dtype)
-            sg = f.create_group("splits")
-            for name, s in splits.items():
-                write_split_index(sg, name, s)
-            _write_small(f, extra or {})
-            for name, (shape, dt) in (arrays or {}).items():
-                parent, _, leaf = name.strip("/").rpartition("/")
-                _preallocate(f.require_group(parent) if parent else f, leaf, tuple(int(s) for s in shape), dt)
-            _write_progress(f, tasks)
-        os.replace(init, self.partial)
+        init = self.init_path
+        try:
+            with _new_file(self.path, init) as f:
+                _write_identity(f, attrs, self.fingerprint, self.job, self.shard)
+                write_strings(f, "classnames", classnames)
+                if text_features is not None:
+                    g = write_text(f, text_features, templates, dtype)
+                    if text_features_pre is not None:
+                        write_array(g, "features_pre", text_features_pre, dtype)
+                sg = f.create_group("splits")
+                for name, s in splits.items():
+                    write_split_index(sg, name, s)
+                _write_small(f, extra or {})
+                for name, (shape, dt) in (arrays or {}).items():
+                    parent, _, leaf = name.strip("/").rpartition("/")
+                    _preallocate(f.require_group(parent) if parent else f, leaf, tuple(int(s) for s in shape), dt)
+                _write_progress(f, tasks)
+            os.replace(init, self.partial)
+        except BaseException:  # a full disk or an interruption while laying out: no half-built file stays behind
+            _remove(init)
+            raise
         self._f = h5py.File(self.partial, "r+")
         self.tasks = {t.name: t for t in tasks}
 
@@ -343,6 +367,15 @@ class CacheWriter:
         g["done"][block] = 1
         self._f.flush()  # ... then the flag that says it is there
 
+    def blocks_done(self) -> tuple[int, int]:
+        """(blocks done, blocks in all) of the partial, read from the file even after it was closed."""
+        total = sum(t.n_blocks for t in self.tasks.values())
+        if self._f is not None:
+            return total - sum(len(self.pending_blocks(name)) for name in self.tasks), total
+        with h5py.File(self.partial, "r") as f:
+            done = sum(int(np.count_nonzero(f[PROGRESS_GROUP][name]["done"][()])) for name in self.tasks)
+        return done, total
+
     def bad_positions(self, task: str) -> np.ndarray:
         return np.flatnonzero(self._f[PROGRESS_GROUP][task]["bad"][()]).astype(np.int64)
 
@@ -367,7 +400,9 @@ class CacheWriter:
         if not drops:  # nothing to drop: the partial is the cache
             self._finish_in_place(stamp)
             return self.path, skipped
-        # the partial stays open (and locked) but is only read from here on
+        # the partial stays open (and locked) but is only read from here on; the copy needs about its size
+        check_free_space(self.path.parent, self.partial.stat().st_size, f"{self.path.name} (dropping unreadable images)",
+                         "the finished partial is kept; rerun the same command once there is room")
         replace_with_compacted(self._f, self.path, drops, skipped, stamp)
         self.close()
         self.partial.unlink(missing_ok=True)

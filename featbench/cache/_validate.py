@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from featbench.cache._schema import PROGRESS_GROUP, REQUIRED_ATTRS, SCHEMA_VERSION, SPLITS, VIEW_SET_NAMES, decode
-from featbench.errors import CacheContractError, short_repr
+from featbench.errors import CacheContractError, FeatbenchError, short_repr
 
 REEXTRACT = "re-extract the cache (`featbench extract --overwrite`) or re-import the features"
 
@@ -29,6 +29,24 @@ def require_finite(arr: np.ndarray, what: str) -> np.ndarray:
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise CacheContractError(f"{what} holds {bad} NaN/Inf value(s); results from it would be meaningless; {REEXTRACT}")
     return arr
+
+
+class DtypeRangeError(FeatbenchError):
+    """Features too large for the cache's on-disk dtype (float16 stops at 65504): they would be stored as Inf."""
+
+
+def require_fits_dtype(arr, dtype, what: str, fix: str) -> None:
+    """Refuse finite features that storing as ``dtype`` would turn into Inf (float16 stops at ±65504); the
+    one line names ``what`` and says ``fix`` (the flag that stores them, e.g. "import with --dtype float32")."""
+    arr = np.asarray(arr)
+    if np.dtype(dtype) != np.float16 or not arr.size or not np.issubdtype(arr.dtype, np.floating):
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        lost = np.isfinite(arr) & ~np.isfinite(arr.astype(np.float16))
+    if lost.any():
+        peak = float(np.abs(arr[lost]).max())
+        raise DtypeRangeError(f"{what} has values up to {peak:.4g}, beyond float16's range "
+                              f"(±{float(np.finfo(np.float16).max):.0f}), which would be stored as Inf; {fix}")
 
 
 def scan_nonfinite(f, slab_bytes: int = 64 << 20) -> list[str]:

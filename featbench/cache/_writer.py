@@ -15,6 +15,7 @@ import numpy as np
 
 from featbench.cache._schema import STRING_DTYPE, VIEW_SET_NAMES
 from featbench.cache._validate import scan_nonfinite
+from featbench.diskspace import check_free_space, disk_full_as_error
 from featbench.errors import FeatbenchError
 
 
@@ -73,7 +74,8 @@ def write_cache(
     view_scale: Sequence[float] | None = None,
     more_views: Mapping[str, tuple[np.ndarray, Sequence[float]]] | None = None,
 ) -> Path:
-    """Write a complete schema-v1 cache atomically (temporary file, then rename).
+    """Write a complete schema-v1 cache atomically (temporary file, then rename); a disk without room for the
+    arrays is refused before anything is written, and a write that fails half-way removes the temporary file.
 
     splits maps split name -> {"paths", "labels", "features"[, "rows"][, "features_pre"]}.
     extra maps absolute dataset names (e.g. "/model/image_projection") to arrays stored as float32.
@@ -81,26 +83,50 @@ def write_cache(
     ("views_2", ...) to (array [V, K, D] over the same view_rows, scale).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    with h5py.File(tmp, "w") as f:
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        write_strings(f, "classnames", classnames)
-        if text_features is not None:
-            write_text(f, text_features, templates, dtype)
-        sg = f.create_group("splits")
-        for name, s in splits.items():
-            _write_split(sg, name, s, dtype)
-        if views is not None:
-            _write_views(sg["train"], views, view_rows, view_scale, more_views or {}, dtype)
-        for name, arr in (extra or {}).items():
-            f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
-        f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))
-    os.replace(tmp, path)
+    arrays = [text_features, views, *(s.get(k) for s in splits.values() for k in ("features", "features_pre")),
+              *(a for a, _ in (more_views or {}).values())]
+    size = expected_bytes(arrays, dtype) + expected_bytes((extra or {}).values(), "float32")
+    then = "nothing was written; rerun once there is room"
+    check_free_space(path.parent, size, path.name, then)
+    with disk_full_as_error(path.parent, path.name, size, then):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if tmp.exists():
+                tmp.unlink()
+            with h5py.File(tmp, "w") as f:
+                _write_contents(f, attrs, classnames, splits, text_features, templates, views, view_rows, extra,
+                                dtype, view_scale, more_views)
+            os.replace(tmp, path)
+        except BaseException:
+            if tmp.is_file():  # a failed write leaves no half-written file behind
+                tmp.unlink()
+            raise
     return path
+
+
+def expected_bytes(arrays, dtype) -> int:
+    """Bytes the feature arrays take on disk as ``dtype`` (None entries skipped): what a write needs at least."""
+    item = np.dtype(dtype).itemsize
+    return sum(int(np.size(a)) * item for a in arrays if a is not None)
+
+
+def _write_contents(f, attrs, classnames, splits, text_features, templates, views, view_rows, extra, dtype,
+                    view_scale, more_views) -> None:
+    """Everything of a cache into the open file ``f`` (see `write_cache`)."""
+    for k, v in attrs.items():
+        f.attrs[k] = v
+    write_strings(f, "classnames", classnames)
+    if text_features is not None:
+        write_text(f, text_features, templates, dtype)
+    sg = f.create_group("splits")
+    for name, s in splits.items():
+        _write_split(sg, name, s, dtype)
+    if views is not None:
+        _write_views(sg["train"], views, view_rows, view_scale, more_views or {}, dtype)
+    for name, arr in (extra or {}).items():
+        f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+    f.attrs["nonfinite"] = json.dumps(scan_nonfinite(f))
 
 
 def _write_split(sg, name: str, split: Mapping, dtype) -> None:

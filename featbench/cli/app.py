@@ -6,12 +6,13 @@ import typer
 from typer.core import TyperGroup
 
 from featbench.devices import device_error_message
+from featbench.diskspace import disk_full_message
 from featbench.errors import FeatbenchError
 
 
 class _CleanErrorGroup(TyperGroup):
-    """Turns user errors, and a GPU's out-of-memory or nondeterministic-kernel errors, into one line on stderr
-    and exit code 2, never a traceback."""
+    """Turns user errors, a GPU's out-of-memory or nondeterministic-kernel errors and a full disk no writer named
+    into one line on stderr and exit code 2, never a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -20,7 +21,7 @@ class _CleanErrorGroup(TyperGroup):
             typer.echo(f"featbench: error: {one_line(str(err))}", err=True)
             raise typer.Exit(code=2) from None
         except Exception as err:
-            line = device_error_message(err)
+            line = device_error_message(err) or disk_full_message(err)
             if line is None:
                 raise
             typer.echo(f"featbench: error: {line}", err=True)
