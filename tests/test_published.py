@@ -188,13 +188,15 @@ def test_cli_published_lists_rows_with_sources():
     res = runner.invoke(app, ["published", "--protocol", "base-to-new", "--model", "ViT-B-16", "--format", "csv"])
     assert res.exit_code == 0, res.output
     got = list(csv.DictReader(io.StringIO(res.output)))
-    assert len(got) == 12 and {r["split"] for r in got} == {"base", "new", "H"}
+    averages = [r for r in got if r["dataset"] == "average"]  # CoCoOp / KgCoOp: Base, New, H of four heads
+    assert len(averages) == 12 and {r["split"] for r in averages} == {"base", "new", "H"}
+    assert len(got) == 12 + 22  # plus GDA's per-dataset Base and New (its log prints no H)
     assert all(r["source"] and r["where"] for r in got)
     res = runner.invoke(app, ["published", "--head", "tipadapter-f"])
     assert res.exit_code == 2 and "did you mean 'tip-adapter-f'" in res.output
     res = runner.invoke(app, ["published", "--protocol", "fewshot"])
     assert res.exit_code == 2 and "--protocol" in res.output
-    res = runner.invoke(app, ["published", "--head", "gda", "--model", "ViT-B-16"])
+    res = runner.invoke(app, ["published", "--head", "clip-adapter", "--model", "ViT-B-16"])
     assert res.exit_code == 2 and "no published numbers match" in res.output
     res = runner.invoke(app, ["published", "--format", "latex"])
     assert res.exit_code == 2 and "--format" in res.output
