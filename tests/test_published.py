@@ -73,6 +73,7 @@ def test_shipped_ledger_is_valid_and_sourced():
     for head in ("coop", "ape", "ape-t"):  # APE's notebook: 11 datasets x 1/2/4/8/16 shots
         assert counts[(head, "RN50", "few-shot")] == 55
     assert counts[("gda", "ViT-B-16", "base-to-new")] == 22  # 11 datasets x Base / New
+    assert counts[("gda", "ViT-B-16", "few-shot")] == 11  # GDA's architecture log: 16 shots
     dg = [r for r in rows if r.protocol == "domain-generalisation"]
     assert len(dg) == 12 and all(r.shots == 16 and r.split == "all" for r in dg)
     assert {r.dataset for r in dg} == {"imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
@@ -95,6 +96,7 @@ def test_shipped_ledger_spot_values():
     assert find("ape", "imagenet", 16, model="ViT-B-16").value == 72.17
     assert find("gda", "dtd", 16, model="ViT-B-16", protocol="base-to-new", split="new").value == 59.8229
     assert find("gda", "imagenet_r", 16, model="ViT-B-16", protocol="domain-generalisation").value == 76.9733
+    assert find("gda", "imagenet", 16, model="ViT-B-16").value == 72.2427  # architecture.log, not the DG run's
     assert find("coop", "imagenet_a", 16, protocol="domain-generalisation").value == 23.06  # ProLIP Table 9
     assert find("prolip", "imagenet_sketch", 16, protocol="domain-generalisation").value == 34.80
 
