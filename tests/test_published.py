@@ -70,6 +70,13 @@ def test_shipped_ledger_is_valid_and_sourced():
     assert counts[("zeroshot", "RN50", "few-shot")] == 11
     for head in ("zeroshot", "coop", "cocoop", "kgcoop"):
         assert counts[(head, "ViT-B-16", "base-to-new")] == 3
+    for head in ("coop", "ape", "ape-t"):  # APE's notebook: 11 datasets x 1/2/4/8/16 shots
+        assert counts[(head, "RN50", "few-shot")] == 55
+    assert counts[("gda", "ViT-B-16", "base-to-new")] == 22  # 11 datasets x Base / New
+    assert counts[("gda", "ViT-B-16", "few-shot")] == 11  # GDA's architecture log: 16 shots
+    dg = [r for r in rows if r.protocol == "domain-generalisation"]
+    assert len(dg) == 12 and all(r.shots == 16 and r.split == "all" for r in dg)
+    assert {r.dataset for r in dg} == {"imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
 
 
 def test_shipped_ledger_spot_values():
@@ -84,6 +91,14 @@ def test_shipped_ledger_spot_values():
     assert find("zeroshot", "ucf101", 8).value == 61.35  # a zero-shot number stands for every shot count
     assert find("cocoop", "average", 16, model="ViT-B-16", protocol="base-to-new", split="H").value == 75.83
     assert find("taskres", "imagenet", 16) is None
+    assert find("coop", "fgvc_aircraft", 1).value == 8.87  # APE's notebook
+    assert find("ape-t", "ucf101", 16).value == 79.73
+    assert find("ape", "imagenet", 16, model="ViT-B-16").value == 72.17
+    assert find("gda", "dtd", 16, model="ViT-B-16", protocol="base-to-new", split="new").value == 59.8229
+    assert find("gda", "imagenet_r", 16, model="ViT-B-16", protocol="domain-generalisation").value == 76.9733
+    assert find("gda", "imagenet", 16, model="ViT-B-16").value == 72.2427  # architecture.log, not the DG run's
+    assert find("coop", "imagenet_a", 16, protocol="domain-generalisation").value == 23.06  # ProLIP Table 9
+    assert find("prolip", "imagenet_sketch", 16, protocol="domain-generalisation").value == 34.80
 
 
 def test_ledger_ships_as_package_data():
@@ -188,13 +203,15 @@ def test_cli_published_lists_rows_with_sources():
     res = runner.invoke(app, ["published", "--protocol", "base-to-new", "--model", "ViT-B-16", "--format", "csv"])
     assert res.exit_code == 0, res.output
     got = list(csv.DictReader(io.StringIO(res.output)))
-    assert len(got) == 12 and {r["split"] for r in got} == {"base", "new", "H"}
+    averages = [r for r in got if r["dataset"] == "average"]  # CoCoOp / KgCoOp: Base, New, H of four heads
+    assert len(averages) == 12 and {r["split"] for r in averages} == {"base", "new", "H"}
+    assert len(got) == 12 + 22  # plus GDA's per-dataset Base and New (its log prints no H)
     assert all(r["source"] and r["where"] for r in got)
     res = runner.invoke(app, ["published", "--head", "tipadapter-f"])
     assert res.exit_code == 2 and "did you mean 'tip-adapter-f'" in res.output
     res = runner.invoke(app, ["published", "--protocol", "fewshot"])
     assert res.exit_code == 2 and "--protocol" in res.output
-    res = runner.invoke(app, ["published", "--head", "gda", "--model", "ViT-B-16"])
+    res = runner.invoke(app, ["published", "--head", "clip-adapter", "--model", "ViT-B-16"])
     assert res.exit_code == 2 and "no published numbers match" in res.output
     res = runner.invoke(app, ["published", "--format", "latex"])
     assert res.exit_code == 2 and "--format" in res.output
@@ -256,6 +273,18 @@ def test_table_published_matches_encoder_dataset_and_setting(rn50_rows):
     t = aggregate(pd.DataFrame(dg), published=True)
     assert t.published.isna().all().all()  # a domain-generalisation cell is not a few-shot number
     assert any("none in the ledger matches" in n for n in t.notes)
+
+
+def test_table_published_matches_domain_generalisation_rows():
+    """An eval-on row (trained on ImageNet, evaluated on a shifted set) meets the ledger's domain-generalisation
+    number for that target; the same target evaluated as its own training set does not."""
+    dg = [row(ds, "coop", 16, s, 30.0, source="imagenet") for ds in ("imagenet_a", "imagenet_r") for s in (1, 2, 3)]
+    t = aggregate(pd.DataFrame(dg), rows="dataset", cols="shots", published=True)
+    assert t.published.loc["imagenet_a", 16] == 23.06 and t.published.loc["imagenet_r", 16] == 56.60
+    assert t.published_source.loc["imagenet_a", 16] == "ProLIP, arXiv:2410.05270"
+    assert any("Table 9" in n for n in t.notes)
+    own = [row("imagenet_a", "coop", 16, s, 30.0) for s in (1, 2, 3)]  # no ImageNet source: not DG
+    assert aggregate(pd.DataFrame(own), published=True).published.isna().all().all()
 
 
 def test_published_average_only_over_the_eleven_datasets():
