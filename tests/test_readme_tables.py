@@ -23,7 +23,7 @@ def _script():
 def test_readme_quotes_the_saved_figures_verbatim():
     rt = _script()
     saved = rt.parse(rt.SAVED.read_text(encoding="utf-8"))
-    assert set(saved) == set(rt.BLOCKS) == {"imagenet-fixture", "stronger-heads", "transclip", "b2n"}
+    assert set(saved) == set(rt.BLOCKS) == {"imagenet-fixture", "stronger-heads", "transclip", "b2n", "compare"}
     assert rt.differences(rt.README.read_text(encoding="utf-8"), saved) == []
     assert rt.main(["--check", "--saved"]) == 0
 
