@@ -87,6 +87,19 @@ def plot_curves(df, out: str | Path, *, metric: str = "acc", protocol: str | Non
     return written
 
 
+def panel_grid(n_panels: int, ncols: int, *, panel_size: tuple[float, float]):
+    """(figure, axes [rows][cols], columns used) for ``n_panels`` panels at most ``ncols`` wide, headroom for a
+    legend and title (Agg canvas: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(ncols, n_panels))
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(max(panel_size[0] * ncols, MIN_WIDTH), panel_size[1] * nrows + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False), ncols
+
+
 def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: int = 4, title: str | None = None,
                 names: str = "registry", heads=None, datasets=None, shots=None):
     """The matplotlib Figure of :func:`plot_curves` (not saved).
@@ -94,8 +107,6 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     ``heads``/``datasets``/``shots`` keep only those curves, panels and points (as ``featbench table``'s
     filters do); ``names="paper"`` labels heads by their papers' names.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
     from featbench import tables
@@ -108,12 +119,8 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     panels = datasets + ([tables.AVERAGE] if len(datasets) > 1 else [])
     shots_all = sorted({int(s) for s in prepared["shots"]})
 
-    ncols = max(1, min(ncols, len(panels)))
-    nrows = math.ceil(len(panels) / ncols)
-    width = max(3.2 * ncols, MIN_WIDTH)
-    fig = Figure(figsize=(width, 2.7 * nrows + 0.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes, ncols = panel_grid(len(panels), ncols, panel_size=(3.2, 2.7))
+    nrows, width = len(axes), fig.get_figwidth()
     handles: dict[str, object] = {}
     any_oracle = False
     for k, panel in enumerate(panels):
@@ -169,9 +176,6 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
     marked floor whose tick reads 0. Several datasets: the Average (mean accuracy, mean count), as the table's.
     Heads whose count is unknown (older rows, heads that do not report it) are left out and named in the title.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from featbench import tables
 
     prepared = _plot_rows(df, metric, protocol, names, heads=heads, shots=shots, datasets=datasets)
@@ -186,12 +190,8 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
                              "featbench before it recorded them); refit, or plot --x shots")
     floor = params_floor(cells["low"])
     shots_all = sorted({int(s) for s in cells["shots"]})
-    ncols = max(1, min(ncols, len(shots_all)))
-    nrows = math.ceil(len(shots_all) / ncols)
-    width = max(3.4 * ncols, MIN_WIDTH)
-    fig = Figure(figsize=(width, 2.9 * nrows + 0.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes, ncols = panel_grid(len(shots_all), ncols, panel_size=(3.4, 2.9))
+    nrows, width = len(axes), fig.get_figwidth()
     styles = _line_styles(prepared)
     handles: dict[str, object] = {}
     for k, shot in enumerate(shots_all):

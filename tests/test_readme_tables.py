@@ -45,3 +45,26 @@ def test_recomputed_zeroshot_rows_match_the_saved_figures(real_fixtures):
     assert blocks["imagenet-fixture"].splitlines()[2].startswith("| zeroshot | ")
     assert rt.differences(rt.SAVED.read_text(encoding="utf-8"), blocks, partial=True) == []
     assert rt.differences(rt.README.read_text(encoding="utf-8"), blocks, partial=True) == []
+
+
+def _param_counts():
+    spec = importlib.util.spec_from_file_location("param_counts", REPO_ROOT / "benchmarks" / "param_counts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_lists_the_trainable_params_of_every_built_in_head():
+    from featbench.heads import BUILT_IN, head_origin, list_heads
+
+    pc = _param_counts()
+    block = pc.BLOCK.search(pc.README.read_text(encoding="utf-8"))
+    assert block is not None
+    named = {line.split("(`")[1].split("`)")[0] for line in block["body"].splitlines()[2:]}
+    assert named == {h for h in list_heads() if head_origin(h) == BUILT_IN}
+
+
+@pytest.mark.slow
+def test_readme_trainable_params_are_what_the_heads_report():
+    """Fits every built-in head at ImageNet/RN50 shapes (minutes on 2 cores): README.md must quote its output."""
+    assert _param_counts().main(["--check"]) == 0
