@@ -9,10 +9,9 @@ subset of rows (`shard_rows`) and merge the parts by row.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,139 +19,20 @@ import numpy as np
 
 from featbench import cache as C
 from featbench.datasets import load_dataset
-from featbench.devices import use_deterministic
+from featbench.devices import resolve_device, use_deterministic
 from featbench.diskspace import check_free_space, disk_full_as_error
-from featbench.distributed import DistEnv, dist_env, run_sharded, shard_rows
+from featbench.distributed import DistEnv, dist_env, run_sharded
 from featbench.encoders import Encoder, ViewTransform, load_rgb, model_label, sha256_json, weights_label
 from featbench.errors import FeatbenchError, FingerprintMismatch
 from featbench.extract_spec import (  # noqa: F401  (the argument helpers keep their featbench.extract names)
     DTYPES, STANDARD_SHOTS, TRAIN_ROWS, ExtractSpec, dataset_name, expand_view_shots, parse_view_scale,
     parse_view_scales,
 )
-from featbench.fewshot import union_rows
+from featbench.extract_plan import (  # noqa: F401  (unserved keeps its featbench.extract name)
+    Plan, apply_shard, index_sha, make_plan, restrict_plan, unserved,
+)
 from featbench.prompts import read_classnames, read_templates
 from featbench.texttower import cache_record
-
-
-def apply_shard(plan: "Plan", rank: int, world: int, feat_block: int, view_block: int) -> "Plan":
-    """Restrict a plan to rank's disjoint, non-padded share of every row list, cut on block boundaries so
-    the rank forms exactly the batches a single process forms (same numbers, bit for bit)."""
-    plan.feature_rows = {s: [int(r) for r in shard_rows(plan.feature_row_list(s), rank, world, feat_block)] for s in plan.splits}
-    plan.view_rows = [int(r) for r in shard_rows(plan.view_rows, rank, world, view_block)]
-    return plan
-
-
-# ----------------------------------------------------------------------------------------------------
-# the plan
-# ----------------------------------------------------------------------------------------------------
-@dataclass
-class Plan:
-    """Which rows get what: split -> feature rows (None = all), train view rows, the job identity."""
-
-    splits: dict[str, list[tuple[str, int]]]
-    feature_rows: dict[str, list[int] | None]
-    view_rows: list[int]
-    views: int
-    notes: list[str] = field(default_factory=list)
-
-    def n_features(self, split: str) -> int:
-        r = self.feature_rows[split]
-        return len(self.splits[split]) if r is None else len(r)
-
-    def feature_row_list(self, split: str) -> list[int]:
-        r = self.feature_rows[split]
-        return list(range(len(self.splits[split]))) if r is None else r
-
-
-def make_plan(ds, *, splits, views, view_shots, seeds, train_rows, all_views) -> Plan:
-    chosen: dict[str, list[tuple[str, int]]] = {}
-    notes = []
-    for s in splits:
-        if s in ds.splits:
-            chosen[s] = list(ds.splits[s])
-        else:
-            notes.append(f"dataset {ds.name} has no {s} split; skipped")
-    if not chosen:
-        raise FeatbenchError(f"--splits {','.join(splits)}: dataset {ds.name} has none of these (it has {', '.join(ds.splits)})")
-    feature_rows: dict[str, list[int] | None] = {s: None for s in chosen}
-    view_rows: list[int] = []
-    if "train" in chosen:
-        train_labels = [y for _, y in chosen["train"]]
-        val_labels = [y for _, y in ds.splits["val"]] if "val" in ds.splits else None
-        union, _ = union_rows(train_labels, val_labels, view_shots, seeds)
-        union = [int(r) for r in union]
-        if train_rows == "fewshot":
-            # plain features also for the held-out selection rows of datasets without a val split (ImageNet)
-            with_sel, _ = union_rows(train_labels, val_labels, view_shots, seeds, with_holdout=True)
-            feature_rows["train"] = [int(r) for r in with_sel]
-        if views > 0:
-            view_rows = list(range(len(train_labels))) if all_views else union
-    return Plan(splits=chosen, feature_rows=feature_rows, view_rows=view_rows, views=int(views) if view_rows else 0, notes=notes)
-
-
-def _restrict(plan: Plan, ds, splits) -> Plan:
-    """The plan's index over `splits` (as an older cache with those splits recorded it)."""
-    return Plan(splits={s: list(ds.splits[s]) for s in splits if s in ds.splits}, feature_rows={}, view_rows=[], views=0)
-
-
-def unserved(old: dict | None, new: dict, index_sha_for: Callable[[list[str]], str] | None = None) -> list[str]:
-    """Why an existing cache extracted as `old` cannot serve the request `new` ([] = it can).
-
-    A cache serves a request when it holds at least what the request asks for, computed the same way: the
-    same dataset index, class names and dtype; a superset of the splits; every train row (``train_rows all``)
-    or the same selection; pre-projection features if asked; and the same number of views for a superset of
-    the (shots, seeds) subsets (or of every train row). A request without views for a training split is not
-    served by a cache with views, since heads would train on them.
-    """
-    old = dict(old or {})
-    out = []
-    for key in ("dataset", "classnames_sha256", "dtype"):
-        if old.get(key) != new.get(key):
-            out.append(f"{key} {old.get(key)!r} vs {new.get(key)!r}")
-    old_splits, new_splits = list(old.get("splits") or []), list(new.get("splits") or [])
-    if not set(new_splits) <= set(old_splits):
-        out.append(f"splits {','.join(old_splits)} lack {','.join(sorted(set(new_splits) - set(old_splits)))}")
-    elif old.get("index_sha256") != new.get("index_sha256"):
-        same = set(new_splits) != set(old_splits) and index_sha_for is not None and \
-            index_sha_for(sorted(old_splits)) == old.get("index_sha256")
-        if not same:
-            out.append("the dataset's image index changed")
-    if old.get("train_rows") != new.get("train_rows") and old.get("train_rows") != "all" and "train" in new_splits:
-        out.append(f"train_rows {old.get('train_rows')} vs {new.get('train_rows')}")
-    if new.get("pre_projection") and not old.get("pre_projection"):
-        out.append("no pre-projection features")
-    training = "train" in new_splits
-    if int(new.get("views") or 0) == 0:
-        if training and int(old.get("views") or 0) > 0:
-            out.append(f"it has {old.get('views')} views, the request none")
-    elif int(old.get("views") or 0) != int(new["views"]):
-        out.append(f"views {old.get('views')} vs {new['views']}")
-    elif not old.get("all_views"):
-        if new.get("all_views"):
-            out.append("views only for the few-shot rows, not all_views")
-        else:
-            out += _lacks(old, new)
-    if training and old.get("train_rows") == "fewshot" and not any(m.startswith(("view_shots", "seeds")) for m in out):
-        out += _lacks(old, new)  # its plain train features cover only the (shots, seeds) subsets it was made for
-    return out
-
-
-def _lacks(old: dict, new: dict) -> list[str]:
-    out = []
-    for key in ("view_shots", "seeds"):
-        lack = sorted(set(new.get(key) or []) - set(old.get(key) or []))
-        if lack:
-            out.append(f"{key} lack {','.join(map(str, lack))}")
-    return out
-
-
-def _index_sha(plan: Plan) -> str:
-    h = hashlib.sha256()
-    for s in sorted(plan.splits):
-        h.update(s.encode())
-        for p, y in plan.splits[s]:
-            h.update(f"{p}\x00{int(y)}\n".encode())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,6 +165,7 @@ def run_extract(spec: ExtractSpec, *, log: Callable[[str], None] | None = None,
     """Carry out one extraction (see `extract`). `after_block(task, block)` runs after every block written
     (tests use it to kill a run part-way)."""
     say = log or (print if spec.progress else (lambda _m: None))
+    resolve_device(spec.device)  # a GPU that is not there: one line, before any global setting changes
     use_deterministic(spec.device, warn_only=True)  # before the encoder starts CUDA: same images, same bits
     request = prepare(spec, say)
     if request.target.exists() and not spec.overwrite:
@@ -329,7 +210,7 @@ class Request:
 
     def index_sha_for(self, splits: list[str]) -> str:
         """The index digest an older cache extracted with `splits` recorded."""
-        return _index_sha(_restrict(self.plan, self.ds, splits))
+        return index_sha(restrict_plan(self.plan, self.ds, splits))
 
     def served_by(self, path: Path) -> dict:
         """The job of the finished cache at `path`, when that cache can serve this request; otherwise
@@ -437,7 +318,7 @@ def _job(spec: ExtractSpec, ds, plan: Plan) -> dict:
     job = {
         "dataset": ds.name,
         "splits": sorted(plan.splits),
-        "index_sha256": _index_sha(plan),
+        "index_sha256": index_sha(plan),
         "classnames_sha256": sha256_json(list(ds.classnames)),
         "views": plan.views,
         "view_shots": list(spec.view_shots),
