@@ -164,7 +164,7 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     note = "lines: mean over seeds; bands: ± population std"
     if any_oracle:
         note += "   † dashed: hyperparameters selected on the test set (oracle protocol)"
-    fig.suptitle((plain(title) + "\n" if title else "") + note, fontsize=8)
+    fig.suptitle(fit_width((plain(title) + "\n" if title else "") + note, fig.get_figwidth(), 8), fontsize=8)
 
     return fig
 
@@ -220,7 +220,7 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
     absent = [h for h in tables.order_heads(prepared) if h not in handles and h not in unknown]
     if absent:
         note += f"\nnot drawn (no {plain(panel_of)} cell: not run on every dataset): " + ", ".join(map(plain, absent))
-    fig.suptitle((plain(title) + "\n" if title else "") + note, fontsize=8)
+    fig.suptitle(fit_width((plain(title) + "\n" if title else "") + note, fig.get_figwidth(), 8), fontsize=8)
     return fig
 
 
@@ -273,6 +273,15 @@ def _plot_rows(df, metric, protocol, names, **picked):
         raise FeatbenchError("nothing to plot after filtering by --heads/--datasets/--shots; check the names "
                              "against `featbench table`")
     return prepared
+
+
+def fit_width(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` re-wrapped, line by line, to what fits ``width_in`` inches at ``fontsize`` (a narrow one-panel
+    figure would otherwise cut its note at both edges)."""
+    import textwrap
+
+    per_line = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, per_line) for line in text.split("\n"))
 
 
 def legend_columns(labels: list[str], width_in: float, fontsize: float = 8.0) -> int:

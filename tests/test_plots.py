@@ -88,3 +88,14 @@ def test_plot_out_existing_file_is_refused(tmp_path):
     # re-plotting over a previous plot's files is fine
     for _ in range(2):
         assert CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "g.pdf")]).exit_code == 0
+
+
+def test_figure_notes_are_wrapped_to_the_figure_width():
+    """A one-panel figure is narrow: its note is re-wrapped to fit, never cut at the edges; no word is lost."""
+    from featbench.plots import fit_width
+
+    note = "points: mean over seeds, bars: ± population std; 0: training-free heads, drawn at the axis floor\nsecond"
+    wrapped = fit_width(note, 4.0, 8)
+    assert all(len(line) <= int(4.0 * 72 / (0.55 * 8)) for line in wrapped.splitlines())
+    assert wrapped.split() == note.split() and len(wrapped.splitlines()) > 2
+    assert fit_width("short", 4.0, 8) == "short"
