@@ -22,7 +22,7 @@ FALLBACK_NOTE = ("zero-shot CLIP fallback: the head cannot score classes it was 
 TRANSDUCTIVE_NOTE = ("transductive: the head adapted to the unlabeled test images it is scored on (TransCLIP); not "
                      "comparable with inductive heads, so never bold or ranked against them.")
 PUBLISHED_NOTE = ("Published numbers: [pub P, Δ D] is the number a paper publishes for the cell "
-                  "(featbench/published_data/ledger.csv, `featbench published`) and D = ours - P, matched on head, "
+                  "(featbench/published_data/ledger.csv; listed by: featbench published) and D = ours - P, matched on head, "
                   "encoder, dataset, shots and protocol.")
 OVERRIDES_NOTE = ("(k=v) in a label: a parameter the user set (--set/--grid/the API); without it a row uses each "
                   "paper's per-dataset/per-shot defaults.")

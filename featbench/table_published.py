@@ -57,7 +57,7 @@ def attach_published(table: Table, prepared, *, fixed: dict | None = None, block
     if found:
         table.notes.append(PUBLISHED_NOTE + " Sources: " + "; ".join(f"{s}, {w}" for s, w in found.items()) + ".")
     else:
-        table.notes.append("Published numbers: none in the ledger matches a cell of this table (`featbench published` "
+        table.notes.append("Published numbers: none in the ledger matches a cell of this table (featbench published "
                            "lists them).")
     return table
 
