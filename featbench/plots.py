@@ -120,7 +120,7 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
     shots_all = sorted({int(s) for s in prepared["shots"]})
 
     fig, axes, ncols = panel_grid(len(panels), ncols, panel_size=(3.2, 2.7))
-    nrows, width = len(axes), fig.get_figwidth()
+    width = fig.get_figwidth()
     handles: dict[str, object] = {}
     any_oracle = False
     for k, panel in enumerate(panels):
@@ -150,12 +150,7 @@ def make_figure(df, *, metric: str = "acc", protocol: str | None = None, ncols: 
         ax.set_title(plain(panel), fontsize=10, fontweight="bold" if panel == tables.AVERAGE else "normal")
         ax.grid(True, alpha=0.3, linewidth=0.5)
         ax.tick_params(labelsize=8)
-        if k % ncols == 0:
-            ax.set_ylabel(tables.METRIC_NAMES.get(metric, metric), fontsize=9)
-        if k // ncols == nrows - 1 or k + ncols >= len(panels):
-            ax.set_xlabel("shots per class", fontsize=9)
-    for k in range(len(panels), nrows * ncols):
-        axes[k // ncols][k % ncols].set_visible(False)
+    label_grid(axes, len(panels), ylabel=tables.METRIC_NAMES.get(metric, metric), xlabel="shots per class")
     if not handles:
         raise FeatbenchError("nothing to plot: no result row has a value for this metric")
     labels = [h.get_label() for h in handles.values()]
@@ -191,7 +186,7 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
     floor = params_floor(cells["low"])
     shots_all = sorted({int(s) for s in cells["shots"]})
     fig, axes, ncols = panel_grid(len(shots_all), ncols, panel_size=(3.4, 2.9))
-    nrows, width = len(axes), fig.get_figwidth()
+    width = fig.get_figwidth()
     styles = _line_styles(prepared)
     handles: dict[str, object] = {}
     for k, shot in enumerate(shots_all):
@@ -203,12 +198,8 @@ def make_params_figure(df, *, metric: str = "acc", protocol: str | None = None, 
             handles.setdefault(head, _params_point(ax, cell.iloc[0], floor, styles[head], head))
         _params_axis(ax, floor, float(cells["high"].max()))
         ax.set_title(f"{shot}-shot ({plain(panel_of)})", fontsize=10)
-        if k % ncols == 0:
-            ax.set_ylabel(tables.METRIC_NAMES.get(metric, metric), fontsize=9)
-        if k // ncols == nrows - 1 or k + ncols >= len(shots_all):
-            ax.set_xlabel("trainable parameters (log)", fontsize=9)
-    for k in range(len(shots_all), nrows * ncols):
-        axes[k // ncols][k % ncols].set_visible(False)
+    label_grid(axes, len(shots_all), ylabel=tables.METRIC_NAMES.get(metric, metric),
+               xlabel="trainable parameters (log)")
     labels = [h.get_label() for h in handles.values()]
     fig.legend(list(handles.values()), labels, loc="outside lower center", fontsize=8, frameon=False,
                ncols=legend_columns(labels, width))
@@ -273,6 +264,20 @@ def _plot_rows(df, metric, protocol, names, **picked):
         raise FeatbenchError("nothing to plot after filtering by --heads/--datasets/--shots; check the names "
                              "against `featbench table`")
     return prepared
+
+
+def label_grid(axes, n_panels: int, *, ylabel: str, xlabel: str) -> None:
+    """Y label on the first column, x label under the last panel of each column, unused cells hidden."""
+    nrows, ncols = len(axes), len(axes[0])
+    for k in range(nrows * ncols):
+        ax = axes[k // ncols][k % ncols]
+        if k >= n_panels:
+            ax.set_visible(False)
+            continue
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel, fontsize=9)
+        if k // ncols == nrows - 1 or k + ncols >= n_panels:
+            ax.set_xlabel(xlabel, fontsize=9)
 
 
 def fit_width(text: str, width_in: float, fontsize: float) -> str:

@@ -13,11 +13,16 @@ import pytest
 from conftest import REPO_ROOT
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("readme_tables", REPO_ROOT / "benchmarks" / "readme_tables.py")
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _benchmark("readme_tables")
 
 
 def test_readme_quotes_the_saved_figures_verbatim():
@@ -48,10 +53,7 @@ def test_recomputed_zeroshot_rows_match_the_saved_figures(real_fixtures):
 
 
 def _param_counts():
-    spec = importlib.util.spec_from_file_location("param_counts", REPO_ROOT / "benchmarks" / "param_counts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _benchmark("param_counts")
 
 
 def test_readme_lists_the_trainable_params_of_every_built_in_head():
