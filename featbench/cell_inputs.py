@@ -8,18 +8,16 @@ size) so a rewritten file is never served stale.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from featbench.errors import FeatbenchError
+from featbench.lru import LRU
 
-_OPEN: "OrderedDict[tuple, Any]" = OrderedDict()
-_ARRAYS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-_MAX_OPEN = 16
-_MAX_ARRAYS = 6
+_OPEN = LRU(16, on_evict=lambda cache: cache.close())
+_ARRAYS = LRU(6)
 
 
 def _file_id(path: str) -> tuple:
@@ -33,31 +31,12 @@ def open_cached(path: str):
 
     if not os.path.exists(path):
         raise FeatbenchError(f"cache file {path} does not exist; run `featbench extract` first or check the path")
-    key = _file_id(path)
-    cache = _OPEN.get(key)
-    if cache is None:
-        cache = Cache(path)
-        _OPEN[key] = cache
-        while len(_OPEN) > _MAX_OPEN:
-            _, old = _OPEN.popitem(last=False)
-            old.close()
-    else:
-        _OPEN.move_to_end(key)
-    return cache
+    return _OPEN.get_or_make(_file_id(path), lambda: Cache(path))
 
 
 def memo(cache, what: tuple, load):
     """``load()`` once per (file, what) in this process (LRU): big arrays are read once per worker."""
-    key = (_file_id(str(cache.path)),) + what
-    arr = _ARRAYS.get(key)
-    if arr is None:
-        arr = load()
-        _ARRAYS[key] = arr
-        while len(_ARRAYS) > _MAX_ARRAYS:
-            _ARRAYS.popitem(last=False)
-    else:
-        _ARRAYS.move_to_end(key)
-    return arr
+    return _ARRAYS.get_or_make((_file_id(str(cache.path)),) + what, load)
 
 
 def close_cached() -> None:

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 
 from featbench.devices import resolve_device
 from featbench.encoders import INIT_SEED, quiet_root_logger, resolve_weights
 from featbench.errors import FeatbenchError, short_repr
+from featbench.lru import LRU
 
 from featbench.tower_record import (  # noqa: F401  (the record's names stay featbench.texttower's too)
     ATTR, IMPORT_HINT, MAX_MODEL_ELEMENTS, PARTS, STATE_DATASET, WEIGHT_KINDS, cache_record, cache_tower_record,
     check_record, check_supported, is_imported, numel, reextract_hint, state_sha256, text_state, tower_fix,
 )
 
-_MEMO: "OrderedDict[tuple, TextTower]" = OrderedDict()
-_MAX_MEMO = 2
+_MEMO = LRU(2)  # (tower sha256, device) -> TextTower
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -395,17 +394,12 @@ def load_for_cache(cache, device="cpu") -> TextTower:
     """The text tower that made ``cache``, on ``device``; memoised per process by its tensor hash."""
     device = resolve_device(device)
     record = cache_tower_record(cache)
-    key = (record["sha256"], str(device))
-    tower = _MEMO.get(key)
-    if tower is None:
-        cpu = next((t for (s, d), t in _MEMO.items() if s == record["sha256"]), None)
-        tower = cpu.on(device) if cpu is not None else build_from_record(record, cache, device)
-        _MEMO[key] = tower
-        while len(_MEMO) > _MAX_MEMO:
-            _MEMO.popitem(last=False)
-    else:
-        _MEMO.move_to_end(key)
-    return tower
+
+    def make():  # a copy already on another device moves; otherwise rebuild from the record
+        other = next((t for (sha, _), t in _MEMO.items() if sha == record["sha256"]), None)
+        return other.on(device) if other is not None else build_from_record(record, cache, device)
+
+    return _MEMO.get_or_make((record["sha256"], str(device)), make)
 
 
 __all__ = ["TextTower", "cache_record", "cache_tower_record", "check_record", "build_from_record", "load_for_cache",
