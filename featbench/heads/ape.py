@@ -52,7 +52,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
+from featbench.heads.paper import TipAdapterSetup
 from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
 
 #: dataset -> APE's configs/<dataset>.yaml: search_scale [beta, alpha, gamma], search_step, init_alpha,
@@ -181,7 +181,7 @@ def first_best(counts) -> tuple | None:
 
 
 # ---------------------------------------------------------------------------------------------------- APE
-class APE(Head):
+class APE(TipAdapterSetup, Head):
     """Training-free APE: a Tip-Adapter cache on the selected channels with KL-weighted values."""
 
     display_name = "APE"  # what tables and plots show
@@ -205,13 +205,9 @@ class APE(Head):
         "search": Param("bool", doc="search beta/alpha/gamma on the selection split"),
         "device": DEVICE,
     }
-    # extract_features.py: Tip-Adapter's (0.5, 1) cache views, dataset templates (ImageNet's 7, plus CuPL),
-    # clean names, every val image; on ImageNet the test set is the val set
-    paper_selection: ClassVar[str] = FULL_VAL
-    paper_templates: ClassVar[dict] = TEMPLATES_7
-    paper_classname_style: ClassVar[str] = "clean"
-    paper_view_scale: ClassVar[tuple] = TIP_SCALE
-    reference_selects_on_test: ClassVar[tuple] = ("imagenet",)
+    # paper_* facts from TipAdapterSetup, as the reference has them: extract_features.py: Tip-Adapter's (0.5, 1)
+    # cache views, dataset templates (ImageNet's 7, plus CuPL), clean names, every val image; on ImageNet the
+    # test set is the val set
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1, search_scale=(7.0, 7.0, 1.0),
                  search_steps=(200, 20, 20), feat_num: int = 800, w=(0.5, 0.5), search: bool = True,

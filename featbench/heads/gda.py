@@ -37,7 +37,7 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 from featbench.heads.spec import DEVICE, Param, nonnegative
-from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
+from featbench.heads.paper import TipAdapterSetup
 
 #: rows per float32 block of the scatter matrix (its float64 sum over blocks keeps the error ~1e-6)
 GRAM_BLOCK = 4096
@@ -58,7 +58,7 @@ def blocked_gram(rows):
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 
 
-class GDA(Head):
+class GDA(TipAdapterSetup, Head):
     """Training-free Gaussian discriminant head on (augmented) image features plus zero-shot logits."""
 
     name: ClassVar[str] = "gda"
@@ -80,13 +80,8 @@ class GDA(Head):
         "use_views": Param("bool", doc="estimate the Gaussians from the cached augmented views"),
         "device": DEVICE,
     }
-    # main_few_shots.py: alpha searched on every val feature; Tip-Adapter's templates, names and (0.5, 1) views;
-    # its ImageNet script searches on test
-    paper_selection: ClassVar[str] = FULL_VAL
-    paper_templates: ClassVar[dict] = TEMPLATES_7
-    paper_classname_style: ClassVar[str] = "clean"
-    paper_view_scale: ClassVar[tuple] = TIP_SCALE
-    reference_selects_on_test: ClassVar[tuple] = ("imagenet",)
+    # paper_* facts from TipAdapterSetup, as the reference has them: main_few_shots.py: alpha searched on every
+    # val feature; Tip-Adapter's templates, names and (0.5, 1) views; its ImageNet script searches on test
 
     def __init__(
         self,

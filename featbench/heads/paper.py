@@ -135,7 +135,20 @@ def epochs_for_shots(table: dict[int, int], shots: int) -> int:
     return table[next((k for k in listed if k >= int(shots)), listed[-1])]
 
 
-__all__ = [
+
+class TipAdapterSetup:
+    """Tip-Adapter's data setup, which the training-free heads built on its code (Tip-Adapter, GDA, ProKeR, APE)
+    keep: the search on every val feature, ImageNet's 7 templates, clean class names, cache views at
+    RandomResizedCrop scale (0.5, 1), and on ImageNet a "val" set that is the test set. A head lists it before
+    ``Head`` to declare all five ``paper_*`` facts at once."""
+
+    paper_selection = FULL_VAL
+    paper_templates = TEMPLATES_7
+    paper_classname_style = "clean"
+    paper_view_scale = TIP_SCALE
+    reference_selects_on_test = ("imagenet",)
+
+__all__ = ["TipAdapterSetup", 
     "DISPLAY_NAMES", "declared_display_name", "epochs_for_shots", "FEWSHOT_VAL", "FULL_VAL", "KSHOT_VAL", "SELECTIONS",
     "IMAGENET_SELECT_TEMPLATES", "IMAGENET_TEMPLATES_8", "IMAGENET_COOP_TEMPLATE", "TEMPLATES_1", "TEMPLATES_7",
     "TEMPLATES_8", "TIP_SCALE", "DASSL_SCALE",

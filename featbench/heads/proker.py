@@ -42,7 +42,7 @@ import numpy as np
 
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
-from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE, epochs_for_shots
+from featbench.heads.paper import TipAdapterSetup, epochs_for_shots
 from featbench.heads.spec import DEVICE, Param, positive
 
 #: dataset -> (beta [low, high, steps], lambda [low, high, steps]) (configs/RN50/configs_proker/<dataset>.yaml)
@@ -80,7 +80,7 @@ def linspace_grid(spec) -> list[float]:
     return [float(v) for v in torch.linspace(low, high, steps)]
 
 
-class ProKeR(Head):
+class ProKeR(TipAdapterSetup, Head):
     """Kernel ridge regression of the zero-shot residual on the few-shot views (training-free)."""
 
     display_name = "ProKeR"  # what tables and plots show
@@ -104,13 +104,9 @@ class ProKeR(Head):
         "max_points": positive("int", doc="refuse more kernel points than this (the S x S kernel is float64)"),
         "device": DEVICE,
     }
-    # main.py: --hp-selection tip-adapter (every val feature), dataset templates (ImageNet's 7), clean names,
-    # views from train_tranform (0.5, 1); on ImageNet val = test
-    paper_selection: ClassVar[str] = FULL_VAL
-    paper_templates: ClassVar[dict] = TEMPLATES_7
-    paper_classname_style: ClassVar[str] = "clean"
-    paper_view_scale: ClassVar[tuple] = TIP_SCALE
-    reference_selects_on_test: ClassVar[tuple] = ("imagenet",)
+    # paper_* facts from TipAdapterSetup, as the reference has them: main.py: --hp-selection tip-adapter (every
+    # val feature), dataset templates (ImageNet's 7), clean names, views from train_tranform (0.5, 1); on
+    # ImageNet val = test
 
     def __init__(self, beta: float = 3.0, lmbda: float = 0.05, beta_range=DEFAULT_RANGES[0],
                  lmbda_range=DEFAULT_RANGES[1], n_views: int | None = None, search: bool = True,

@@ -21,7 +21,7 @@ import numpy as np
 from featbench.errors import FeatbenchError
 from featbench.heads.base import Head, require
 from featbench.heads.spec import DEVICE, SEED, Param, nonnegative, positive
-from featbench.heads.paper import FULL_VAL, TEMPLATES_7, TIP_SCALE
+from featbench.heads.paper import TipAdapterSetup
 
 # dataset -> (search_scale [s_beta, s_alpha], init alpha); init beta = 1 everywhere (Tip-Adapter configs/*.yaml)
 TIP_DEFAULTS: dict[str, tuple[list[float], float]] = {
@@ -187,7 +187,7 @@ def pick_first_best(counts) -> tuple[int, int] | None:
     return flat // c.shape[1], flat % c.shape[1]
 
 
-class TipAdapter(Head):
+class TipAdapter(TipAdapterSetup, Head):
     """Training-free Tip-Adapter: a key-value cache of the few-shot features blended with zero-shot CLIP."""
 
     name = "tip-adapter"
@@ -210,13 +210,9 @@ class TipAdapter(Head):
         "device": DEVICE,
         "random_state": SEED,
     }
-    # the reference's main.py: search_hp on every val feature, ImageNet's 7 templates, clean class names,
-    # cache keys from views at RandomResizedCrop scale (0.5, 1); its ImageNet search runs on test
-    paper_selection = FULL_VAL
-    paper_templates = TEMPLATES_7
-    paper_classname_style = "clean"
-    paper_view_scale = TIP_SCALE
-    reference_selects_on_test = ("imagenet",)
+    # paper_* facts from TipAdapterSetup, as the reference has them: the reference's main.py: search_hp on every
+    # val feature, ImageNet's 7 templates, clean class names, cache keys from views at RandomResizedCrop scale
+    # (0.5, 1); its ImageNet search runs on test
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, search_scale=(10.0, 10.0), search_steps=(200, 20),
                  search: bool = True, device: str = "cpu", random_state: int = 0):
