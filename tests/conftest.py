@@ -35,3 +35,38 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_cli(*args):
+    """`featbench ARGS` in-process (typer's CliRunner); paths and numbers given as themselves."""
+    from typer.testing import CliRunner
+
+    from featbench.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(res, *needles):
+    """A user error: exit 2, no traceback, exactly one `featbench: error:` line containing every needle."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("featbench: error:"), res.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def enc():
+    """A tiny open_clip ViT with random weights (no download), shared by one test module."""
+    from featbench.encoders import Encoder
+
+    return Encoder("tiny-vit", "none", "cpu")
+
+
+@pytest.fixture(scope="module")
+def tower(enc):
+    """That model's frozen text tower, as prompt learners receive it."""
+    from featbench.texttower import TextTower
+
+    return TextTower.from_model(enc.model, enc.tokenizer)

@@ -8,28 +8,14 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from featbench.cli import app
 from featbench.datasets import load_dataset
 from featbench.errors import FeatbenchError
 from featbench.heads import get_head
 from featbench.synthetic import make_dataset, objectnet_folder
+from conftest import run_cli as _run, assert_one_line_error as _one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("featbench: error:"), res.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 # -- ObjectNet mapping files ------------------------------------------------------------------------------------

@@ -3,13 +3,8 @@ defaults per dataset, search space."""
 
 from __future__ import annotations
 
-from typer.testing import CliRunner
 
-from featbench.cli import app
-
-
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from conftest import run_cli as _run  # noqa: E402
 
 
 def test_datasets_has_column_headings():

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from featbench.cli import app
+from conftest import run_cli as _run  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -18,10 +17,6 @@ def data_root(tmp_path_factory):
     from featbench.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("data"), "caltech101", n_classes=3, per_split=(4, 2, 2), size=36)
-
-
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_extract_info_ls(data_root, tmp_path):

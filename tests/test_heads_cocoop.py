@@ -11,26 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featbench.encoders import Encoder
 from featbench.errors import FeatbenchError
 from featbench.heads import get_head, list_heads
 from featbench.heads.cocoop import CoCoOp
 from featbench.heads.coop import CoOp
-from featbench.texttower import TextTower
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 NAMES = ["cat", "big dog", "traffic_light"]
-
-
-@pytest.fixture(scope="module")
-def enc():
-    return Encoder("tiny-vit", "none", "cpu")
-
-
-@pytest.fixture(scope="module")
-def tower(enc):
-    return TextTower.from_model(enc.model, enc.tokenizer)
 
 
 @pytest.fixture(scope="module")

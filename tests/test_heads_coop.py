@@ -23,16 +23,6 @@ NAMES = ["cat", "dog", "car", "tree"]
 
 
 @pytest.fixture(scope="module")
-def enc():
-    return Encoder("tiny-vit", "none", "cpu")
-
-
-@pytest.fixture(scope="module")
-def tower(enc):
-    return TextTower.from_model(enc.model, enc.tokenizer)
-
-
-@pytest.fixture(scope="module")
 def task(tower, enc):
     """4 classes whose image features sit near the 'a photo of a {}.' text features (8 shots each)."""
     with torch.no_grad():

@@ -9,20 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from featbench.cli import app
 from featbench.errors import FeatbenchError
 from featbench.extract_spec import heads_view_scales
 from featbench.recipes import PACKAGED_RECIPES, find_recipe, load_recipe, packaged_recipes, validate
+from conftest import run_cli as _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TIP, DASSL = (0.5, 1.0), (0.08, 1.0)
 BASE = dict(model="tiny-vit", pretrained="none", shots=[1], seeds=[1])
-
-
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # -- item 3: view sets come from the heads ---------------------------------------------------------------------
