@@ -7,6 +7,7 @@ and the ``featbench published`` listing can trust what they get. No pandas: the 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,6 +168,12 @@ class Index:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def shipped_index() -> Index:
+    """The shipped ledger, read and checked once per process (every table of a run looks it up)."""
+    return Index(read_ledger())
+
+
 def format_rows(rows: list[Published], fmt: str = "markdown") -> str:
     """The rows as a Markdown table (value first, then the source) or as ledger CSV."""
     if fmt not in FORMATS:
@@ -194,4 +201,4 @@ def _md(text: str) -> str:
 
 
 __all__ = ["LEDGER", "COLUMNS", "PROTOCOLS", "SPLITS", "SHOTS", "AVERAGE", "AVERAGED", "Published", "Index", "read_ledger",
-           "parse_ledger", "select", "format_rows"]
+           "parse_ledger", "select", "shipped_index", "format_rows"]

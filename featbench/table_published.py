@@ -27,7 +27,7 @@ def attach_published(table: Table, prepared, *, fixed: dict | None = None, block
 
     from featbench import published as pub
 
-    index = pub.Index(pub.read_ledger() if ledger is None else ledger)
+    index = pub.shipped_index() if ledger is None else pub.Index(ledger)
     encoders = prepared[["model", "pretrained"]].drop_duplicates()
     values = pd.DataFrame(float("nan"), index=table.mean.index, columns=table.mean.columns)
     sources = pd.DataFrame("", index=table.mean.index, columns=table.mean.columns)
