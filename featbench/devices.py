@@ -79,6 +79,7 @@ def use_deterministic(device, fast: bool = False, warn_only: bool = False) -> bo
     """
     if fast or not may_use_cuda(device):
         return False
+    resolve_device(device)  # a GPU that is not there: one line, before any global setting changes
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     import torch  # lazy: the CLI's start-up path never needs torch
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from featbench import cache as C
 from featbench.datasets import load_dataset
-from featbench.devices import resolve_device, use_deterministic
+from featbench.devices import use_deterministic
 from featbench.diskspace import check_free_space, disk_full_as_error
 from featbench.distributed import DistEnv, dist_env, run_sharded
 from featbench.encoders import Encoder, ViewTransform, load_rgb, model_label, sha256_json, weights_label
@@ -165,7 +165,6 @@ def run_extract(spec: ExtractSpec, *, log: Callable[[str], None] | None = None,
     """Carry out one extraction (see `extract`). `after_block(task, block)` runs after every block written
     (tests use it to kill a run part-way)."""
     say = log or (print if spec.progress else (lambda _m: None))
-    resolve_device(spec.device)  # a GPU that is not there: one line, before any global setting changes
     use_deterministic(spec.device, warn_only=True)  # before the encoder starts CUDA: same images, same bits
     request = prepare(spec, say)
     if request.target.exists() and not spec.overwrite:

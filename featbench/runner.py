@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from featbench.backends import run_joblib, run_ray, run_serial, start_parent_watchdog  # noqa: F401  (re-exported)
 from featbench.cache import Cache, check_same_encoder
 from featbench.classmatch import target_mapping
-from featbench.devices import may_use_cuda, plan_gpu_workers, resolve_device, use_deterministic
+from featbench.devices import may_use_cuda, plan_gpu_workers, use_deterministic
 from featbench.errors import FeatbenchError, short_repr
 from featbench.fewshot import fewshot_rows
 from featbench.fitspec import DEFAULT_MAX_CELLS, DEFAULT_OUT, FitSpec, fit_spec
@@ -482,7 +482,6 @@ def execute(spec: FitSpec, announce=None) -> list[dict]:
     first = list(itertools.islice(pending, max(2, spec.jobs)))
     if not first:
         return []
-    resolve_device(spec.device)  # a GPU that is not there: one line, before any global setting changes
     use_deterministic(spec.device, spec.fast)  # before CUDA starts in this process (and in workers it starts)
     stream = _stream(spec, itertools.chain(first, pending), first, announce)
     total, progress = grid.count, spec.progress
