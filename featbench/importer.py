@@ -21,7 +21,7 @@ import numpy as np
 
 from featbench.cache import SPLITS, base_attrs, compute_fingerprint, require_fits_dtype, write_cache
 from featbench.errors import FeatbenchError
-from featbench.npyfiles import check_npy_size
+from featbench.npyfiles import load_npz
 from featbench.prompts import check_classname
 
 #: the least cosine between a re-encoded class prompt and its imported text feature. Rounding a feature to
@@ -61,20 +61,6 @@ def _labels(npz: Path, name: str, arr) -> np.ndarray:
     return labels
 
 
-def _read_npz(npz: Path) -> dict[str, np.ndarray]:
-    """Every array of the .npz, each member's header checked against its size before numpy allocates it."""
-    try:
-        with np.load(npz, allow_pickle=False) as data:
-            for info in data.zip.infolist():
-                with data.zip.open(info) as fh:
-                    check_npy_size(fh, info.file_size, f"{npz} member {info.filename}")
-            return {k: data[k] for k in data.files}
-    except FeatbenchError:
-        raise
-    except Exception as err:  # a corrupt or non-npz file
-        raise FeatbenchError(f"{npz} is not a readable .npz file ({str(err)[:200]})") from None
-
-
 def _classnames(npz: Path, arrays: dict, n_classes: int) -> list[str]:
     if "classnames" not in arrays:
         return [f"class_{i}" for i in range(n_classes)]
@@ -100,7 +86,7 @@ def import_npz(npz: str | Path, out: str | Path, *, dataset: str, model: str, pr
         raise FeatbenchError(f"feature file {npz} is not a regular file; pass an .npz file")
     if out.exists() and not overwrite:
         raise FeatbenchError(f"{out} exists; pass --overwrite to replace it")
-    arrays = _read_npz(npz)
+    arrays = load_npz(npz, f"{npz} is not a readable .npz file")
 
     splits = {}
     dim = None

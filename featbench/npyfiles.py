@@ -37,4 +37,19 @@ def check_npy_size(fh: BinaryIO, available: int, where: str) -> None:
                              f"{max(available - header, 0):,} follow; the file is truncated or corrupt, re-save it")
 
 
-__all__ = ["declared_nbytes", "check_npy_size"]
+def load_npz(path, bad: str, fix: str = "") -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, each member's header checked against its size before numpy
+    allocates it; a file that is no readable .npz is one error line: ``bad (the reason); fix``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for info in data.zip.infolist():
+                with data.zip.open(info) as fh:
+                    check_npy_size(fh, info.file_size, f"{path} member {info.filename}")
+            return {k: data[k] for k in data.files}
+    except FeatbenchError:
+        raise
+    except Exception as err:  # not a zip, a pickled member, a corrupt stream, ...
+        raise FeatbenchError(f"{bad} ({str(err)[:200]})" + (f"; {fix}" if fix else "")) from None
+
+
+__all__ = ["declared_nbytes", "check_npy_size", "load_npz"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from featbench import stats
 from featbench.errors import FeatbenchError, short_repr
-from featbench.npyfiles import check_npy_size
+from featbench.npyfiles import load_npz
 from featbench.perclass import class_counts, row_source, select_pair
 
 
@@ -101,16 +101,10 @@ def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 'pred' and 'label' arrays of a `fit --save-predictions` file: 1-d, integer, one length, not empty
     (each member's header checked against its size before numpy allocates it)."""
     bad = f"{path}: not a featbench predictions file"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for info in npz.zip.infolist():
-                with npz.zip.open(info) as fh:
-                    check_npy_size(fh, info.file_size, f"{path} member {info.filename}")
-            pred, label = np.asarray(npz["pred"]), np.asarray(npz["label"])
-    except FeatbenchError:
-        raise
-    except Exception as err:  # not a zip, no such member, a pickled array, ...
-        raise FeatbenchError(f"{bad} ({str(err)[:120]}); remove it and rerun the fit with --save-predictions") from None
+    arrays = load_npz(path, bad, "remove it and rerun the fit with --save-predictions")
+    if "pred" not in arrays or "label" not in arrays:
+        raise FeatbenchError(f"{bad} (no 'pred' and 'label' arrays); remove it and rerun the fit with --save-predictions")
+    pred, label = np.asarray(arrays["pred"]), np.asarray(arrays["label"])
     if pred.ndim != 1 or pred.shape != label.shape or pred.size == 0 or not (
             pred.dtype.kind in "iu" and label.dtype.kind in "iu"):
         raise FeatbenchError(f"{bad} ('pred' and 'label' must be non-empty 1-d integer arrays of one length); "
