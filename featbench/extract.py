@@ -361,7 +361,7 @@ def _open_partial(request: Request, say: Callable[[str], None]):
     arrays, extra, tasks, split_meta = _layout(request, text_pre)
     tower, tower_arrays = cache_record(enc)  # what prompt learners need to rebuild this text tower
     extra.update(tower_arrays)
-    request.planned_bytes = _layout_bytes(request) + C.expected_bytes(extra.values(), np.float32)
+    request.planned_bytes = _layout_bytes(request, arrays) + C.expected_bytes(extra.values(), np.float32)
     check_free_space(request.target.parent, request.planned_bytes, request.target.name, "nothing was written")
     writer.create(
         attrs=_attrs(request, tower), classnames=ds.classnames, splits=split_meta, text_features=text,
@@ -384,9 +384,11 @@ def _fits_dtype(request: Request, what: str, arr) -> None:
                          "extract with --dtype float32 (this float16 extraction is not kept)")
 
 
-def _layout_bytes(request: Request) -> int:
-    """Bytes a new partial file holds at least: its preallocated feature arrays and the text features."""
-    arrays, _, _, _ = _layout(request, None)
+def _layout_bytes(request: Request, arrays: dict | None = None) -> int:
+    """Bytes a new partial file holds at least: its preallocated feature arrays (``arrays`` of its `_layout`,
+    laid out again when not given) and the text features."""
+    if arrays is None:
+        arrays = _layout(request, None)[0]
     item = np.dtype(np.float16 if request.spec.dtype == "float16" else np.float32).itemsize
     text = len(request.ds.templates) * len(request.ds.classnames) * request.enc.embed_dim * item
     return text + sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in arrays.values())
