@@ -146,6 +146,9 @@ def select(rows: Iterable[Published], *, head: str | None = None, dataset: str |
     if protocol is not None and protocol not in PROTOCOLS:
         raise FeatbenchError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     wanted = None if shots is None else set(shots)
+    if wanted is not None and min(wanted, default=1) < 1:
+        raise FeatbenchError(f"--shots {min(wanted)}: shot counts are 1 or more (zero-shot numbers are listed with "
+                             "every count)")
     return [r for r in rows
             if (head is None or r.head == head) and (dataset is None or r.dataset == dataset)
             and (model is None or r.model == model) and (pretrained is None or r.pretrained == pretrained)

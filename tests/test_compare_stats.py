@@ -159,6 +159,9 @@ def test_predictions_that_do_not_belong_to_the_row_are_refused(tmp_path):
 def test_bootstrap_flag_is_checked(seeded):
     res = invoke("compare", seeded, "--heads", "zeroshot,taskres", "--bootstrap", 5)
     assert res.exit_code == 2 and "--bootstrap 5: give a whole number of resamples from 100 to 1000000" in res.output
+    for bad in ("-100", "nan", "ten"):
+        res = invoke("compare", seeded, "--heads", "zeroshot,taskres", "--bootstrap", bad)
+        assert res.exit_code == 2 and "--bootstrap" in res.output and "Traceback" not in res.output, res.output
 
 
 # -- table --ci ------------------------------------------------------------------------------------------------

@@ -220,3 +220,13 @@ def test_text_tower_spec_parser_gives_a_pair_or_one_line():
     check()
     assert parse_tower_spec("ViT-B-32:openai") == ("ViT-B-32", "openai")
     assert parse_tower_spec("tiny-vit:/a/b:c.pt") == ("tiny-vit", "/a/b:c.pt")
+
+
+@pytest.mark.parametrize("bad", ["missing.txt", "empty.txt", "folder"])
+def test_templates_file_that_cannot_serve_is_one_line(ckpts, inputs, tmp_path, bad):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "imp.h5"
+    res = _import(inputs["no-templates"], out, "--text-tower", f"tiny-vit:{ckpts[0]}", "--templates", tmp_path / bad)
+    assert res.exit_code == 2 and len(_lines(res)) == 1 and "Traceback" not in res.output, res.output
+    assert bad in res.output and not out.exists()

@@ -215,6 +215,9 @@ def test_cli_published_lists_rows_with_sources():
     assert res.exit_code == 2 and "no published numbers match" in res.output
     res = runner.invoke(app, ["published", "--format", "latex"])
     assert res.exit_code == 2 and "--format" in res.output
+    for shots in ("one", "-1", "nan"):
+        res = runner.invoke(app, ["published", "--shots", shots])
+        assert res.exit_code == 2 and "--shots" in res.output and "Traceback" not in res.output, res.output
 
 
 def test_published_and_table_published_do_not_import_torch(tmp_path):
