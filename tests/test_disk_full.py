@@ -526,6 +526,7 @@ def test_real_small_filesystem_fit(tmp_path, fit_setup):
         {(r["shots"], r["seed"], r["acc"]) for r in read_rows(clean)}
 
 
+@pytest.mark.slow  # ~13 s: starts loky workers inside a user namespace; the simulated cases cover the logic
 def test_real_small_filesystem_save_predictions_from_workers(tmp_path, fit_setup):
     cache, clean = fit_setup
     disk, out = tmp_path / "disk", tmp_path / "out" / "r.jsonl"
